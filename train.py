@@ -512,7 +512,7 @@ def evaluate(run, net, split="val"):
         with autocast:
             logits = net(x)
         nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
-        total += (nll * mask.reshape(-1)).sum(dtype=torch.float32).double()
+        total += (nll.double() * mask.reshape(-1)).sum()
     if run.world_size > 1:
         dist.all_reduce(total)
     net.train(was_training)

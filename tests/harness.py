@@ -1,0 +1,108 @@
+"""Shared helpers for the tests: tiny train.py copies, generated corpora, subprocess runs.
+
+A test edits train.py the way the agent does (rewriting its ALL_CAPS constants in a copy),
+runs it as a subprocess with AR_* overrides, and reads the summary block it prints.
+"""
+
+import importlib.util
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train.py"
+
+# A model small enough that a CPU step takes ~0.1 s on 2 cores.
+TINY = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4, GRAD_ACCUM=1)
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which "
+    "but have an they you were her she there been one all we their has would when who will more "
+    "if no out so said what up its about into than them can only other new some could time these"
+).split()
+
+
+def write_corpus(path, size=300_000, seed=0):
+    """Pseudo-English bytes with some structure to learn; different seeds give different text."""
+    rng = random.Random(seed)
+    chunks, n = [], 0
+    while n < size:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + ". "
+        chunks.append(sentence)
+        n += len(sentence)
+    path = Path(path)
+    path.write_bytes("".join(chunks).encode()[:size])
+    return path
+
+
+def edit_constants(source, **values):
+    """Rewrite top-level `NAME = ...` lines, as an agent editing the file would."""
+    for name, value in values.items():
+        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
+        assert count == 1, f"train.py has no top-level constant {name}"
+    return source
+
+
+def make_train_copy(dest_dir, source=None, **values):
+    """A copy of train.py in `dest_dir` with the tiny config plus `values` applied."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    text = edit_constants(source if source is not None else TRAIN.read_text(), **{**TINY, **values})
+    path = dest_dir / "train.py"
+    path.write_text(text)
+    return path
+
+
+def base_env(tmp_path, **extra):
+    """The test process's environment without any AR_* or precision setting, with a private
+    cache, and a download URL on a closed loopback port so no test can reach the internet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
+    env.update(
+        XDG_CACHE_HOME=str(Path(tmp_path) / "cache"),
+        AR_DATA_URL="http://127.0.0.1:9/enwik8.zip",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_train(train_py, env, args=(), timeout=300, cwd=None):
+    """Run a train.py copy like `python train.py > run.log 2>&1`; returns (returncode, log text)."""
+    cwd = Path(cwd or Path(train_py).parent)
+    proc = subprocess.run(
+        [sys.executable, str(train_py), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    (cwd / "run.log").write_text(proc.stdout)
+    return proc.returncode, proc.stdout
+
+
+def parse_summary(log):
+    """The key: value lines after the last `---` line of a run log ({} when there is none)."""
+    lines = log.splitlines()
+    if "---" not in lines:
+        return {}
+    start = len(lines) - 1 - lines[::-1].index("---")
+    summary = {}
+    for line in lines[start + 1 :]:
+        key, sep, value = line.partition(":")
+        if sep and re.fullmatch(r"\w+", key):
+            summary[key] = value.strip()
+    return summary
+
+
+def import_train(path=TRAIN, name="train_under_test"):
+    """Import a train.py as a module (its main() only runs under __main__)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
