@@ -29,7 +29,7 @@ import traceback
 import urllib.request
 import zipfile
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -374,7 +374,6 @@ class Run:
     peak_tflops: float = 0.0
     startup_seconds: float = 0.0
     compile_seconds: float = 0.0
-    notes: list = field(default_factory=list)
 
     @property
     def master(self):
@@ -405,9 +404,8 @@ def setup():
     splits, identity, path = load_corpus(env)
     default_eval = len(splits["val"]) if device.type == "cuda" else CPU_EVAL_BYTES
     eval_bytes = min(env["eval_bytes"] or default_eval, len(splits["val"]))
-    print0(
-        f"data: {path} ({identity}) | train {len(splits['train']):,} val {len(splits['val']):,} bytes | scoring {eval_bytes:,} val bytes"
-    )
+    sizes = f"train {len(splits['train']):,} val {len(splits['val']):,} bytes"
+    print0(f"data: {path} ({identity}) | {sizes} | scoring {eval_bytes:,} val bytes")
     torch.manual_seed(env["seed"])
     generator = torch.Generator(device).manual_seed(env["seed"] + 1000 * rank)
     if device.type == "cuda":
@@ -486,7 +484,7 @@ def evaluate(run, net, split="val"):
     Window i holds bytes [i*T, i*T + T] and predicts bytes i*T+1 .. i*T+T, so every byte but
     the first is predicted exactly once; the final partial window is zero-padded and masked
     (causal attention keeps padding from touching real positions). Fixed batch, eval mode,
-    BF16 autocast on CUDA and FP32 elsewhere, FP32 log-softmax, losses summed in FP64.
+    BF16 autocast on CUDA and FP32 elsewhere, FP32 log-softmax and batch sums, FP64 total.
     """
     t0 = time.time()
     data = run.splits[split][: run.eval_bytes]
@@ -500,7 +498,7 @@ def evaluate(run, net, split="val"):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else nullcontext()
     was_training = net.training
     net.eval()
-    total = torch.zeros((), dtype=torch.float64, device=run.device)
+    total = 0.0  # a Python float: FP64 on every device, MPS included
     for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)):
         if b % run.world_size != run.rank:
             continue
@@ -512,11 +510,13 @@ def evaluate(run, net, split="val"):
         with autocast:
             logits = net(x)
         nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
-        total += (nll.double() * mask.reshape(-1)).sum()
+        total += (nll * mask.reshape(-1)).sum().item()
     if run.world_size > 1:
-        dist.all_reduce(total)
+        shards = torch.tensor(total, dtype=torch.float64, device=run.device)
+        dist.all_reduce(shards)
+        total = shards.item()
     net.train(was_training)
-    bpc = total.item() / targets_total / math.log(2)
+    bpc = total / targets_total / math.log(2)
     return bpc, time.time() - t0
 
 
