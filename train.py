@@ -815,11 +815,12 @@ DIM = 512  # model width
 DEPTH = 8  # transformer layers
 HEADS = 8  # attention heads: 64 dims each, the size flash-attention kernels like best
 BATCH_SIZE = 64  # sequences per optimizer step, summed over all GPUs (64 x 1024 = 65K bytes)
-GRAD_ACCUM = 1  # micro-steps per optimizer step: raise it instead of BATCH_SIZE when out of memory
+GRAD_ACCUM = 1  # micro-steps per optimizer step: raise it when out of memory (same step, smaller pieces)
+HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
 LR = 2e-3  # Adam-atan2: embeddings, norms, queries/keys and the output head
 MUON_LR = 2e-3  # Muon: value/output and feed-forward matrices (updates rescaled to Adam's RMS)
 BETAS = (0.9, 0.95)  # a shorter second-moment memory suits a run of a few thousand steps
-WEIGHT_DECAY = 0.0  # a 5-minute run sees each byte about once: little to overfit
+WEIGHT_DECAY = 0.0  # 300 s sees the 90 MB train split only a few times: little to overfit
 WARMUP_FRAC = 0.02  # share of the budget spent warming the learning rate up
 WARMDOWN_FRAC = 0.4  # share of the budget spent decaying it to zero (the fork's best kept 40%)
 GRAD_CLIP = 1.0  # max global gradient norm: guards the first steps at a high learning rate
@@ -900,8 +901,10 @@ def main():
         model = torch.compile(model)
 
     tracker = Tracker(run)
-    local_batch = BATCH_SIZE // run.world_size  # the global batch is split across GPUs
-    tokens_per_step = BATCH_SIZE * GRAD_ACCUM * MAX_SEQ_LEN
+    local_batch = BATCH_SIZE // (GRAD_ACCUM * run.world_size)  # the global batch is split across GPUs
+    assert local_batch * GRAD_ACCUM * run.world_size == BATCH_SIZE > 0, "BATCH_SIZE: a multiple of GRAD_ACCUM x GPUs"
+    chunk = local_batch if run.device.type == "cuda" else HOST_MICRO_BATCH  # same gradient, less memory
+    tokens_per_step = BATCH_SIZE * MAX_SEQ_LEN
     step = 0
     while True:
         lr_mult = lr_multiplier(tracker.progress)
@@ -909,10 +912,12 @@ def main():
             group["lr"] = group["base_lr"] * lr_mult
         train_loss = 0.0
         for _ in range(GRAD_ACCUM):
-            with run.autocast():
-                loss = model(get_batch(run, local_batch)) / GRAD_ACCUM
-            run.scaler.scale(loss).backward()
-            train_loss += loss.detach()
+            x = get_batch(run, local_batch)
+            for part in x.split(chunk):
+                with run.autocast():
+                    loss = model(part) * (len(part) / (len(x) * GRAD_ACCUM))
+                run.scaler.scale(loss).backward()
+                train_loss += loss.detach()
         run.scaler.unscale_(optimizer)
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         run.scaler.step(optimizer)
