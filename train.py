@@ -689,7 +689,7 @@ def make_summary(run, stats, depth, dim):
         eval_bytes=run.eval_bytes,
         device=run.device.type,
         gpu=gpu_name(run.device),
-        torch=torch.__version__,
+        torch=str(torch.__version__),  # a plain str, so torch.load(weights_only=True) reads checkpoints
         x_transformers=version("x-transformers"),
         seed=run.env["seed"],
         commit=git_commit(),

@@ -1,0 +1,176 @@
+"""Helpers for the results tests: temporary git repositories, fake run logs, generated results files.
+
+A "run" here is a run.log whose summary block names the current HEAD, written the way train.py
+prints it; train.py itself is exercised by the training tests.
+"""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import REPO
+
+ANALYSIS = REPO / "analysis.py"
+HEADER5 = "commit\tval_bpc\tmemory_gb\tstatus\tdescription"
+
+# (commit, val_bpc, memory_gb, status, description): a baseline, three noise replicates, then a night
+NIGHT = [
+    ("base000", 1.500000, 2.0, "keep", "baseline"),
+    ("nse0001", 1.501000, 2.0, "discard", "noise: AR_SEED=1"),
+    ("nse0002", 1.499000, 2.0, "discard", "noise: AR_SEED=2"),
+    ("nse0003", 1.500600, 2.0, "discard", "noise: AR_SEED=3"),
+    ("exp0001", 1.520000, 3.1, "discard", "dim 768"),
+    ("exp0002", 1.450000, 2.2, "keep", "SwiGLU"),
+    ("exp0003", 0.000000, 0.0, "crash", "depth 24 (crash: out of memory)"),
+    ("exp0004", 1.450500, 2.2, "discard", "rotary base 50000"),
+    ("exp0005", 1.400000, 2.3, "keep", "lr 3e-3"),
+    ("exp0006", 1.399900, 2.3, "keep", "warmdown 50%"),
+    ("exp0007", 1.600000, 2.3, "discard", "no qk norm"),
+    ("exp0008", 0.000000, 0.0, "crash", "fp8 everywhere"),
+    ("exp0009", 0.000000, 0.0, "crash", "batch 256"),
+]
+
+
+TRAIN_STUB = """\
+# ==== FIXED REGION START: do not modify ====
+EVAL_BYTES = 4096
+# ==== FIXED REGION END ====
+LR = 0.001
+"""
+
+
+def load_analysis():
+    spec = importlib.util.spec_from_file_location("analysis", ANALYSIS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("analysis", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+analysis = load_analysis()
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(path):
+    """A git repository with the project's .gitignore and a small train.py, one commit."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Autoresearch Test")
+    git(path, "config", "user.email", "test@example.invalid")
+    git(path, "config", "commit.gpgsign", "false")
+    shutil.copy(REPO / ".gitignore", path / ".gitignore")
+    (path / "train.py").write_text(TRAIN_STUB)
+    git(path, "add", ".gitignore", "train.py")
+    git(path, "commit", "-q", "-m", "baseline")
+    return path
+
+
+def head(repo):
+    return git(repo, "rev-parse", "--short=7", "HEAD")
+
+
+def commit_change(repo, lr=None, eval_bytes=None, message="experiment"):
+    """Edit train.py the way the agent does (LR below the FIXED region, or the FIXED region
+    itself) and commit it; returns the new short commit."""
+    path = Path(repo) / "train.py"
+    text = path.read_text()
+    if lr is not None:
+        text = text.replace(text[text.index("LR = ") :], f"LR = {lr}\n")
+    if eval_bytes is not None:
+        text = text.replace(
+            text[text.index("EVAL_BYTES = ") : text.index("\n# ==== FIXED REGION END")], f"EVAL_BYTES = {eval_bytes}"
+        )
+    path.write_text(text)
+    git(repo, "commit", "-q", "-am", message)
+    return head(repo)
+
+
+def summary_block(
+    commit, val_bpc, peak_vram_mb=3072.0, fingerprint="f1f2f3f4f5f6", seed=42, gpu="NVIDIA H100 80GB HBM3"
+):
+    values = dict(
+        val_bpc=f"{val_bpc:.6f}",
+        training_seconds="300.1",
+        total_seconds="331.0",
+        peak_vram_mb=f"{peak_vram_mb:.1f}",
+        mfu_percent="31.20",
+        total_tokens_M="512.0",
+        num_steps="1953",
+        num_params_M="25.3",
+        depth="8",
+        precision="BF16",
+        startup_seconds="12.0",
+        eval_seconds="18.9",
+        tokens_per_sec="1706000",
+        eval_bytes="5000000",
+        device="cuda",
+        gpu=gpu,
+        torch="2.11.0",
+        x_transformers="2.26.4",
+        seed=str(seed),
+        commit=commit,
+        fingerprint=fingerprint,
+    )
+    return "---\n" + "\n".join(f"{key + ':':<18}{value}" for key, value in values.items()) + "\n"
+
+
+def write_log(directory, commit, val_bpc=None, crash=None, name="run.log", **summary):
+    """A run.log: some progress lines, then a summary block (when val_bpc is given) and/or a
+    `crash:` line (when crash is given)."""
+    text = "torch 2.11.0 | x-transformers 2.26.4 | device cuda:0\nstep 00010 | loss 2.1000\n"
+    if val_bpc is not None:
+        text += summary_block(commit, val_bpc, **summary)
+    if crash is not None:
+        text += f"Traceback (most recent call last):\n  ...\ncrash: {crash}\n"
+    path = Path(directory) / name
+    path.write_text(text)
+    return path
+
+
+def results_text(rows, header=True, provenance=False, newline="\n"):
+    """A results.tsv from (commit, val_bpc, memory_gb, status, description[, fingerprint]) rows."""
+    columns = analysis.COLUMNS if provenance else analysis.BASE_COLUMNS
+    lines = ["\t".join(columns)] if header else []
+    for row in rows:
+        commit, val, mem, status, description, *rest = row
+        fields = [commit, f"{val:.6f}", f"{mem:.1f}", status, description]
+        if provenance:
+            extra = dict(zip(analysis.PROVENANCE_COLUMNS, rest or ["f1f2f3f4f5f6"]))
+            fields += [extra.get(name, "") for name in analysis.PROVENANCE_COLUMNS]
+        lines.append("\t".join(fields))
+    return newline.join(lines) + newline
+
+
+def data_lines(path):
+    """The non-header, non-blank lines of a results file, as lists of fields."""
+    lines = [line.rstrip("\r") for line in Path(path).read_text().split("\n") if line.strip()]
+    return [line.split("\t") for line in lines if not line.startswith("commit\t")]
+
+
+def run_cli(*args, cwd, env=None, timeout=300):
+    """`python analysis.py ARGS` in `cwd`, as the agent runs it."""
+    return subprocess.run(
+        [sys.executable, str(ANALYSIS), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def is_real_png(path, min_bytes=5000):
+    """PNG magic, a non-trivial size, and an image matplotlib can read with a sane shape."""
+    import matplotlib.image
+
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) <= min_bytes:
+        return False
+    image = matplotlib.image.imread(path)
+    return image.ndim == 3 and image.shape[0] >= 100 and image.shape[1] >= 100 and image.shape[2] in (3, 4)

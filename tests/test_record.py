@@ -1,0 +1,223 @@
+"""`python analysis.py record`: one row per run, parsed from run.log, never typed, never lost."""
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fixtures_results import (
+    HEADER5,
+    analysis,
+    commit_change,
+    data_lines,
+    git,
+    head,
+    make_repo,
+    results_text,
+    run_cli,
+    write_log,
+)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A temporary repository as the agent's working directory."""
+    path = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(path)
+    monkeypatch.delenv("AR_WORKER", raising=False)
+    return path
+
+
+def record(capsys, *args):
+    code = analysis.main(["record", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_keep_appends_the_header_and_one_row_with_numbers_from_the_summary(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.2345674, peak_vram_mb=12345.6, seed=7)
+    code, out, _ = record(capsys, "--status", "keep", "--description", "baseline")
+    assert code == 0
+    lines = (repo / "results.tsv").read_text().splitlines()
+    assert lines[0].startswith(HEADER5 + "\t")
+    assert {"fingerprint", "gpu", "seed", "recorded_at"} <= set(lines[0].split("\t"))
+    assert len(lines) == 2
+    row = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
+    assert [row[c] for c in ("commit", "val_bpc", "memory_gb", "status", "description")] == [
+        commit,
+        "1.234567",
+        f"{12345.6 / 1024:.1f}",
+        "keep",
+        "baseline",
+    ]
+    assert row["fingerprint"] == "f1f2f3f4f5f6" and row["gpu"] == "NVIDIA H100 80GB HBM3" and row["seed"] == "7"
+    assert datetime.fromisoformat(row["recorded_at"]).tzinfo is not None
+    assert row["worker"] == "repo" and row["note"] == ""
+    assert commit in out
+
+
+def test_record_reads_the_log_path_it_is_given(repo, capsys):
+    (repo / "logs").mkdir()
+    write_log(repo / "logs", head(repo), val_bpc=1.5, name="attempt.log")
+    code, _, _ = record(capsys, "--status", "discard", "--description", "wider", "logs/attempt.log")
+    assert code == 0
+    assert data_lines(repo / "results.tsv")[0][1:4] == ["1.500000", "3.0", "discard"]
+
+
+def test_a_crash_records_head_zeros_and_the_crash_reason(repo, capsys):
+    write_log(repo, "ignored", crash="out of memory (peak 80,123 MB, 412.0M parameters)")
+    code, _, _ = record(capsys, "--status", "crash", "--description", "depth 48")
+    assert code == 0
+    commit, val, mem, status, description = data_lines(repo / "results.tsv")[0][:5]
+    assert (commit, val, mem, status) == (head(repo), "0.000000", "0.0", "crash")
+    assert description.startswith("depth 48") and "out of memory (peak 80,123 MB" in description
+
+
+def test_a_keep_or_discard_without_val_bpc_is_refused(repo, capsys):
+    write_log(repo, head(repo), crash="loss is nan at step 40")
+    for status in ("keep", "discard"):
+        code, _, err = record(capsys, "--status", status, "--description", "lr 1e-1")
+        assert code != 0 and "val_bpc" in err and "--status crash" in err
+    assert not (repo / "results.tsv").exists()
+
+
+def test_a_log_from_another_commit_is_refused_unless_forced_and_the_row_says_so(repo, capsys):
+    old = head(repo)
+    commit_change(repo, lr=0.002)
+    write_log(repo, old, val_bpc=1.4)
+    code, _, err = record(capsys, "--status", "keep", "--description", "lr 2e-3")
+    assert code != 0 and old in err and "--force" in err
+    assert not (repo / "results.tsv").exists()
+
+    code, _, _ = record(capsys, "--status", "keep", "--description", "lr 2e-3", "--force")
+    assert code == 0
+    lines = (repo / "results.tsv").read_text().splitlines()
+    row = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
+    assert row["commit"] == old and row["note"].startswith("forced") and old in row["note"]
+
+
+def test_a_log_from_uncommitted_code_is_refused_unless_forced(repo, capsys):
+    write_log(repo, head(repo) + "-dirty", val_bpc=1.4)
+    code, _, err = record(capsys, "--status", "discard", "--description", "untested edit")
+    assert code != 0 and "-dirty" in err
+    code, _, _ = record(capsys, "--status", "discard", "--description", "untested edit", "--force")
+    assert code == 0
+    fields = data_lines(repo / "results.tsv")[0]
+    assert fields[0] == head(repo) and any("dirty" in f for f in fields[5:])
+
+
+def test_descriptions_with_tabs_or_line_breaks_are_refused(repo, capsys):
+    write_log(repo, head(repo), val_bpc=1.4)
+    for description in ("a\tb", "first line\nsecond line", "a\r\nb", "   "):
+        code, _, err = record(capsys, "--status", "discard", "--description", description)
+        assert code != 0 and "description" in err
+    assert not (repo / "results.tsv").exists()
+
+
+def test_appending_to_a_file_without_header_is_refused_with_the_fix_and_changes_nothing(repo, capsys):
+    original = results_text([("aaaaaaa", 1.5, 2.0, "keep", "baseline")], header=False).encode()
+    (repo / "results.tsv").write_bytes(original)
+    write_log(repo, head(repo), val_bpc=1.4)
+    code, _, err = record(capsys, "--status", "keep", "--description", "next")
+    assert code != 0 and "header" in err and "fix-header" in err
+    assert (repo / "results.tsv").read_bytes() == original
+
+    assert analysis.main(["fix-header"]) == 0
+    fixed = (repo / "results.tsv").read_bytes()
+    assert fixed.startswith(HEADER5.encode() + b"\n") and fixed.endswith(original)
+    code, _, _ = record(capsys, "--status", "keep", "--description", "next")
+    assert code == 0
+    assert [f[4] for f in data_lines(repo / "results.tsv")] == ["baseline", "next"]
+
+
+def test_a_file_with_the_original_five_columns_gets_five_column_rows(repo, capsys):
+    (repo / "results.tsv").write_text(results_text([("aaaaaaa", 1.5, 2.0, "keep", "baseline")]))
+    write_log(repo, head(repo) + "-dirty", val_bpc=1.4)
+    code, _, _ = record(capsys, "--status", "discard", "--description", "try", "--force")
+    assert code == 0
+    rows = data_lines(repo / "results.tsv")
+    assert [len(r) for r in rows] == [5, 5]
+    assert rows[1][4].startswith("try") and "forced" in rows[1][4]  # the note rides in the description
+    assert analysis.read_results(repo / "results.tsv").malformed == []
+
+
+def test_every_row_is_also_appended_to_a_backup_inside_the_git_directory(repo, capsys):
+    for i, status in enumerate(("keep", "discard")):
+        write_log(repo, head(repo), val_bpc=1.5 - i / 10)
+        assert record(capsys, "--status", status, "--description", f"run {i}")[0] == 0
+    backup = repo / ".git" / "autoresearch" / "results.tsv"
+    assert backup.read_text() == (repo / "results.tsv").read_text()
+
+
+def test_restore_merges_the_backup_back_in_order_without_duplicates(repo, capsys):
+    rows = [(f"c{i:06d}", 1.5 - i / 100, 2.0, "discard", f"row {i}") for i in range(7)]
+    backup = repo / ".git" / "autoresearch" / "results.tsv"
+    backup.parent.mkdir(parents=True)
+    # the backup missed row 4 (its disk was full for a moment); the live file was later replaced
+    # by an older copy that ends at row 4, losing rows 5 and 6
+    backup.write_text(results_text([rows[i] for i in (0, 1, 2, 3, 5, 6)]))
+    (repo / "results.tsv").write_text(results_text(rows[:5]))
+    assert analysis.main(["restore"]) == 0
+    assert [r[4] for r in data_lines(repo / "results.tsv")] == [f"row {i}" for i in range(7)]
+    assert analysis.main(["restore"]) == 0  # a second restore adds nothing
+    assert len(data_lines(repo / "results.tsv")) == 7
+
+
+def test_restore_recreates_a_deleted_results_tsv(repo, capsys):
+    for i in range(3):
+        write_log(repo, head(repo), val_bpc=1.5 - i / 10)
+        record(capsys, "--status", "keep", "--description", f"run {i}")
+    before = (repo / "results.tsv").read_text()
+    (repo / "results.tsv").unlink()
+    assert analysis.main(["restore"]) == 0
+    assert (repo / "results.tsv").read_text() == before
+
+
+def test_restore_without_a_backup_says_so(tmp_path, capsys):
+    code = analysis.main(["restore", "--tsv", str(tmp_path / "results.tsv")])
+    assert code != 0 and "no backup" in capsys.readouterr().err
+
+
+def test_recording_from_a_second_worktree_lands_in_the_main_worktrees_results(repo):
+    worktree = repo.parent / "agent-2"
+    git(repo, "worktree", "add", "-q", "-b", "agent-2", str(worktree))
+    commit = commit_change(worktree, lr=0.003)
+    write_log(worktree, commit, val_bpc=1.45)
+    proc = run_cli("record", "--status", "keep", "--description", "lr 3e-3", cwd=worktree)
+    assert proc.returncode == 0, proc.stderr
+    assert not (worktree / "results.tsv").exists()
+    rows = data_lines(repo / "results.tsv")
+    assert [r[:5] for r in rows] == [[commit, "1.450000", "3.0", "keep", "lr 3e-3"]]
+    assert dict(zip(analysis.COLUMNS, rows[0]))["worker"] == "agent-2"
+    assert data_lines(repo / ".git" / "autoresearch" / "results.tsv") == rows
+
+
+def test_a_keep_saves_its_checkpoint_and_metrics_under_checkpoints(repo, capsys):
+    write_log(repo, head(repo), val_bpc=1.45)
+    (repo / "checkpoint.pt").write_bytes(b"weights of the kept run")
+    (repo / "metrics.jsonl").write_text('{"step": 1, "time": 0.0, "loss": 5.5}\n')
+    code, out, _ = record(capsys, "--status", "keep", "--description", "baseline")
+    assert code == 0
+    saved = repo / "checkpoints" / f"{head(repo)}.pt"
+    assert saved.read_bytes() == b"weights of the kept run"
+    assert saved.with_suffix(".metrics.jsonl").read_text() == (repo / "metrics.jsonl").read_text()
+    assert str(saved) in out
+
+
+def test_a_discard_saves_no_checkpoint_and_a_keep_without_one_says_so(repo, capsys):
+    write_log(repo, head(repo), val_bpc=1.45)
+    (repo / "checkpoint.pt").write_bytes(b"weights")
+    record(capsys, "--status", "discard", "--description", "worse")
+    assert not (repo / "checkpoints").exists()
+    (repo / "checkpoint.pt").unlink()
+    code, out, _ = record(capsys, "--status", "keep", "--description", "better")
+    assert code == 0 and "no checkpoint.pt" in out
+
+
+def test_tsv_overrides_the_results_path_before_or_after_the_subcommand(repo, tmp_path, capsys):
+    write_log(repo, head(repo), val_bpc=1.45)
+    first, second = tmp_path / "a" / "results.tsv", tmp_path / "b.tsv"
+    assert analysis.main(["--tsv", str(first), "record", "--status", "keep", "--description", "x"]) == 0
+    assert analysis.main(["record", "--tsv", str(second), "--status", "keep", "--description", "y"]) == 0
+    assert [r[4] for r in data_lines(first)] == ["x"] and [r[4] for r in data_lines(second)] == ["y"]
+    assert not Path(repo / "results.tsv").exists()
