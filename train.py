@@ -549,13 +549,19 @@ class Tracker:
         self.clock_start = None  # wall time when the first counted step began
         self.loop_start = self.window_start = time.time()
         self.last_status = 0.0
+        self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
+        self.step_seconds = 0.0  # mean step time in the window before the last sync
         run.startup_seconds = self.loop_start - T_START
 
     @property
     def progress(self):
-        """Fraction of the budget spent, from the host clock (no sync): drives LR schedules."""
+        """Fraction of the budget spent, from the host clock (no sync): drives LR schedules.
+        Under torchrun every rank must step with the same LR or the replicas drift apart, so
+        there it is rank 0's time at the last sync plus the steps taken since, at that pace."""
         if self.clock_start is None:
             return 0.0
+        if self.run.world_size > 1:
+            return min((self.synced_time + self.step_seconds * len(self.pending)) / self.budget, 1.0)
         return min((time.time() - self.clock_start) / self.budget, 1.0)
 
     def end_step(self, step, loss, lr, grad_norm, tokens):
@@ -602,10 +608,13 @@ class Tracker:
                 f"| lr {self.pending[-1][2]:.2e} | {tok_per_sec:,.0f} tok/s"
             )
         self.pending, self.window_tokens, self.window_start = [], 0, now
-        done = torch.tensor(float(self.training_time >= self.budget), device=self.run.device)
-        if self.run.world_size > 1:  # rank 0's clock decides, so every rank stops at the same step
-            dist.broadcast(done, 0)
-        return bool(done.item())
+        done = self.training_time >= self.budget
+        if self.run.world_size > 1:  # rank 0's clock decides: every rank takes the same LR and stops at the same step
+            clock = torch.tensor([self.training_time, dt / len(values)], dtype=torch.float64, device=self.run.device)
+            dist.broadcast(clock, 0)
+            self.synced_time, self.step_seconds = clock.tolist()
+            done = self.synced_time >= self.budget
+        return done
 
     def stats(self, step):
         """Synced totals for the summary, taken after the loop ends."""
