@@ -374,6 +374,7 @@ class Run:
     peak_tflops: float = 0.0
     startup_seconds: float = 0.0
     compile_seconds: float = 0.0
+    val_bpc: float = None  # set by evaluate(); the summary must report exactly this value
 
     @property
     def master(self):
@@ -517,6 +518,8 @@ def evaluate(run, net, split="val"):
         total = shards.item()
     net.train(was_training)
     bpc = total / targets_total / math.log(2)
+    if split == "val":
+        run.val_bpc = bpc
     return bpc, time.time() - t0
 
 
@@ -743,6 +746,8 @@ SUMMARY_FORMAT = {
 def print_summary(run, summary):
     """The `---` block that program.md greps: fixed keys in a fixed order."""
     summary["total_seconds"] = time.time() - T_START
+    if run.val_bpc is None or summary.get("val_bpc") != run.val_bpc:
+        raise HarnessError("the summary's val_bpc must be the value evaluate(run, model.net) returned")
     if not run.master:
         return
     lines = [f"{key + ':':<18}{fmt.format(summary[key])}" for key, fmt in SUMMARY_FORMAT.items()]
