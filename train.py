@@ -479,6 +479,20 @@ def unwrap(model):
 
 
 @torch.no_grad()
+def check_causal(net, device, autocast):
+    """A model that peeks at later bytes scores impossibly well: refuse it. Changing the second
+    half of a window must not move a single prediction in the first half."""
+    half = MAX_SEQ_LEN // 2
+    x = torch.arange(EVAL_BATCH_SIZE * MAX_SEQ_LEN, device=device).remainder(251).view(EVAL_BATCH_SIZE, -1)
+    y = x.clone()
+    y[:, half:] = (y[:, half:] + 1) % VOCAB
+    with autocast:
+        shift = (net(x).float() - net(y).float())[:, :half].abs().max().item()
+    if shift > 1e-4:  # a causal model gives bit-identical earlier logits; leaks move them by ~1e-3 at init
+        raise HarnessError(f"the model is not causal: earlier predictions move by {shift:.3g} when later bytes change")
+
+
+@torch.no_grad()
 def evaluate(run, net, split="val"):
     """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the first eval_bytes of a split.
 
@@ -499,6 +513,7 @@ def evaluate(run, net, split="val"):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else nullcontext()
     was_training = net.training
     net.eval()
+    check_causal(net, run.device, autocast)
     total = 0.0  # a Python float: FP64 on every device, MPS included
     for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)):
         if b % run.world_size != run.rank:

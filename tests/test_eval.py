@@ -51,7 +51,8 @@ def test_every_val_byte_after_the_first_is_scored_exactly_once(train, n):
     assert bpc == pytest.approx(bits.mean().item(), rel=1e-6)  # FP32 log-softmax
     # always full (EVAL_BATCH_SIZE, MAX_SEQ_LEN) batches: the model contract, and one compiled shape
     assert set(net.calls) == {(train.EVAL_BATCH_SIZE, train.MAX_SEQ_LEN)}
-    assert len(net.calls) == math.ceil(math.ceil((n - 1) / train.MAX_SEQ_LEN) / train.EVAL_BATCH_SIZE)
+    batches = math.ceil(math.ceil((n - 1) / train.MAX_SEQ_LEN) / train.EVAL_BATCH_SIZE)
+    assert len(net.calls) == batches + 2  # plus the two forwards of the causality probe
 
 
 def test_eval_scores_only_the_eval_bytes_prefix(train):
@@ -115,3 +116,29 @@ def test_test_split_is_scored_separately(train, tiny_model_and_run):
     val = train.evaluate(run, model.net, "val")[0]
     test = train.evaluate(run, model.net, "test")[0]
     assert math.isfinite(test) and test != val
+
+
+class PeeksAhead(nn.Module):
+    """Mixes the whole window into every position, as a non-causal option would."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x, 256).float().mean(dim=1, keepdim=True).expand(*x.shape, 256)
+
+
+def test_a_model_that_sees_later_bytes_is_refused(train):
+    val = torch.randint(0, 256, (3000,), dtype=torch.uint8)
+    with pytest.raises(train.HarnessError, match="not causal"):
+        train.evaluate(make_run(train, val), PeeksAhead())
+
+
+def test_an_x_transformers_option_that_leaks_the_future_is_refused(train):
+    torch.manual_seed(0)
+    net = train.TransformerWrapper(
+        num_tokens=256,
+        max_seq_len=train.MAX_SEQ_LEN,
+        use_abs_pos_emb=False,
+        attn_layers=train.Decoder(dim=64, depth=2, heads=2, rotary_pos_emb=True, attn_orthog_projected_values=True),
+    )
+    val = torch.randint(0, 256, (3000,), dtype=torch.uint8)
+    with pytest.raises(train.HarnessError, match="not causal"):
+        train.evaluate(make_run(train, val), net)
