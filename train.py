@@ -546,6 +546,7 @@ def evaluate(run, net, split="val"):
 def append_metrics(run, row):
     """One JSON line in metrics.jsonl (rank 0 only)."""
     if run.master:
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}  # strict JSON
         with open(run.env["metrics"], "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -782,9 +783,19 @@ def remove_temp_files():
 
 def die(message, code):
     remove_temp_files()
-    print(f"crash: {message}", flush=True)
+    sys.stderr.write("\n")  # ends a progress bar's unfinished line, so `crash:` starts a line of its own
     sys.stderr.flush()
+    print(f"crash: {message}", flush=True)
     os._exit(code)
+
+
+def one_line_reason(error):
+    """`Type: first line of the message`; for a bare `assert`, the failing line and where it is."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not message:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        message = f"{where.line} ({Path(where.filename).name}:{where.lineno})"
+    return f"{type(error).__name__}: {message}"
 
 
 def start_watchdog(seconds):
@@ -827,7 +838,7 @@ def run_main(main):
         die(f"out of memory (peak {peak:,.0f} MB, {size})", 4)
     except Exception as e:
         traceback.print_exc()
-        die(f"{type(e).__name__}: {e}".splitlines()[0], 1)
+        die(one_line_reason(e), 1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,0 +1,118 @@
+"""Mistakes an agent makes in train.py's editable part. Each broken copy must stop without a
+summary (so the experiment is logged as a crash) and leave the real Python error where the agent
+looks: program.md has it read the last 50 lines of run.log.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from harness import TRAIN, base_env, make_train_copy, parse_summary, run_train
+
+TAIL_LINES = 50
+
+
+def edited(old, new):
+    """An edit of train.py's text replacing `old` (which must occur exactly once) by `new`."""
+
+    def edit(source):
+        assert source.count(old) == 1, f"train.py no longer has exactly one {old!r}: update this mistake"
+        return source.replace(old, new)
+
+    return edit
+
+
+def with_decoder_keyword(keyword):
+    """An edit adding `keyword` as the first argument of the Decoder(...) call in build_model."""
+
+    def edit(source):
+        calls = re.findall(r"^( *)attn_layers=Decoder\(\n", source, flags=re.M)
+        assert len(calls) == 1, "train.py no longer has one `attn_layers=Decoder(` line: update this mistake"
+        indent = calls[0]
+        return source.replace(
+            f"{indent}attn_layers=Decoder(\n", f"{indent}attn_layers=Decoder(\n{indent}    {keyword},\n"
+        )
+
+    return edit
+
+
+def tail(log, lines=TAIL_LINES):
+    return "\n".join(log.splitlines()[-lines:])
+
+
+@dataclass
+class Mistake:
+    """An edited train.py, what the last 50 log lines must show, and the line the log must end with."""
+
+    edit: Callable[[str], str] | None  # applied to train.py's text; None leaves it as it is
+    constants: dict  # applied after the TINY config, as the agent's edits to the knobs
+    evidence: str
+    last_line: str
+
+
+MISTAKES = {
+    "batch-size-zero": Mistake(
+        None,
+        dict(BATCH_SIZE=0),
+        evidence=r"BATCH_SIZE",
+        last_line=r"crash: .*BATCH_SIZE.*",
+    ),
+    "negative-learning-rate": Mistake(
+        None,
+        dict(LR=-1e-3),
+        evidence=r"assert lr > 0",
+        last_line=r"crash: AssertionError: .*lr > 0.*",
+    ),
+    "keyword-the-pinned-version-rejects": Mistake(
+        with_decoder_keyword("resi_dual=True"),
+        {},
+        evidence=r"AssertionError: unrecognized kwargs passed in dict_keys\(\['resi_dual'\]\)",
+        last_line=r"crash: AssertionError: unrecognized kwargs .*resi_dual.*",
+    ),
+    "syntax-error": Mistake(
+        edited("def build_model():", "def build_model(:"),
+        {},
+        evidence=r'File ".*train\.py", line \d+\n\s+def build_model\(:',
+        last_line=r"SyntaxError: .*",  # the file never runs, so only the interpreter can speak
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(MISTAKES), ids=list(MISTAKES))
+def mistake_run(request, tmp_path_factory, corpus):
+    """(mistake, exit code, log) for one broken copy, run with a tiny budget."""
+    mistake = MISTAKES[request.param]
+    workdir = tmp_path_factory.mktemp(request.param)
+    source = mistake.edit(TRAIN.read_text()) if mistake.edit else None
+    train_py = make_train_copy(workdir, source=source, **mistake.constants)
+    code, log = run_train(train_py, base_env(workdir, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
+    return mistake, code, log
+
+
+def test_an_agent_mistake_stops_the_run_without_a_summary(mistake_run):
+    _, code, log = mistake_run
+    assert code != 0, log
+    assert parse_summary(log) == {}
+    assert not re.search(r"^val_bpc:", log, flags=re.M)
+
+
+def test_an_agent_mistake_leaves_the_real_error_in_the_last_50_lines(mistake_run):
+    mistake, _, log = mistake_run
+    assert re.search(mistake.evidence, tail(log)), tail(log)
+
+
+def test_an_agent_mistake_ends_the_log_with_a_line_that_says_what_went_wrong(mistake_run):
+    mistake, _, log = mistake_run
+    last = log.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(mistake.last_line, last), last
+
+
+def test_a_dim_that_heads_do_not_divide_still_trains_because_each_head_has_its_own_width(tmp_path, corpus):
+    # x-transformers sizes heads by attn_dim_head (64), not dim / heads: DIM=33 with 2 heads is valid
+    train_py = make_train_copy(tmp_path, DIM=33, HEADS=2)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
+    assert code == 0, log
+    summary = parse_summary(log)
+    assert float(summary["val_bpc"]) > 0
+    assert not re.search(r"^crash:", log, flags=re.M)

@@ -1,0 +1,88 @@
+"""Bad environment values: each is refused at startup with a `crash:` line that names the variable
+and what to set instead, before any data is read; a precision flag the machine cannot honour
+falls back with a notice, and the summary says what actually ran.
+"""
+
+import re
+
+import pytest
+import torch
+from harness import TRAIN, base_env, import_train, make_train_copy, parse_summary, run_train
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+# The cases the issue names run end to end, as the agent would meet them in run.log ...
+BAD_VALUES = [
+    pytest.param(dict(USE_FP8="yes"), r"USE_FP8='yes' is not valid: use USE_FP8=1 to enable.*", id="USE_FP8=yes"),
+    pytest.param(dict(USE_FP8=1, USE_FP16=1), r"USE_FP8=1 and USE_FP16=1 are exclusive.*", id="FP8-and-FP16"),
+    pytest.param(dict(AR_TIME_BUDGET=-5), r"AR_TIME_BUDGET='-5' must be >= .*", id="AR_TIME_BUDGET=-5"),
+    pytest.param(dict(AR_TIME_BUDGET="abc"), r"AR_TIME_BUDGET='abc' is not a valid float", id="AR_TIME_BUDGET=abc"),
+    pytest.param(
+        dict(AR_DEVICE="cuda"),
+        r"AR_DEVICE=cuda but this machine has no CUDA GPU: .*AR_DEVICE=cpu.*",
+        id="AR_DEVICE=cuda",
+    ),
+]
+
+# ... and the rest through the same validation in this process: the path from HarnessError to the
+# `crash:` line is the one the cases above already prove, and each subprocess costs an import of torch.
+MORE_BAD_VALUES = [
+    pytest.param(dict(USE_FP16="true"), r"USE_FP16='true' is not valid: use USE_FP16=1 to enable", id="USE_FP16=true"),
+    pytest.param(dict(AR_HARD_LIMIT="0"), r"AR_HARD_LIMIT='0' must be >= ", id="AR_HARD_LIMIT=0"),
+    pytest.param(dict(AR_EVAL_BYTES="1"), r"AR_EVAL_BYTES='1' must be >= 2", id="AR_EVAL_BYTES=1"),
+    pytest.param(dict(AR_SEED="1.5"), r"AR_SEED='1.5' is not a valid int", id="AR_SEED=1.5"),
+    pytest.param(dict(AR_DEVICE="gpu0"), r"AR_DEVICE='gpu0' is not a device: use cuda, ", id="AR_DEVICE=gpu0"),
+]
+
+
+@NO_CUDA
+@pytest.mark.parametrize("values, reason", BAD_VALUES)
+def test_a_bad_environment_value_is_refused_before_reading_data(tmp_path, corpus, values, reason):
+    train_py = make_train_copy(tmp_path)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, **values), timeout=120)
+    assert code != 0, log
+    last = log.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch("crash: " + reason, last), last
+    assert parse_summary(log) == {}
+    assert "Traceback" not in log
+    assert not re.search(r"^(data|step) ", log, flags=re.M), "refused only after loading data or training"
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def train_module():
+    return import_train(TRAIN, name="env_checks")
+
+
+@pytest.mark.parametrize("values, reason", MORE_BAD_VALUES)
+def test_more_bad_environment_values_are_refused_with_the_variable_named(train_module, monkeypatch, values, reason):
+    for key in (*train_module.ENV_VARS, "USE_FP8", "USE_FP16"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(train_module.HarnessError, match=re.escape(reason)):
+        train_module.pick_device(train_module.read_env()["device"])
+
+
+def test_an_unknown_command_line_argument_is_refused(tmp_path, corpus):
+    train_py = make_train_copy(tmp_path)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus), args=["--budget", "10"], timeout=120)
+    assert code != 0, log
+    assert log.rstrip("\n").splitlines()[-1].startswith("crash: unknown arguments ['--budget', '10']")
+    assert parse_summary(log) == {}
+
+
+@NO_CUDA
+@pytest.mark.parametrize("flag", ["USE_FP8", "USE_FP16"])
+def test_a_gpu_precision_flag_off_the_gpu_falls_back_to_fp32_and_says_so(tmp_path, corpus, flag):
+    train_py = make_train_copy(tmp_path)
+    env = base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096, **{flag: 1})
+    code, log = run_train(train_py, env)
+    assert code == 0, log
+    notices = [line for line in log.splitlines() if line.startswith("notice:") and flag in line]
+    assert len(notices) == 1, log
+    assert "continuing in FP32" in notices[0]
+    summary = parse_summary(log)
+    assert summary["precision"] == "FP32"
+    assert float(summary["val_bpc"]) > 0
+    assert re.search(r"^model: .*\| precision FP32$", log, flags=re.M)
