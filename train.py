@@ -853,7 +853,7 @@ def run_main(main):
 
 DIM = 512  # model width
 DEPTH = 8  # transformer layers
-HEADS = 8  # attention heads: 64 dims each, the size flash-attention kernels like best
+HEADS = 8  # attention heads of 64 dims each (x-transformers' attn_dim_head): keep HEADS x 64 = DIM
 BATCH_SIZE = 64  # sequences per optimizer step, summed over all GPUs (64 x 1024 = 65K bytes)
 GRAD_ACCUM = 1  # micro-steps per optimizer step: raise it when out of memory (same step, smaller pieces)
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
@@ -919,7 +919,7 @@ def lr_multiplier(progress):
     The uncounted first steps run at progress 0, so they only warm up the optimizer moments."""
     if progress < WARMUP_FRAC:
         return progress / WARMUP_FRAC
-    if progress < 1.0 - WARMDOWN_FRAC:
+    if progress < 1.0 - WARMDOWN_FRAC or WARMDOWN_FRAC == 0:
         return 1.0
     return (1.0 - progress) / WARMDOWN_FRAC
 
