@@ -284,7 +284,7 @@ def parse_summary(log):
     summary = {}
     for line in lines[start:]:
         key, sep, value = line.partition(":")
-        if sep and re.fullmatch(r"[a-z_0-9]+", key):
+        if sep and re.fullmatch(r"\w+", key):  # total_tokens_M and num_params_M have capitals
             summary[key] = value.strip()
     return summary
 

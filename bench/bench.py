@@ -160,7 +160,7 @@ def section_plan(args):
 
 
 def import_train(path=TRAIN, name="train_for_bench"):
-    """train.py as a module: its main() only runs under __main__."""
+    """A script as a module (train.py by default: its main() only runs under __main__)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -792,19 +792,11 @@ def train_env(b, folder, budget):
 
 
 def parse_summary(log):
-    """The key: value lines after the last `---` line of a train.py log, numbers as floats."""
-    lines = log.splitlines()
-    if "---" not in lines:
-        return {}
-    summary = {}
-    for line in lines[len(lines) - lines[::-1].index("---") :]:
-        key, sep, value = line.partition(":")
-        if sep and re.fullmatch(r"[A-Za-z_0-9]+", key):  # num_params_M has a capital
-            value = value.strip()
-            try:
-                summary[key] = float(value)
-            except ValueError:
-                summary[key] = value
+    """analysis.py's parse of a train.py summary, numbers as floats."""
+    summary = import_train(REPO / "analysis.py", "analysis_for_bench").parse_summary(log)
+    for key, value in summary.items():
+        with contextlib.suppress(ValueError):
+            summary[key] = float(value)
     return summary
 
 

@@ -14,6 +14,7 @@ is promoted by cherry-pick and a confirming rerun. The protocol is in docs/scale
 
 import argparse
 import fcntl
+import importlib.util
 import json
 import os
 import re
@@ -122,17 +123,15 @@ def is_running(root, gpu):
 # ---------------------------------------------------------------------------
 
 
-def parse_summary(log):
-    """The `key: value` lines after the last line that is exactly `---` ({} when there is none)."""
-    lines = log.splitlines()
-    if "---" not in lines:
-        return {}
-    summary = {}
-    for line in lines[len(lines) - lines[::-1].index("---") :]:
-        key, sep, value = line.partition(":")
-        if sep and re.fullmatch(r"[a-z_0-9]+", key):
-            summary[key] = value.strip()
-    return summary
+def load_analysis():
+    """analysis.py next to this folder: its summary parser is the one `record` uses."""
+    spec = importlib.util.spec_from_file_location("analysis", Path(__file__).resolve().parents[1] / "analysis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+parse_summary = load_analysis().parse_summary
 
 
 def crash_reason(log):
