@@ -410,8 +410,7 @@ def setup():
     torch.manual_seed(env["seed"])
     generator = torch.Generator(device).manual_seed(env["seed"] + 1000 * rank)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 for the FP32 matmuls left (Newton-Schulz)
     global ACTIVE_RUN
     ACTIVE_RUN = Run(
         env=env,
