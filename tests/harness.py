@@ -100,6 +100,27 @@ def parse_summary(log):
     return summary
 
 
+def crash_reason(log):
+    """The text after `crash: ` when the log ends with a crash line, else None."""
+    lines = log.rstrip("\n").splitlines()
+    if lines and lines[-1].startswith("crash: "):
+        return lines[-1][len("crash: ") :]
+    return None
+
+
+def assert_crashed(code, log):
+    """Non-zero exit, a final `crash:` line, and nothing for `grep "^val_bpc:" run.log` to find."""
+    assert code != 0, log[-3000:]
+    assert crash_reason(log), f"no crash line at the end of the log:\n{log[-3000:]}"
+    assert parse_summary(log) == {}
+    assert not re.search(r"^val_bpc:", log, flags=re.M)
+
+
+def leftover_parts(*dirs):
+    """Every half-written temporary file (`*.part*`) under the given directories."""
+    return [p for d in dirs if Path(d).exists() for p in Path(d).rglob("*.part*")]
+
+
 def import_train(path=TRAIN, name="train_under_test"):
     """Import a train.py as a module (its main() only runs under __main__)."""
     spec = importlib.util.spec_from_file_location(name, path)

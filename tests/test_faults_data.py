@@ -20,7 +20,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from harness import base_env, make_train_copy, parse_summary, run_train, write_corpus
+from harness import (
+    assert_crashed,
+    base_env,
+    crash_reason,
+    leftover_parts,
+    make_train_copy,
+    parse_summary,
+    run_train,
+    write_corpus,
+)
 
 FAKE_SIZE = 50_000
 
@@ -30,26 +39,10 @@ FAKE_SIZE = 50_000
 # ---------------------------------------------------------------------------
 
 
-def crash_reason(log):
-    """The text after `crash: ` when the log ends with a crash line, else None."""
-    lines = log.rstrip("\n").splitlines()
-    if lines and lines[-1].startswith("crash: "):
-        return lines[-1][len("crash: ") :]
-    return None
-
-
 def assert_refused(code, log):
-    """A data fault stops the run: non-zero exit, a final `crash:` line, no summary for grep."""
-    assert code != 0, log
-    assert crash_reason(log), f"no crash line at the end of the log:\n{log}"
-    assert parse_summary(log) == {}
-    assert not re.search(r"^val_bpc:", log, flags=re.M)
+    """A data fault stops the run like any crash, and says so in one line, not a traceback."""
+    assert_crashed(code, log)
     assert "Traceback" not in log, f"a data error should be one line, not a traceback:\n{log}"
-
-
-def leftover_parts(*dirs):
-    """Every half-written temporary file (`*.part*`) under the given directories."""
-    return [p for d in dirs if Path(d).exists() for p in Path(d).rglob("*.part*")]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import REPO, TRAIN, base_env, import_train, make_train_copy, parse_summary, run_train
+from harness import (
+    REPO,
+    TRAIN,
+    assert_crashed,
+    base_env,
+    crash_reason,
+    import_train,
+    leftover_parts,
+    make_train_copy,
+    run_train,
+)
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
 EXPLODING_NET = f'''
@@ -47,22 +57,6 @@ def edited(old, new, source=None):
     return source.replace(old, new)
 
 
-def crash_reason(log):
-    """The text after `crash: ` when the log ends with a crash line, else None."""
-    lines = log.rstrip("\n").splitlines()
-    if lines and lines[-1].startswith("crash: "):
-        return lines[-1][len("crash: ") :]
-    return None
-
-
-def assert_crashed(code, log):
-    """Non-zero exit, a final `crash:` line, and nothing for `grep "^val_bpc:" run.log` to find."""
-    assert code != 0, log
-    assert crash_reason(log), f"no crash line at the end of the log:\n{log[-3000:]}"
-    assert parse_summary(log) == {}
-    assert not re.search(r"^val_bpc:", log, flags=re.M)
-
-
 def metrics_rows(workdir):
     """Every metrics.jsonl row, each a complete JSON line (Python's reader, which accepts NaN)."""
     text = (Path(workdir) / "metrics.jsonl").read_text()
@@ -78,10 +72,6 @@ def strict_rows(workdir):
     """metrics.jsonl read the way jq or a browser would: NaN and Infinity are not JSON."""
     text = (Path(workdir) / "metrics.jsonl").read_text()
     return [json.loads(line, parse_constant=reject_constant) for line in text.splitlines()]
-
-
-def leftover_parts(*dirs):
-    return [p for d in dirs if Path(d).exists() for p in Path(d).rglob("*.part*")]
 
 
 def run_copy(tmp_path, corpus, source, timeout=300, **env):

@@ -54,3 +54,12 @@ def test_missing_block_is_reported_with_the_lines_to_add(tmp_path, machine):
     agents.write_text("# no block here\n")
     with pytest.raises(SystemExit, match="BEGIN MACHINE"):
         machine.write_block(agents, "x")
+
+
+def test_block_reports_a_measured_run_from_its_own_summary(tiny_run, machine):
+    _, _, log, summary = tiny_run
+    train = machine.load_train()
+    measured = machine.load_script("analysis").parse_summary(log)
+    block = machine.render(train, machine.machine_facts(train), measured, "note")
+    assert f"{float(summary['tokens_per_sec']):,.0f} tokens/s" in block
+    assert "AR_TIME_BUDGET=4" in block and "not measured" not in block

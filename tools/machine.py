@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -28,11 +27,16 @@ END = "<!-- END MACHINE -->"
 SIZES = [(256, 6), (256, 8), (384, 8), (512, 6), (512, 8), (512, 12), (768, 8), (768, 12), (1024, 8), (1024, 12)]
 
 
-def load_train():
-    spec = importlib.util.spec_from_file_location("train_for_machine", REPO / "train.py")
+def load_script(name):
+    """A top-level script of the repository (train.py, analysis.py) as a module."""
+    spec = importlib.util.spec_from_file_location(f"{name}_for_machine", REPO / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_train():
+    return load_script("train")
 
 
 def machine_facts(train):
@@ -69,7 +73,7 @@ def measure_default(seconds, data):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
-    summary = dict(re.findall(r"^(\w+):\s+(.+)$", proc.stdout.split("\n---\n")[-1], re.M))
+    summary = load_script("analysis").parse_summary(proc.stdout)  # the parser `record` uses
     if proc.returncode != 0 or "tokens_per_sec" not in summary:
         crash = [line for line in proc.stdout.splitlines() if line.startswith("crash:")]
         raise RuntimeError(crash[-1] if crash else proc.stderr.strip()[-500:])
@@ -125,7 +129,8 @@ def render(train, facts, measured, note):
         lines += [
             f"| default train.py | {float(measured['tokens_per_sec']):,.0f} tokens/s, "
             f"{measured['mfu_percent']}% MFU, {measured['peak_vram_mb']} MB peak, precision {measured['precision']} |",
-            f"| measured with | `AR_TIME_BUDGET={measured['training_seconds'].split('.')[0]}` on {measured['data']} |",
+            f"| measured with | `{measured['overrides']}`: {measured['training_seconds']} s of training on "
+            f"{measured['data']} |",
         ]
     lines += ["", note, "", "Model sizes with the default architecture (params counted by building it):", ""]
     lines += sizing_table(train, measured)
