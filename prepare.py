@@ -1,0 +1,1258 @@
+"""
+Autoresearch on x-transformers: the fixed harness. Data, clock, evaluation, summary, fingerprint,
+watchdog. The agent never edits this file; its hash is part of every run's fingerprint.
+Usage: python prepare.py     (finds or downloads enwik8 and verifies it; training is `python train.py`)
+"""
+
+import contextlib
+import gc
+import gzip
+import hashlib
+import importlib
+import io
+import json
+import math
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+import urllib.request
+import uuid
+import zipfile
+from contextlib import contextmanager, nullcontext
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import optimizer as torch_optimizer
+
+# ---------------------------------------------------------------------------
+# Constants (fixed, do not modify)
+# ---------------------------------------------------------------------------
+
+REPO_DIR = Path(__file__).resolve().parent
+
+MAX_SEQ_LEN = 1024  # bytes of context in every evaluation window (training windows may be shorter)
+VOCAB = 256  # bytes
+TIME_BUDGET = 300  # seconds of training, excluding the first EXCLUDED_STEPS
+EXCLUDED_STEPS = 10  # the first steps compile (CUDA) and warm up: they do not count against the budget
+EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GPU-sized model takes minutes
+HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
+HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
+EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
+CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
+HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
+METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budget decision
+STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
+LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
+FP8_MIN_FEATURES = 2048  # torchao float8 only pays on large matmuls; smaller linears stay BF16
+CAUSAL_TOLERANCE = 1e-4  # a causal model gives bit-identical earlier logits; leaks move them by ~1e-3 at init
+
+ENWIK8_SIZE = 100_000_000
+ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"
+ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
+ENWIK8_NAMES = ("enwik8", "enwik8.gz", "enwik8.zip")
+SPLITS = {"train": (0, 90_000_000), "val": (90_000_000, 95_000_000), "test": (95_000_000, 100_000_000)}
+CUSTOM_SPLIT = (0.90, 0.95)  # any other corpus: 90/5/5 by position
+
+# Dense BF16 tensor-core peak (TFLOP/s, datasheet, no sparsity). MFU always uses this BF16
+# figure, whatever the precision, so FP8 gains show up as a higher MFU.
+GPU_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,  # SXM ("H100 80GB HBM3")
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 6000 Ada": 364.0,
+    "RTX A6000": 155.0,
+    "RTX 4090": 165.0,
+    "RTX 4080": 97.0,
+    "RTX 3090": 71.0,
+}
+
+ENV_VARS = (
+    "AR_DATA",
+    "AR_DATA_URL",
+    "AR_TIME_BUDGET",
+    "AR_STEPS",
+    "AR_DEVICE",
+    "AR_EVAL_BYTES",
+    "AR_SEED",
+    "AR_HARD_LIMIT",
+    "AR_METRICS",
+    "AR_CHECKPOINT",
+)
+TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file survives a kill
+ACTIVE_RUN = None  # the Run of this process, for crash messages
+
+
+def process_start_time():
+    """When this process started (epoch seconds), so startup_seconds counts train.py's imports too."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):  # not Linux: from prepare's import on
+        return time.time()
+
+
+T_START = process_start_time()
+
+
+class HarnessError(Exception):
+    """A problem with the setup, data, environment or the loop's contract: one `crash:` line."""
+
+
+class LossError(Exception):
+    """A NaN, inf or exploded training loss."""
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Environment: AR_* overrides, device, precision
+# ---------------------------------------------------------------------------
+
+
+def env_number(name, default, kind=float, minimum=None):
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise HarnessError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if minimum is not None and value < minimum:
+        raise HarnessError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def env_flag(name):
+    raw = os.environ.get(name, "")
+    if raw not in ("", "0", "1"):
+        raise HarnessError(f"{name}={raw!r} is not valid: use {name}=1 to enable, 0 or unset for off")
+    return raw == "1"
+
+
+def read_env():
+    """Every AR_* override and precision flag, validated once, before any heavy work."""
+    use_fp8, use_fp16 = env_flag("USE_FP8"), env_flag("USE_FP16")
+    if use_fp8 and use_fp16:
+        raise HarnessError("USE_FP8=1 and USE_FP16=1 are exclusive: set one of them, or neither for BF16")
+    steps = env_number("AR_STEPS", None, int, minimum=1)
+    if steps is not None and os.environ.get("AR_TIME_BUDGET"):
+        raise HarnessError("AR_STEPS and AR_TIME_BUDGET are exclusive: a run is budgeted in steps or in seconds")
+    budget = env_number("AR_TIME_BUDGET", float(TIME_BUDGET), float, minimum=0.001)
+    margin = HARD_LIMIT_MARGIN if torch.cuda.is_available() else HARD_LIMIT_MARGIN_NO_GPU
+    return dict(
+        use_fp8=use_fp8,
+        use_fp16=use_fp16,
+        budget=budget,
+        steps=steps,
+        hard_limit=env_number("AR_HARD_LIMIT", budget + margin if steps is None else 2 * margin, float, 0.001),
+        eval_bytes=env_number("AR_EVAL_BYTES", None, int, minimum=2),
+        seed=env_number("AR_SEED", 42, int, minimum=0),
+        device=os.environ.get("AR_DEVICE", ""),
+        data=os.environ.get("AR_DATA", ""),
+        data_url=os.environ.get("AR_DATA_URL", "") or ENWIK8_URL,
+        metrics=os.environ.get("AR_METRICS", "") or "metrics.jsonl",
+        checkpoint=os.environ.get("AR_CHECKPOINT", "") or "checkpoint.pt",
+        overrides={k: os.environ[k] for k in ENV_VARS if os.environ.get(k)},
+    )
+
+
+def pick_device(requested):
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise HarnessError(f"AR_DEVICE={requested!r} is not a device: use cuda, cuda:N, mps or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise HarnessError("AR_DEVICE=cuda but this machine has no CUDA GPU: unset it, or use AR_DEVICE=cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise HarnessError("AR_DEVICE=mps but MPS is not available here: unset it, or use AR_DEVICE=cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_precision(env, device):
+    """BF16 autocast on CUDA, FP32 elsewhere; FP16 and FP8 on request where the card has them."""
+    if device.type != "cuda":
+        for flag, on in (("USE_FP8", env["use_fp8"]), ("USE_FP16", env["use_fp16"])):
+            if on:
+                print0(f"notice: {flag}=1 needs an NVIDIA GPU, this run is on {device.type}: continuing in FP32")
+        return "FP32"
+    major, minor = torch.cuda.get_device_capability(device)
+    if env["use_fp16"]:
+        return "FP16"
+    if (major, minor) < (8, 0):
+        print0(f"notice: compute capability {major}.{minor} has no BF16 tensor cores: training in FP16 with a scaler")
+        return "FP16"
+    if env["use_fp8"]:
+        if (major, minor) < (8, 9):
+            print0(
+                f"notice: USE_FP8=1 needs compute capability >= 8.9, this GPU has {major}.{minor}: continuing in BF16"
+            )
+            return "BF16"
+        return "FP8"
+    return "BF16"
+
+
+def gpu_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+
+
+def gpu_peak_tflops(name):
+    for key, peak in GPU_PEAK_TFLOPS.items():  # ordered so "H100 PCIe" matches before "H100"
+        if key in name:
+            return peak
+    return 0.0
+
+
+# ---------------------------------------------------------------------------
+# Data: enwik8, found or downloaded once, verified once, split 90M/5M/5M
+# ---------------------------------------------------------------------------
+
+
+def cache_dir():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-xt"
+
+
+GET_DATA_HELP = (
+    "Get enwik8 in one of these ways: set AR_DATA=/path/to/enwik8 (raw, .gz or .zip); "
+    "run `git submodule update --init x-transformers` for x-transformers/data/enwik8.gz; "
+    "copy the raw file to {cache}/enwik8; or go online (or set AR_DATA_URL to a mirror) "
+    "and run `python prepare.py`."
+)
+
+
+def atomic_write_path(final):
+    tmp = final.with_name(f"{final.name}.part{os.getpid()}")
+    TEMP_FILES.add(tmp)
+    return tmp
+
+
+def finish_atomic(tmp, final):
+    os.replace(tmp, final)
+    TEMP_FILES.discard(tmp)
+
+
+def download(url, dest):
+    """Stream `url` to `dest` through a temporary file: an interrupted download never becomes `dest`."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_write_path(dest)
+    print0(f"downloading {url} -> {dest}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            # On a terminal a live bar; redirected to run.log only a line every 30 s.
+            bar = tqdm(total=total, unit="B", unit_scale=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+            received = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            bar.close()
+        if total is not None and received != total:
+            raise HarnessError(f"download of {url} was cut short ({received:,} of {total:,} bytes): run again")
+        finish_atomic(tmp, dest)
+    except OSError as e:  # URLError, timeouts, refused connections
+        raise HarnessError(f"could not download {url}: {e}. " + GET_DATA_HELP.format(cache=cache_dir())) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        TEMP_FILES.discard(tmp)
+
+
+def read_corpus(path):
+    """Raw bytes of a raw, gzip or zip file, with a one-line error naming the file on failure."""
+    try:
+        blob = path.read_bytes()
+        if blob[:2] == b"\x1f\x8b" or path.suffix == ".gz":
+            return gzip.decompress(blob)
+        if blob[:4] == b"PK\x03\x04" or path.suffix == ".zip":
+            with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+                return zf.read(zf.namelist()[0])
+        return blob
+    except IsADirectoryError:
+        raise HarnessError(f"{path} is a directory, not a data file: remove it or point AR_DATA at the file") from None
+    except (OSError, EOFError, zipfile.BadZipFile, IndexError) as e:
+        raise HarnessError(f"cannot read {path} ({e}): it is damaged; delete it and fetch it again") from None
+
+
+def verified_stamps():
+    try:
+        return json.loads((cache_dir() / "verified.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stat_key(path):
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def check_enwik8(path, blob):
+    """Refuse anything that is not exactly enwik8. A pass is remembered by the file's stat."""
+    stamps, key = verified_stamps(), str(path.resolve())
+    if len(blob) == ENWIK8_SIZE and stamps.get(key) == stat_key(path):
+        return
+    md5 = hashlib.md5(blob).hexdigest()
+    if len(blob) != ENWIK8_SIZE or md5 != ENWIK8_MD5:
+        raise HarnessError(
+            f"{path} is not enwik8: {len(blob):,} bytes with md5 {md5}, expected {ENWIK8_SIZE:,} bytes "
+            f"with md5 {ENWIK8_MD5}. It is truncated or corrupt: delete it and fetch it again."
+        )
+    stamps[key] = stat_key(path)
+    stamp_file = cache_dir() / "verified.json"
+    stamp_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_write_path(stamp_file)
+    tmp.write_text(json.dumps(stamps, indent=1))
+    finish_atomic(tmp, stamp_file)
+
+
+def locate_data(env):
+    """(path, is_enwik8) in lookup order: AR_DATA, the submodule copy, the cache, a download."""
+    if env["data"]:
+        path = Path(env["data"]).expanduser()
+        if not path.exists():
+            raise HarnessError(f"AR_DATA={env['data']} does not exist")
+        return path, path.name in ENWIK8_NAMES
+    submodule = REPO_DIR / "x-transformers" / "data" / "enwik8.gz"
+    if submodule.exists():
+        return submodule, True
+    cached = cache_dir() / "enwik8"
+    if cached.exists():
+        return cached, True
+    archive = cache_dir() / "enwik8.zip"
+    download(env["data_url"], archive)
+    blob = read_corpus(archive)
+    tmp = atomic_write_path(cached)
+    tmp.write_bytes(blob)
+    finish_atomic(tmp, cached)
+    archive.unlink()
+    return cached, True
+
+
+def load_corpus(env):
+    """Train/val/test bytes, the data's identity (enwik8's md5, or a custom file's hash) and its path."""
+    path, is_enwik8 = locate_data(env)
+    blob = read_corpus(path)
+    if is_enwik8:
+        check_enwik8(path, blob)
+        bounds, identity = SPLITS, f"enwik8:{ENWIK8_MD5}"
+    else:
+        n = len(blob)
+        if n < 20 * (MAX_SEQ_LEN + 1):
+            raise HarnessError(f"{path} holds {n:,} bytes: a custom corpus needs at least {20 * (MAX_SEQ_LEN + 1):,}")
+        a, b = int(n * CUSTOM_SPLIT[0]), int(n * CUSTOM_SPLIT[1])
+        bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}
+        identity = f"custom:{hashlib.sha256(blob).hexdigest()[:16]}"
+        print0(f"notice: custom corpus {path} ({n:,} bytes): results are not comparable with enwik8 runs")
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return {name: data[lo:hi] for name, (lo, hi) in bounds.items()}, identity, path.resolve()
+
+
+# ---------------------------------------------------------------------------
+# The run: what train.py's train(run) is handed. Batches, micro-steps, the clock.
+# ---------------------------------------------------------------------------
+
+
+class Run:
+    """One training run. train.py's loop asks it for `done` and `progress`, hands it the model
+    (`prepare_model`), runs forward and backward through it (`forward_backward`) and steps the
+    optimizer through it (`step`). Every optimizer step is counted by a global hook."""
+
+    def __init__(self, env, device, precision, splits, data_identity, data_path, eval_bytes):
+        self.env = env
+        self.device = device
+        self.precision = precision
+        self.splits = splits  # uint8 tensors on the device; training batches come from "train" only
+        self.data_identity = data_identity
+        self.data_path = data_path
+        self.eval_bytes = eval_bytes
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.excluded_steps = 0 if env["steps"] else EXCLUDED_STEPS if device.type == "cuda" else EXCLUDED_STEPS_NO_GPU
+        self.generator = torch.Generator(device).manual_seed(env["seed"] + 1000 * self.rank)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "FP16")
+        self.peak_tflops = gpu_peak_tflops(gpu_name(device))
+        self.num_params = 0
+        self.model = None  # the module prepare_model was handed (unwrapped)
+        self.compile = False
+        self.compiled = None  # what forward_backward calls: the model, compiled once its micro-batch is fixed
+        self.micro_batch = None
+        self.startup_seconds = 0.0
+        self.compile_seconds = 0.0
+        self.tracker = None
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def done(self):
+        """True once the budget (seconds, or AR_STEPS steps) is spent: the loop must stop stepping."""
+        return self.tracker.stopped
+
+    @property
+    def progress(self):
+        """Fraction of the budget spent, 0..1: drives learning-rate schedules."""
+        return self.tracker.progress
+
+    @property
+    def steps(self):
+        """Optimizer steps taken so far (counted and uncounted)."""
+        return self.tracker.steps
+
+    def autocast(self):
+        dtype = {"BF16": torch.bfloat16, "FP8": torch.bfloat16, "FP16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def prepare_model(self, model, compile=False):
+        """Move to the device, convert to FP8 where asked and where it pays, wrap for torchrun.
+        `compile=True` compiles on CUDA, once the micro-batch is fixed. Returns the model to train."""
+        model = model.to(self.device)
+        self.model = model
+        self.num_params = sum(p.numel() for p in model.parameters())
+        if self.precision == "FP8":
+            wanted = convert_fp8(model)
+            if wanted == 0:
+                print0(f"notice: USE_FP8=1 but no linear has both sides >= {FP8_MIN_FEATURES}: running BF16")
+                self.precision = "BF16"
+            else:
+                print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
+        print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
+        self.compile = bool(compile) and self.device.type == "cuda"
+        return model
+
+    def step_model(self, model):
+        """What forward_backward calls: DDP under torchrun (gradients averaged over GPUs inside
+        backward), compiled when asked, built once on the first step."""
+        if self.compiled is None:
+            wrapped = model
+            if self.world_size > 1:
+                index = [self.device.index] if self.device.index is not None else None
+                wrapped = nn.parallel.DistributedDataParallel(model, device_ids=index)
+            self.compiled = torch.compile(wrapped) if self.compile else wrapped
+        return self.compiled
+
+    def get_batch(self, batch_size, seq_len):
+        """`batch_size` random windows of the training split, seq_len + 1 bytes each (inputs and
+        targets), sampled on the device: no DataLoader, no host copy."""
+        data = self.splits["train"]
+        starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=self.device, generator=self.generator)
+        return data[starts + torch.arange(seq_len + 1, device=self.device)].long()
+
+    def forward_backward(self, model, batch_size, seq_len=MAX_SEQ_LEN, loss_fn=None):
+        """One optimizer step's forward and backward: `batch_size` sequences (summed over GPUs)
+        of `seq_len` predicted bytes, in micro-batches that fit. `loss_fn(model, x)` returns the
+        scalar loss (default: `model(x)`, the AutoregressiveWrapper's). Returns the mean loss."""
+        if not 1 <= seq_len <= MAX_SEQ_LEN:
+            raise HarnessError(f"seq_len={seq_len}: training windows hold 1 to MAX_SEQ_LEN={MAX_SEQ_LEN} bytes")
+        local = batch_size // self.world_size
+        if local * self.world_size != batch_size or local < 1:
+            raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
+        x = self.get_batch(local, seq_len)
+        self.tracker.served(batch_size * seq_len)
+        if self.micro_batch is None:
+            self.micro_batch = local if self.device.type == "cuda" else min(local, HOST_MICRO_BATCH)
+            print0(f"micro_batch: {self.micro_batch} sequences per forward/backward ({local} per step per rank)")
+        net = self.step_model(model)
+        ddp = unwrap_compiled(net)
+        loss_fn = loss_fn or (lambda m, batch: m(batch))
+        parts = x.split(self.micro_batch)
+        total = torch.zeros((), device=self.device)
+        for i, part in enumerate(parts):
+            sync = i == len(parts) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+            with nullcontext() if sync else ddp.no_sync(), self.autocast():  # one all-reduce per step
+                loss = loss_fn(net, part) * (len(part) / len(x))
+            self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        self.tracker.last_loss = total
+        return total
+
+    def step(self, optimizer, grad_clip=None):
+        """Unscale (FP16), clip, step, update the scaler and zero the gradients. Returns the norm."""
+        self.scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if grad_clip:
+            norm = nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        self.tracker.last_grad_norm = norm
+        before = self.tracker.steps
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if self.tracker.steps == before:  # FP16's scaler skipped the step (inf gradients): it still counts
+            self.tracker.on_step(optimizer)
+        return norm
+
+
+def convert_fp8(model):
+    """Convert the linears `fp8_wants` selects to torchao float8 training; returns how many."""
+    wanted = sum(fp8_wants(m, n) for n, m in model.named_modules())
+    if wanted:
+        from torchao.float8 import convert_to_float8_training
+
+        convert_to_float8_training(model, module_filter_fn=fp8_wants)
+    return wanted
+
+
+def fp8_wants(module, fqn):
+    """Only the transformer body's large linears: float8 is slower than BF16 on small matmuls."""
+    return (
+        isinstance(module, nn.Linear)
+        and "attn_layers" in fqn
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+        and min(module.in_features, module.out_features) >= FP8_MIN_FEATURES
+    )
+
+
+def unwrap_compiled(model):
+    return getattr(model, "_orig_mod", model)
+
+
+def unwrap(model):
+    """The plain module under torch.compile and DistributedDataParallel wrappers."""
+    while isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model._orig_mod
+    return model
+
+
+# ---------------------------------------------------------------------------
+# The clock: every optimizer step counted, metrics.jsonl, loss checks, the stop decision
+# ---------------------------------------------------------------------------
+
+
+def append_metrics(run, row):
+    """One JSON line in metrics.jsonl (rank 0 only)."""
+    if run.master:
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}  # strict JSON
+        with open(run.env["metrics"], "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class Tracker:
+    """Counts optimizer steps from a global hook, buffers per-step values on the device and
+    copies them to the host every METRICS_EVERY steps in one transfer (the GPU never waits on a
+    per-step .item()), and decides when the budget is spent, on rank 0's clock under torchrun."""
+
+    def __init__(self, run):
+        self.run = run
+        self.budget = run.env["budget"]
+        self.step_budget = run.env["steps"]
+        if run.master:  # one file per run: overwrite the previous run's
+            Path(run.env["metrics"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(run.env["metrics"]).write_text("")
+        self.steps = 0
+        self.stopped = False
+        self.last_loss = None  # set by forward_backward, read when the step lands
+        self.last_grad_norm = None
+        self.pending = []  # (step, loss, lr, grad_norm) since the last flush, tensors on device
+        self.served_tokens = 0  # tokens served since the last step
+        self.window_tokens = 0
+        self.counted_tokens = 0  # tokens of the steps that count against the budget
+        self.uncounted_tokens = 0
+        self.training_time = 0.0
+        self.clock_start = None  # wall time when the first counted step began
+        self.loop_start = self.window_start = time.time()
+        self.last_status = 0.0
+        self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
+        self.step_seconds = 0.0  # mean step time in the window before the last sync
+        run.startup_seconds = self.loop_start - T_START
+        if self.run.excluded_steps == 0:
+            self.clock_start = self.loop_start
+
+    def served(self, tokens):
+        self.served_tokens += tokens
+
+    @property
+    def progress(self):
+        """Fraction of the budget spent, from the host clock (no sync). Under torchrun every rank
+        must step with the same LR or the replicas drift apart, so there it is rank 0's time at
+        the last sync plus the steps taken since, at that pace."""
+        if self.step_budget:
+            return min(self.steps / self.step_budget, 1.0)
+        if self.clock_start is None:
+            return 0.0
+        if self.run.world_size > 1:
+            return min((self.synced_time + self.step_seconds * len(self.pending)) / self.budget, 1.0)
+        return min((time.time() - self.clock_start) / self.budget, 1.0)
+
+    def on_step(self, optimizer):
+        """Called after every optimizer step (the global hook, or a step FP16's scaler skipped)."""
+        if self.stopped:
+            raise HarnessError(f"optimizer step {self.steps + 1} after the harness said stop (run.done was True)")
+        self.steps += 1
+        step, tokens = self.steps, self.served_tokens
+        self.served_tokens = 0
+        loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
+        norm = self.last_grad_norm if self.last_grad_norm is not None else torch.tensor(0.0)
+        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0
+        self.pending.append((step, loss.detach().float(), float(lr), norm.detach().float().to(loss.device)))
+        self.last_loss = self.last_grad_norm = None
+        self.window_tokens += tokens
+        if step > self.run.excluded_steps:
+            self.counted_tokens += tokens
+        else:
+            self.uncounted_tokens += tokens
+        if step == 1:  # Python's GC stalls for 100s of ms; what is alive now lives all run
+            gc.collect()
+            gc.freeze()
+        if self.step_budget:
+            if step % METRICS_EVERY == 0 or step >= self.step_budget:
+                self.flush(step)
+            self.stopped = step >= self.step_budget
+            return
+        # a single process may also stop between syncs, when its host clock says the budget is spent
+        spent = self.run.world_size == 1 and self.progress >= 1.0
+        if step <= self.run.excluded_steps or step % METRICS_EVERY == 0 or spent:
+            self.stopped = self.flush(step)
+
+    def flush(self, step):
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize(self.run.device)
+        now = time.time()
+        if step == self.run.excluded_steps:
+            self.clock_start = now
+            self.run.compile_seconds = now - self.loop_start
+        if self.clock_start is not None:
+            self.training_time = now - self.clock_start
+        dt = max(now - self.window_start, 1e-9)
+        tok_per_sec = self.window_tokens / dt
+        values = torch.stack([torch.stack([loss, norm]) for _, loss, _, norm in self.pending]).tolist()
+        for i, ((s, _, lr, _), (loss, norm)) in enumerate(zip(self.pending, values)):
+            # per-step times are spread evenly over the window between two syncs
+            elapsed = max(self.training_time - dt * (len(values) - 1 - i) / len(values), 0.0)
+            row = dict(step=s, time=round(elapsed, 4), loss=loss, lr=lr, tok_per_sec=round(tok_per_sec), grad_norm=norm)
+            append_metrics(self.run, row)
+            if not math.isfinite(loss):
+                raise LossError(f"loss is {loss} at step {s}")
+            if loss > LOSS_EXPLODED:
+                raise LossError(f"loss exploded to {loss:.4g} at step {s}")
+        if now - self.last_status >= STATUS_EVERY_S or step <= self.run.excluded_steps:
+            self.last_status = now
+            if self.step_budget:
+                where = f"{self.training_time:6.1f}s | {step}/{self.step_budget} steps"
+            else:
+                where = (
+                    f"{self.training_time:6.1f}s/{self.budget:.0f}s ({100 * self.training_time / self.budget:5.1f}%)"
+                )
+            print0(
+                f"step {step:05d} | {where} | loss {values[-1][0]:.4f} "
+                f"| lr {self.pending[-1][2]:.2e} | {tok_per_sec:,.0f} tok/s"
+            )
+        self.pending, self.window_tokens, self.window_start = [], 0, now
+        done = self.training_time >= self.budget
+        if self.run.world_size > 1:  # rank 0's clock decides: every rank takes the same LR and stops at the same step
+            clock = torch.tensor([self.training_time, dt / len(values)], dtype=torch.float64, device=self.run.device)
+            dist.broadcast(clock, 0)
+            self.synced_time, self.step_seconds = clock.tolist()
+            done = self.synced_time >= self.budget
+        return done
+
+    def stats(self):
+        """Synced totals for the summary, taken after the loop ends."""
+        if self.pending:
+            self.flush(self.steps)
+        return dict(num_steps=self.steps, training_seconds=self.training_time, counted_tokens=self.counted_tokens)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: the ground truth. Every byte of the scored split predicted exactly once.
+# ---------------------------------------------------------------------------
+
+
+@contextmanager
+def pinned_eval_numerics(device):
+    """The same kernels in the run and in the re-score: no TF32, no reduced-precision reductions,
+    one SDPA backend order. Restores the training settings afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    else:
+        backends = [SDPBackend.MATH]
+    try:
+        with sdpa_kernel(backends, set_priority=True):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = saved[1]
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = saved[2]
+        torch.backends.cudnn.allow_tf32 = saved[3]
+
+
+def eval_autocast(device):
+    """BF16 autocast on CUDA cards with BF16 tensor cores, FP16 on older ones, FP32 elsewhere."""
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def check_causal(net, device):
+    """A model that peeks at later bytes scores impossibly well: refuse it. Changing the second
+    half of a window must not move a single prediction in the first half."""
+    half = MAX_SEQ_LEN // 2
+    x = torch.arange(EVAL_BATCH_SIZE * MAX_SEQ_LEN, device=device).remainder(251).view(EVAL_BATCH_SIZE, -1)
+    y = x.clone()
+    y[:, half:] = (y[:, half:] + 1) % VOCAB
+    with eval_autocast(device):
+        shift = (net(x).float() - net(y).float())[:, :half].abs().max().item()
+    if shift > CAUSAL_TOLERANCE:
+        raise HarnessError(f"the model is not causal: earlier predictions move by {shift:.3g} when later bytes change")
+
+
+@torch.no_grad()
+def evaluate(net, data, device, probe=True, rank=0, world_size=1):
+    """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`.
+
+    Window i holds bytes [i*T, i*T + T] and predicts bytes i*T+1 .. i*T+T, so every byte but
+    the first is predicted exactly once; the final partial window is zero-padded and masked
+    (causal attention keeps padding from touching real positions). Fixed batch, eval mode,
+    pinned numerics, FP32 log-softmax and batch sums, FP64 total. Returns (bpc, seconds).
+    """
+    t0 = time.time()
+    data = data.to(device)
+    targets_total = len(data) - 1
+    windows = math.ceil(targets_total / MAX_SEQ_LEN)
+    padded = torch.zeros(windows * MAX_SEQ_LEN + 1, dtype=torch.uint8, device=device)
+    padded[: len(data)] = data
+    inputs = padded[:-1].view(windows, MAX_SEQ_LEN)
+    targets = padded[1:].view(windows, MAX_SEQ_LEN)
+    valid = (torch.arange(windows * MAX_SEQ_LEN, device=device) < targets_total).view(windows, MAX_SEQ_LEN)
+    was_training = net.training
+    net.eval()
+    with pinned_eval_numerics(device):
+        if probe:
+            check_causal(net, device)
+        total = 0.0  # a Python float: FP64 on every device, MPS included
+        for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)):
+            if b % world_size != rank:
+                continue
+            x = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=torch.long, device=device)
+            y = torch.zeros_like(x)
+            mask = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=torch.bool, device=device)
+            n = min(EVAL_BATCH_SIZE, windows - lo)
+            x[:n], y[:n], mask[:n] = inputs[lo : lo + n], targets[lo : lo + n], valid[lo : lo + n]
+            with eval_autocast(device):
+                logits = net(x)
+            if type(logits) is not torch.Tensor:  # a subclass could rewrite what cross_entropy sees
+                raise HarnessError(f"the model returned a {type(logits).__name__}, not a plain Tensor of logits")
+            nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
+            total += (nll * mask.reshape(-1)).sum().item()
+    if world_size > 1:
+        shards = torch.tensor(total, dtype=torch.float64, device=device)
+        dist.all_reduce(shards)
+        total = shards.item()
+    net.train(was_training)
+    return total / targets_total / math.log(2), time.time() - t0
+
+
+# ---------------------------------------------------------------------------
+# Provenance: commit, source, fingerprint
+# ---------------------------------------------------------------------------
+
+
+def prepare_hash(text=None):
+    """sha256 of prepare.py's text (12 characters): the harness a result was measured with."""
+    return hashlib.sha256((text if text is not None else Path(__file__).read_text()).encode()).hexdigest()[:12]
+
+
+def budget_label(env):
+    return f"{env['steps']}steps" if env["steps"] else f"{env['budget']:g}s"
+
+
+def fingerprint(run):
+    """Equal fingerprints mean comparable numbers: same harness, budget, scored bytes and data."""
+    parts = f"{prepare_hash()}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:12]
+
+
+def git_commit(repo):
+    """HEAD as 7 characters, with -dirty when train.py or prepare.py differ from it."""
+    try:
+        git = ["git", "-C", str(repo)]
+        head = subprocess.run(git + ["rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, check=True)
+        paths = ["--", "train.py", "prepare.py"]
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", *paths], capture_output=True)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "none"
+
+
+def peak_memory_mb(device):
+    """CUDA allocator peak on a GPU; the process's peak resident memory elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_checkpoint(run, model, source, summary):
+    """Weights (every buffer too), the train.py source that built them and the summary so far,
+    written before the final evaluation so that a crash there never loses the training."""
+    if not run.master:
+        return
+    path = Path(run.env["checkpoint"])
+    tmp = atomic_write_path(path)
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "source": source, "summary": summary}, tmp)
+    finish_atomic(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Summary: the `---` block program.md greps
+# ---------------------------------------------------------------------------
+
+SUMMARY_FORMAT = {
+    "val_bpc": "{:.6f}",
+    "training_seconds": "{:.1f}",
+    "total_seconds": "{:.1f}",
+    "peak_vram_mb": "{:.1f}",
+    "mfu_percent": "{:.2f}",
+    "total_tokens_M": "{:.1f}",
+    "num_steps": "{}",
+    "num_params_M": "{:.1f}",
+    "depth": "{}",
+    "precision": "{}",
+    "startup_seconds": "{:.1f}",
+    "eval_seconds": "{:.1f}",
+    "tokens_per_sec": "{:.0f}",
+    "eval_bytes": "{}",
+    "device": "{}",
+    "gpu": "{}",
+    "torch": "{}",
+    "x_transformers": "{}",
+    "seed": "{}",
+    "commit": "{}",
+    "fingerprint": "{}",
+    "compile_seconds": "{:.1f}",
+    "world_size": "{}",
+    "data": "{}",
+    "excluded_steps": "{}",
+    "overrides": "{}",
+    "budget": "{}",
+    "micro_batch": "{}",
+    "prepare_hash": "{}",
+    "run_id": "{}",
+    "val_bpc_exact": "{!r}",
+}
+
+
+def model_shape(net):
+    """(depth, dim) of an x-transformers TransformerWrapper, for the attention FLOPs; (0, 0) otherwise."""
+    layers = getattr(net, "attn_layers", None)
+    return getattr(layers, "depth", 0), getattr(layers, "dim", 0)
+
+
+def make_summary(run, stats, identity):
+    """Every summary key but val_bpc, eval_seconds and total_seconds, which come at the end."""
+    seconds = max(stats["training_seconds"], 1e-9)
+    tokens_per_sec = stats["counted_tokens"] / seconds
+    depth, dim = model_shape(getattr(run.model, "net", run.model))
+    flops_per_token = 6 * run.num_params + 12 * depth * dim * MAX_SEQ_LEN
+    mfu = 100 * flops_per_token * tokens_per_sec / (run.peak_tflops * 1e12) if run.peak_tflops else 0.0
+    if run.device.type == "cuda" and not run.peak_tflops:
+        print0(f"notice: no BF16 peak known for {gpu_name(run.device)}: mfu_percent is reported as 0")
+    return dict(
+        training_seconds=stats["training_seconds"],
+        peak_vram_mb=peak_memory_mb(run.device),
+        mfu_percent=mfu,
+        total_tokens_M=stats["counted_tokens"] / 1e6,
+        num_steps=stats["num_steps"],
+        num_params_M=run.num_params / 1e6,
+        depth=depth,
+        precision=run.precision,
+        startup_seconds=run.startup_seconds,
+        compile_seconds=run.compile_seconds,
+        tokens_per_sec=tokens_per_sec,
+        eval_bytes=run.eval_bytes,
+        device=run.device.type,
+        gpu=gpu_name(run.device),
+        torch=str(torch.__version__),  # a plain str, so torch.load(weights_only=True) reads checkpoints
+        x_transformers=version("x-transformers"),
+        seed=run.env["seed"],
+        commit=identity["commit"],
+        fingerprint=fingerprint(run),
+        world_size=run.world_size,
+        data=run.data_identity,
+        data_path=str(run.data_path),
+        excluded_steps=run.excluded_steps,
+        overrides=" ".join(f"{k}={v}" for k, v in run.env["overrides"].items()) or "none",
+        budget=budget_label(run.env),
+        micro_batch=run.micro_batch or 0,
+        prepare_hash=prepare_hash(),
+        run_id=identity["run_id"],
+    )
+
+
+def print_summary(run, summary):
+    if not run.master:
+        return
+    lines = [f"{key + ':':<18}{fmt.format(summary[key])}" for key, fmt in SUMMARY_FORMAT.items()]
+    print("---\n" + "\n".join(lines), flush=True)
+    append_metrics(run, {"summary": summary})
+
+
+# ---------------------------------------------------------------------------
+# Entry point: watchdog, signals and step accounting armed first, then train.py's train(run)
+# ---------------------------------------------------------------------------
+
+
+def remove_temp_files():
+    for path in list(TEMP_FILES):
+        path.unlink(missing_ok=True)
+
+
+def die(message, code):
+    remove_temp_files()
+    sys.stderr.write("\n")  # ends a progress bar's unfinished line, so `crash:` starts a line of its own
+    sys.stderr.flush()
+    print(f"crash: {message}", file=sys.__stdout__, flush=True)
+    os._exit(code)
+
+
+def one_line_reason(error):
+    """`Type: first line of the message`; for a bare `assert`, the failing line and where it is."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not message:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        message = f"{where.line} ({Path(where.filename).name}:{where.lineno})"
+    return f"{type(error).__name__}: {message}"
+
+
+def start_watchdog(seconds):
+    """Ends the whole process after `seconds`, whatever train.py is doing."""
+    timer = threading.Timer(seconds, die, args=(f"exceeded hard time limit ({seconds:.0f} s)", 124))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def on_signal(signum, frame):
+    die(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
+
+
+class Guards:
+    """What the entry point arms before train.py runs, and checks at hand-back."""
+
+    def __init__(self, env):
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        self.watchdog = start_watchdog(env["hard_limit"])
+        self.tracker = None
+        self.import_steps = 0
+        self.hook = torch_optimizer.register_optimizer_step_post_hook(self.on_step)
+
+    def on_step(self, optimizer, args, kwargs):
+        if self.tracker is None:
+            self.import_steps += 1
+            return
+        self.tracker.on_step(optimizer)
+
+    def check_armed(self):
+        if self.hook.id not in torch_optimizer._global_optimizer_post_hooks:
+            raise HarnessError("the harness's optimizer-step hook was removed: steps can no longer be counted")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not on_signal:
+                raise HarnessError(f"the harness's {signal.Signals(sig).name} handler was replaced")
+        if not self.watchdog.is_alive():
+            raise HarnessError("the harness's watchdog was cancelled")
+
+
+def setup(env):
+    """Device, precision, data on the device, seeds, torchrun: the Run that train.py is handed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(env["device"])
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    print0(
+        f"torch {torch.__version__} | x-transformers {version('x-transformers')} | device {device} ({gpu_name(device)})"
+    )
+    for key, value in env["overrides"].items():
+        print0(f"override: {key}={value}")
+    if device.type != "cuda":
+        print0(f"warning: no CUDA GPU; running on {device.type}, so results are not comparable with GPU runs")
+    precision = pick_precision(env, device)
+    splits, identity, path = load_corpus(env)
+    default_eval = len(splits["val"]) if device.type == "cuda" else CPU_EVAL_BYTES
+    eval_bytes = min(env["eval_bytes"] or default_eval, len(splits["val"]))
+    sizes = f"train {len(splits['train']):,} val {len(splits['val']):,} bytes"
+    print0(f"data: {path} ({identity}) | {sizes} | scoring {eval_bytes:,} val bytes")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the FP32 matmuls left (Newton-Schulz)
+    splits = {k: v.to(device) for k, v in splits.items()}
+    return Run(env, device, precision, splits, identity, path, eval_bytes)
+
+
+def train_module_name():
+    """The module name of the script that was run (train.py, or a copy under another name)."""
+    main = sys.modules["__main__"]
+    return Path(getattr(main, "__file__", "train.py")).stem
+
+
+def run_training(guards, env):
+    """Import train.py with everything armed, hand it the Run, score what it hands back."""
+    global ACTIVE_RUN
+    name = train_module_name()
+    script = Path(sys.modules["__main__"].__file__).resolve()
+    source = script.read_text()
+    identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12]}
+    sys.modules.pop(name, None)
+    train = importlib.import_module(name)
+    if guards.import_steps:
+        raise HarnessError(
+            f"{script.name} took {guards.import_steps} optimizer steps when imported: train in train(run)"
+        )
+    if not callable(getattr(train, "train", None)):
+        raise HarnessError(f"{script.name} defines no train(run): the harness has nothing to call")
+    run = ACTIVE_RUN = setup(env)
+    seed_everything(env["seed"])
+    run.tracker = guards.tracker = Tracker(run)
+    model = train.train(run)
+    guards.check_armed()
+    stats = run.tracker.stats()
+    if model is None or not hasattr(unwrap(model), "net"):
+        raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
+    model = unwrap(model)
+    scored = scoring_model(train, model, run.device)
+    summary = make_summary(run, stats, identity)
+    save_checkpoint(run, model, source, summary)
+    val = run.splits["val"][: run.eval_bytes]
+    bpc, seconds = evaluate(scored.net, val, run.device, rank=run.rank, world_size=run.world_size)
+    summary["val_bpc"], summary["val_bpc_exact"], summary["eval_seconds"] = bpc, bpc, seconds
+    summary["total_seconds"] = time.time() - T_START
+    print_summary(run, summary)
+
+
+def module_layout(model):
+    """(name, class name) of every submodule and the state dict's keys: what must match."""
+    return [(n, type(m).__name__) for n, m in model.named_modules()], sorted(model.state_dict())
+
+
+def scoring_model(train, model, device):
+    """The network the evaluation scores: a fresh build_model() loaded with the trained state.
+    The trained model must have the structure and state keys of a fresh build (FP8 layers aside),
+    so what is saved is what is scored, here and in the re-score alike; FP8-trained weights are
+    scored at high precision."""
+    with torch.device("meta"):
+        reference = train.build_model()
+    names, keys = module_layout(reference)
+    trained_names, trained_keys = module_layout(model)
+    if trained_keys != keys:
+        extra, missing = sorted(set(trained_keys) - set(keys)), sorted(set(keys) - set(trained_keys))
+        raise HarnessError(
+            f"the trained model's state differs from a fresh build_model(): extra {extra[:3]}, missing {missing[:3]}"
+        )
+    plain = [(n, c.removeprefix("Float8")) for n, c in trained_names]  # torchao swaps Linear for Float8Linear
+    if plain != names:
+        first = next((a for a, b in zip(plain, names) if a != b), "a different number of modules")
+        raise HarnessError(f"the trained model's modules differ from a fresh build_model() (first: {first})")
+    return load_fresh(train, model.state_dict(), device)
+
+
+def load_fresh(train, state, device):
+    """build_model() of `train` on `device` with `state` loaded strictly."""
+    fresh = train.build_model().to(device)
+    fresh.load_state_dict({k: v.to(device) for k, v in state.items()})
+    return fresh
+
+
+# ---------------------------------------------------------------------------
+# Re-score: a checkpoint scored in a fresh process by this prepare.py
+# ---------------------------------------------------------------------------
+
+
+def load_checkpoint(path):
+    try:
+        # a summary's torch version may be a TorchVersion, a str subclass that weights_only does not know
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise HarnessError(f"no checkpoint at {path}") from None
+    except Exception as e:  # damaged, truncated, or not a torch file at all
+        raise HarnessError(f"cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(saved, dict) or not {"model", "source", "summary"} <= saved.keys():
+        raise HarnessError(f"{path} has no model, source and summary: it was not written by prepare.py")
+    return saved
+
+
+def source_module(source, name="train_from_checkpoint"):
+    """A run's saved train.py source as a module (its __main__ guard does not fire)."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+    return module
+
+
+def import_libraries(source):
+    """Import what the source imports (its libraries, not its own code) before the snapshot:
+    torch._dynamo, for one, rewraps torch.manual_seed when it is first imported."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        for name in names:
+            if name.split(".")[0] != "prepare":
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(name)
+    import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-score)
+
+
+def attribute_snapshot():
+    """The objects a run's source could swap to bend a score: torch's, F's, Tensor's and ours."""
+    spaces = {"torch": torch, "F": F, "Tensor": torch.Tensor, "prepare": sys.modules[__name__]}
+    return {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
+
+
+def check_untouched(before):
+    """Refuse a re-score whose source replaced an attribute, or left a torch function or dispatch mode on."""
+    after = attribute_snapshot()
+    changed = sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
+    if changed:
+        raise HarnessError(f"the run's train.py replaced {', '.join(changed[:3])}: its score cannot be vouched for")
+    if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
+        raise HarnessError("the run's train.py left a torch function or dispatch mode active")
+
+
+def run_data(summary, split):
+    """The run's own data (its absolute path, checked against its identity) and scored bytes."""
+    path = Path(summary["data_path"])
+    if not path.exists():
+        raise HarnessError(f"the run's data {path} is gone: the checkpoint cannot be re-scored here")
+    splits, identity, _ = load_corpus(dict(data=str(path), data_url=""))
+    if identity != summary["data"]:
+        raise HarnessError(f"{path} is {identity} now, the run used {summary['data']}: not the same data")
+    return splits[split][: int(summary["eval_bytes"])]
+
+
+def rescore(checkpoint, split="val"):
+    """(bpc, seconds) of a checkpoint on `split`, with every setting taken from the run itself."""
+    saved = load_checkpoint(checkpoint)
+    summary = saved["summary"]
+    device = torch.device(summary["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("the run trained on a CUDA GPU and this machine has none: re-score it there")
+    data = run_data(summary, split)
+    import_libraries(saved["source"])
+    before = attribute_snapshot()
+    train = source_module(saved["source"])
+    check_untouched(before)
+    seed_everything(int(summary["seed"]))
+    net = load_fresh(train, saved["model"], device).net
+    bpc, seconds = evaluate(net, data, device)
+    check_untouched(before)
+    return bpc, seconds
+
+
+def rescore_main(argv):
+    """`python prepare.py rescore CHECKPOINT [--split test]`: one JSON line, or one crash line."""
+    if len(argv) not in (1, 3) or (len(argv) == 3 and (argv[1] != "--split" or argv[2] not in SPLITS)):
+        raise HarnessError("usage: python prepare.py rescore CHECKPOINT [--split val|test]")
+    split = argv[2] if len(argv) == 3 else "val"
+    with contextlib.redirect_stdout(sys.stderr):  # the corpus notices are not the answer
+        bpc, seconds = rescore(argv[0], split)
+    print(json.dumps({"split": split, "bpc": bpc, "seconds": round(seconds, 3), "prepare_hash": prepare_hash()}))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def crash_on_error(body):
+    """Run `body`, turning every failure into one `crash:` line and a distinct exit code."""
+    try:
+        body()
+    except HarnessError as e:
+        die(str(e), 2)
+    except LossError as e:
+        die(str(e), 3)
+    except torch.OutOfMemoryError:
+        traceback.print_exc()
+        run = ACTIVE_RUN
+        peak = peak_memory_mb(run.device) if run else 0.0
+        size = f"{run.num_params / 1e6:.1f}M parameters" if run and run.num_params else "model not built yet"
+        die(f"out of memory (peak {peak:,.0f} MB, {size})", 4)
+    except Exception as e:
+        traceback.print_exc()
+        die(one_line_reason(e), 1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main():
+    """`python train.py`: train.py's `__main__` guard calls this."""
+
+    def body():
+        if sys.argv[1:]:
+            raise HarnessError(f"unknown arguments {sys.argv[1:]}: train.py takes none (data: python prepare.py)")
+        env = read_env()
+        run_training(Guards(env), env)
+
+    crash_on_error(body)
+
+
+def prepare_data():
+    """`python prepare.py`: find or download enwik8 and verify it, without training."""
+
+    def body():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        if sys.argv[1:2] == ["rescore"]:
+            return rescore_main(sys.argv[2:])
+        if sys.argv[1:]:
+            raise HarnessError(f"unknown arguments {sys.argv[1:]}: prepare.py takes none, or rescore CHECKPOINT")
+        splits, identity, path = load_corpus(read_env())
+        sizes = " / ".join(f"{k} {len(v):,}" for k, v in splits.items())
+        print(f"data ready: {path} ({identity}), {sizes} bytes")
+
+    crash_on_error(body)
+
+
+if __name__ == "__main__":
+    prepare_data()
