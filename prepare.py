@@ -971,6 +971,29 @@ def on_signal(signum, frame):
     die(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
 
 
+class StepCounter:
+    """A global optimizer-step hook: every optimizer.step() of the process lands here and is
+    handed to the tracker; steps before there is one (at train.py's import) are counted apart."""
+
+    def __init__(self):
+        self.tracker = None
+        self.untracked_steps = 0
+        self.handle = torch_optimizer.register_optimizer_step_post_hook(self.on_step)
+
+    def on_step(self, optimizer, args, kwargs):
+        if self.tracker is None:
+            self.untracked_steps += 1
+        else:
+            self.tracker.on_step(optimizer)
+
+    @property
+    def armed(self):
+        return self.handle.id in torch_optimizer._global_optimizer_post_hooks
+
+    def remove(self):
+        self.handle.remove()
+
+
 class Guards:
     """What the entry point arms before train.py runs, and checks at hand-back."""
 
@@ -978,18 +1001,10 @@ class Guards:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         self.watchdog = start_watchdog(env["hard_limit"])
-        self.tracker = None
-        self.import_steps = 0
-        self.hook = torch_optimizer.register_optimizer_step_post_hook(self.on_step)
-
-    def on_step(self, optimizer, args, kwargs):
-        if self.tracker is None:
-            self.import_steps += 1
-            return
-        self.tracker.on_step(optimizer)
+        self.steps = StepCounter()
 
     def check_armed(self):
-        if self.hook.id not in torch_optimizer._global_optimizer_post_hooks:
+        if not self.steps.armed:
             raise HarnessError("the harness's optimizer-step hook was removed: steps can no longer be counted")
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not on_signal:
@@ -1040,15 +1055,14 @@ def run_training(guards, env):
     identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12]}
     sys.modules.pop(name, None)
     train = importlib.import_module(name)
-    if guards.import_steps:
-        raise HarnessError(
-            f"{script.name} took {guards.import_steps} optimizer steps when imported: train in train(run)"
-        )
+    if guards.steps.untracked_steps:
+        n = guards.steps.untracked_steps
+        raise HarnessError(f"{script.name} took {n} optimizer steps when imported: train inside train(run)")
     if not callable(getattr(train, "train", None)):
         raise HarnessError(f"{script.name} defines no train(run): the harness has nothing to call")
     run = ACTIVE_RUN = setup(env)
     seed_everything(env["seed"])
-    run.tracker = guards.tracker = Tracker(run)
+    run.tracker = guards.steps.tracker = Tracker(run)
     model = train.train(run)
     guards.check_armed()
     stats = run.tracker.stats()
