@@ -1,6 +1,6 @@
 """The progress and memory plots of a results file, and training-loss curves of metrics.jsonl files.
 
-matplotlib is imported inside new_figure, so that `record` never pays for it."""
+matplotlib is imported inside new_figure: the report without plots, and `record`, never load it."""
 
 import json
 import sys

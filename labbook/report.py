@@ -11,8 +11,6 @@ from labbook.ledger import NOISE_PREFIX, STATUSES, git, read_results
 from labbook.rescore import best_test_bpc
 
 FIXED_START, FIXED_END = "# ==== FIXED REGION START", "# ==== FIXED REGION END"
-
-
 TOP_IMPROVEMENTS = 10
 TEST_SPLIT_NOTE = (
     "The test split is for the person reading the results in the morning, never for the agent's "
