@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from labbook import ledger
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -258,7 +260,7 @@ def script_problems(commands, cwd):
             if args not in ([], ["--prepare-data"]):
                 problems.append(f"{command.doc}: `{command.source}`: train.py takes no arguments but --prepare-data")
         elif args:
-            if "argparse" not in path.read_text():
+            if not builds_a_parser(path):
                 problems.append(f"{command.doc}: `{command.source}`: {script} has no argparse parser to check against")
             else:
                 by_script.setdefault(script, []).append((command, args))
@@ -272,6 +274,15 @@ def script_problems(commands, cwd):
             if problem:
                 problems.append(f"{command.doc}: `{command.source}`: {problem}")
     return problems
+
+
+def builds_a_parser(script):
+    """Whether a script, or a labbook module it imports, has an argparse parser."""
+    text = script.read_text()
+    modules = re.findall(r"^(?:from|import) labbook\.(\w+)", text, flags=re.M)
+    return any(
+        "argparse" in source for source in [text, *((REPO / "labbook" / f"{m}.py").read_text() for m in modules)]
+    )
 
 
 def is_mention(args, problem):
@@ -339,7 +350,7 @@ def train_env_vars():
 
 def variable_read_by_a_tool(name):
     """Whether a repository script other than train.py reads this variable (e.g. AR_WORKER)."""
-    scripts = [REPO / "analysis.py", *REPO.glob("tools/*.py"), *REPO.glob("bench/*.py")]
+    scripts = [REPO / "analysis.py", *REPO.glob("labbook/*.py"), *REPO.glob("tools/*.py"), *REPO.glob("bench/*.py")]
     return any(re.search(rf"['\"]{name}['\"]", p.read_text()) for p in scripts if p.is_file())
 
 
@@ -581,16 +592,9 @@ def test_summary_keys_shown_or_grepped_in_the_docs_are_ones_train_py_prints():
     assert not problems, "\n".join(problems)
 
 
-def load_analysis():
-    spec = importlib.util.spec_from_file_location("analysis_for_docs", REPO / "analysis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_agents_md_documents_every_results_tsv_column_in_order():
     names = table_names(documents()["AGENTS.md"], "## results.tsv and")
-    assert names[: len(load_analysis().COLUMNS)] == list(load_analysis().COLUMNS)
+    assert names[: len(ledger.COLUMNS)] == list(ledger.COLUMNS)
 
 
 def test_every_json_key_agents_md_documents_is_in_the_json_report(tmp_path):

@@ -4,7 +4,9 @@ commit, run, record, then keep or `git reset --hard HEAD~1`; crashes; even `git 
 import json
 
 import pytest
-from fixtures_results import analysis, commit_change, data_lines, git, head, make_repo, run_cli, write_log
+from fixtures_results import commit_change, data_lines, git, head, make_repo, run_cli, write_log
+
+from labbook import cli
 
 
 @pytest.fixture
@@ -17,7 +19,7 @@ def repo(tmp_path, monkeypatch):
 def run_and_record(repo, status, description, val_bpc=None, crash=None):
     """'Run' the current HEAD (a run.log naming it) and record it as the agent does."""
     write_log(repo, head(repo), val_bpc=val_bpc, crash=crash)
-    code = analysis.main(["record", "--status", status, "--description", description])
+    code = cli.main(["record", "--status", status, "--description", description])
     assert code == 0
     return head(repo)
 
@@ -82,7 +84,7 @@ def test_rows_recorded_after_a_clean_are_merged_with_the_restored_ones_in_order(
     commit_change(repo, lr=0.004)
     run_and_record(repo, "discard", "lr 4e-3", val_bpc=1.47)
     assert "restore" in capsys.readouterr().out  # the agent is told the file was lost
-    assert analysis.main(["restore"]) == 0
+    assert cli.main(["restore"]) == 0
     assert descriptions(repo) == ["baseline", "lr 2e-3", "lr 4e-3"]
 
 
@@ -93,14 +95,14 @@ def test_three_crashes_in_a_row_show_as_a_crash_streak_that_says_change_directio
         run_and_record(repo, "crash", f"lr {lr}", crash=f"loss is nan at step {int(lr * 10)}")
         git(repo, "reset", "--hard", "HEAD~1")
     capsys.readouterr()
-    assert analysis.main(["--json", "--no-plots"]) == 0
+    assert cli.main(["--json", "--no-plots"]) == 0
     assert json.loads(capsys.readouterr().out)["crash_streak"] == 3
-    assert analysis.main(["--no-plots"]) == 0
+    assert cli.main(["--no-plots"]) == 0
     text = capsys.readouterr().out
     assert "crash streak 3" in text and "change direction" in text
 
     commit_change(repo, lr=0.0015)
     run_and_record(repo, "discard", "lr 1.5e-3", val_bpc=1.51)
     capsys.readouterr()
-    assert analysis.main(["--json", "--no-plots"]) == 0
+    assert cli.main(["--json", "--no-plots"]) == 0
     assert json.loads(capsys.readouterr().out)["crash_streak"] == 0

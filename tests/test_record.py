@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from fixtures_results import (
     HEADER5,
-    analysis,
     commit_change,
     data_lines,
     git,
@@ -16,6 +15,8 @@ from fixtures_results import (
     run_cli,
     write_log,
 )
+
+from labbook import cli, ledger
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def repo(tmp_path, monkeypatch):
 
 
 def record(capsys, *args):
-    code = analysis.main(["record", *args])
+    code = cli.main(["record", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -122,7 +123,7 @@ def test_appending_to_a_file_without_header_is_refused_with_the_fix_and_changes_
     assert code != 0 and "header" in err and "fix-header" in err
     assert (repo / "results.tsv").read_bytes() == original
 
-    assert analysis.main(["fix-header"]) == 0
+    assert cli.main(["fix-header"]) == 0
     fixed = (repo / "results.tsv").read_bytes()
     assert fixed.startswith(HEADER5.encode() + b"\n") and fixed.endswith(original)
     code, _, _ = record(capsys, "--status", "keep", "--description", "next")
@@ -138,7 +139,7 @@ def test_a_file_with_the_original_five_columns_gets_five_column_rows(repo, capsy
     rows = data_lines(repo / "results.tsv")
     assert [len(r) for r in rows] == [5, 5]
     assert rows[1][4].startswith("try") and "forced" in rows[1][4]  # the note rides in the description
-    assert analysis.read_results(repo / "results.tsv").malformed == []
+    assert ledger.read_results(repo / "results.tsv").malformed == []
 
 
 def test_every_row_is_also_appended_to_a_backup_inside_the_git_directory(repo, capsys):
@@ -157,9 +158,9 @@ def test_restore_merges_the_backup_back_in_order_without_duplicates(repo, capsys
     # by an older copy that ends at row 4, losing rows 5 and 6
     backup.write_text(results_text([rows[i] for i in (0, 1, 2, 3, 5, 6)]))
     (repo / "results.tsv").write_text(results_text(rows[:5]))
-    assert analysis.main(["restore"]) == 0
+    assert cli.main(["restore"]) == 0
     assert [r[4] for r in data_lines(repo / "results.tsv")] == [f"row {i}" for i in range(7)]
-    assert analysis.main(["restore"]) == 0  # a second restore adds nothing
+    assert cli.main(["restore"]) == 0  # a second restore adds nothing
     assert len(data_lines(repo / "results.tsv")) == 7
 
 
@@ -169,12 +170,12 @@ def test_restore_recreates_a_deleted_results_tsv(repo, capsys):
         record(capsys, "--status", "keep", "--description", f"run {i}")
     before = (repo / "results.tsv").read_text()
     (repo / "results.tsv").unlink()
-    assert analysis.main(["restore"]) == 0
+    assert cli.main(["restore"]) == 0
     assert (repo / "results.tsv").read_text() == before
 
 
 def test_restore_without_a_backup_says_so(tmp_path, capsys):
-    code = analysis.main(["restore", "--tsv", str(tmp_path / "results.tsv")])
+    code = cli.main(["restore", "--tsv", str(tmp_path / "results.tsv")])
     assert code != 0 and "no backup" in capsys.readouterr().err
 
 
@@ -188,7 +189,7 @@ def test_recording_from_a_second_worktree_lands_in_the_main_worktrees_results(re
     assert not (worktree / "results.tsv").exists()
     rows = data_lines(repo / "results.tsv")
     assert [r[:5] for r in rows] == [[commit, "1.450000", "3.0", "keep", "lr 3e-3"]]
-    assert dict(zip(analysis.COLUMNS, rows[0]))["worker"] == "agent-2"
+    assert dict(zip(ledger.COLUMNS, rows[0]))["worker"] == "agent-2"
     assert data_lines(repo / ".git" / "autoresearch" / "results.tsv") == rows
 
 
@@ -217,7 +218,7 @@ def test_a_discard_saves_no_checkpoint_and_a_keep_without_one_says_so(repo, caps
 def test_tsv_overrides_the_results_path_before_or_after_the_subcommand(repo, tmp_path, capsys):
     write_log(repo, head(repo), val_bpc=1.45)
     first, second = tmp_path / "a" / "results.tsv", tmp_path / "b.tsv"
-    assert analysis.main(["--tsv", str(first), "record", "--status", "keep", "--description", "x"]) == 0
-    assert analysis.main(["record", "--tsv", str(second), "--status", "keep", "--description", "y"]) == 0
+    assert cli.main(["--tsv", str(first), "record", "--status", "keep", "--description", "x"]) == 0
+    assert cli.main(["record", "--tsv", str(second), "--status", "keep", "--description", "y"]) == 0
     assert [r[4] for r in data_lines(first)] == ["x"] and [r[4] for r in data_lines(second)] == ["y"]
     assert not Path(repo / "results.tsv").exists()

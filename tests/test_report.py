@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from fixtures_results import NIGHT, analysis, commit_change, head, is_real_png, make_repo, results_text
+from fixtures_results import NIGHT, commit_change, head, is_real_png, make_repo, results_text
+
+from labbook import cli, ledger, plots
 
 
 def expected_noise_floor(rows):
@@ -20,12 +22,12 @@ def night(tmp_path):
 
 
 def report_json(capsys, tsv, *extra):
-    assert analysis.main(["--tsv", str(tsv), "--json", "--no-plots", *extra]) == 0
+    assert cli.main(["--tsv", str(tsv), "--json", "--no-plots", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
 def report_text(capsys, tsv, *extra):
-    assert analysis.main(["--tsv", str(tsv), "--no-plots", *extra]) == 0
+    assert cli.main(["--tsv", str(tsv), "--no-plots", *extra]) == 0
     return capsys.readouterr().out
 
 
@@ -85,11 +87,11 @@ def test_rows_with_and_without_provenance_columns_report_the_same_numbers(tmp_pa
     assert "fingerprint" in b["best"] and "fingerprint" not in a["best"]
 
 
-@pytest.mark.parametrize("content", ["", "\t".join(analysis.COLUMNS)])
+@pytest.mark.parametrize("content", ["", "\t".join(ledger.COLUMNS)])
 def test_an_empty_or_header_only_file_gets_a_friendly_message_and_no_plots(tmp_path, capsys, content):
     path = tmp_path / "results.tsv"
     path.write_text(content + ("\n" if content else ""))
-    assert analysis.main(["--tsv", str(path)]) == 0
+    assert cli.main(["--tsv", str(path)]) == 0
     assert "No experiments" in capsys.readouterr().out
     assert not (tmp_path / "progress.png").exists()
     report = report_json(capsys, path)
@@ -97,7 +99,7 @@ def test_an_empty_or_header_only_file_gets_a_friendly_message_and_no_plots(tmp_p
 
 
 def test_the_report_draws_progress_and_memory_next_to_the_results(night, capsys):
-    assert analysis.main(["--tsv", str(night)]) == 0
+    assert cli.main(["--tsv", str(night)]) == 0
     out = capsys.readouterr().out
     for name in ("progress.png", "memory.png"):
         assert is_real_png(night.parent / name) and str(night.parent / name) in out
@@ -112,7 +114,7 @@ def test_plots_go_to_the_out_directory_when_asked(night, tmp_path, capsys):
 
 
 def _run(capsys, argv):
-    assert analysis.main(argv) == 0
+    assert cli.main(argv) == 0
     return capsys.readouterr().out
 
 
@@ -131,18 +133,18 @@ def test_curves_plot_one_run_or_overlay_several(tmp_path, capsys):
     best = write_metrics(tmp_path / "best.jsonl", "abc1234", list(2.5 * decay + 1.0))
     last = write_metrics(tmp_path / "last.jsonl", "def5678", list(2.5 * decay + 1.1 + 0.05 * np.sin(np.arange(200))))
     one, both = tmp_path / "one.png", tmp_path / "both.png"
-    assert analysis.main(["curves", str(best), "--out", str(one)]) == 0
-    assert analysis.main(["curves", str(best), str(last), "--out", str(both)]) == 0
+    assert cli.main(["curves", str(best), "--out", str(one)]) == 0
+    assert cli.main(["curves", str(best), str(last), "--out", str(both)]) == 0
     assert is_real_png(one) and is_real_png(both)
     assert one.read_bytes() != both.read_bytes()
-    steps, summary = analysis.read_metrics(last)
+    steps, summary = plots.read_metrics(last)
     assert len(steps) == 200 and summary["commit"] == "def5678"
 
 
 def test_curves_refuse_files_without_per_step_rows(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"summary": {"commit": "abc1234"}}\n')
-    assert analysis.main(["curves", str(empty), "--out", str(tmp_path / "c.png")]) != 0
+    assert cli.main(["curves", str(empty), "--out", str(tmp_path / "c.png")]) != 0
     assert "per-step" in capsys.readouterr().err
 
 
@@ -151,7 +153,7 @@ def test_the_audit_flags_a_different_fingerprint(tmp_path, capsys):
     rows[4] = (*NIGHT[4], "0badf00d0bad")
     path = tmp_path / "results.tsv"
     path.write_text(results_text(rows, provenance=True))
-    assert analysis.main(["audit", "--tsv", str(path)]) == 1
+    assert cli.main(["audit", "--tsv", str(path)]) == 1
     text = capsys.readouterr().out
     assert "exp0001: not comparable" in text and "0badf00d0bad" in text
     report = report_json(capsys, path)
@@ -168,17 +170,17 @@ def test_the_audit_compares_fixed_regions_in_git_when_rows_have_no_fingerprint(t
     path.write_text(
         results_text(rows + [(fixed, 1.3, 2.0, "discard", "eval"), ("deadbee", 1.6, 2.0, "discard", "gone")])
     )
-    assert analysis.main(["audit", "--tsv", str(path)]) == 1
+    assert cli.main(["audit", "--tsv", str(path)]) == 1
     assert f"{fixed}: not comparable" in capsys.readouterr().out
     found = report_json(capsys, path)["audit"]
     assert [f["commit"] for f in found["not_comparable"]] == [fixed]
     assert [f["commit"] for f in found["unverifiable"]] == ["deadbee"]
     path.write_text(results_text(rows))
-    assert analysis.main(["audit", "--tsv", str(path)]) == 0
+    assert cli.main(["audit", "--tsv", str(path)]) == 0
 
 
 def test_the_audit_flags_keeps_whose_gain_is_below_the_keep_threshold(night, capsys):
-    assert analysis.main(["audit", "--tsv", str(night)]) == 1
+    assert cli.main(["audit", "--tsv", str(night)]) == 1
     capsys.readouterr()
     report = report_json(capsys, night)
     assert [f["commit"] for f in report["audit"]["small_gains"]] == ["exp0006"]
@@ -189,7 +191,7 @@ def test_the_audit_flags_keeps_whose_gain_is_below_the_keep_threshold(night, cap
 def test_a_night_of_crashes_only_still_reports_and_plots(tmp_path, capsys):
     path = tmp_path / "results.tsv"
     path.write_text(results_text([r for r in NIGHT if r[3] == "crash"]))
-    assert analysis.main(["--tsv", str(path)]) == 0
+    assert cli.main(["--tsv", str(path)]) == 0
     assert "crash streak 3" in capsys.readouterr().out
     assert is_real_png(tmp_path / "progress.png") and is_real_png(tmp_path / "memory.png")
     assert report_json(capsys, path)["best_commit"] is None

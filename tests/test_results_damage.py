@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 from fixtures_results import (
     HEADER5,
-    analysis,
     data_lines,
     head,
     make_repo,
@@ -18,6 +17,8 @@ from fixtures_results import (
     write_log,
 )
 from harness import REPO
+
+from labbook import cli, ledger
 
 GOOD = [
     ("aaaaaaa", 1.500000, 2.0, "keep", "baseline"),
@@ -35,7 +36,7 @@ def repo(tmp_path, monkeypatch):
 
 
 def report(capsys, tsv):
-    assert analysis.main(["--tsv", str(tsv), "--json", "--no-plots"]) == 0
+    assert cli.main(["--tsv", str(tsv), "--json", "--no-plots"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -56,15 +57,15 @@ def test_malformed_lines_are_reported_with_their_line_numbers_and_skipped(tmp_pa
     assert [m["line"] for m in result["malformed"]] == [3, 4, 5, 6, 7, 8, 9]
     assert "3 columns" in result["malformed"][3]["reason"] and "6 columns" in result["malformed"][4]["reason"]
     assert result["totals"]["rows"] == 2 and result["best_commit"] == "bbbbbbb"
-    assert analysis.main(["--tsv", str(path), "--no-plots"]) == 0
+    assert cli.main(["--tsv", str(path), "--no-plots"]) == 0
     text = capsys.readouterr().out
     assert all(f"skipped line {n}:" in text for n in range(3, 10)) and "best      bbbbbbb" in text
 
 
 def test_rows_with_fewer_provenance_columns_than_the_header_are_read_and_more_are_not(tmp_path, capsys):
     path = tmp_path / "results.tsv"
-    header = "\t".join(analysis.COLUMNS)
-    too_many = "\t".join(["kkkkkkk", "1.4", "2.0", "discard", "x"] + ["p"] * (len(analysis.COLUMNS) - 4))
+    header = "\t".join(ledger.COLUMNS)
+    too_many = "\t".join(["kkkkkkk", "1.4", "2.0", "discard", "x"] + ["p"] * (len(ledger.COLUMNS) - 4))
     path.write_text(f"{header}\naaaaaaa\t1.5\t2.0\tkeep\tbaseline\tf1f2f3f4f5f6\n{too_many}\n")
     result = report(capsys, path)
     assert result["totals"]["rows"] == 1 and result["baseline"]["fingerprint"] == "f1f2f3f4f5f6"
@@ -77,7 +78,7 @@ def test_a_missing_header_still_reports_but_recording_refuses_and_says_how_to_fi
     path.write_bytes(original)
     result = report(capsys, path)
     assert result["header_missing"] and result["totals"]["rows"] == 4 and result["malformed"] == []
-    assert analysis.main([]) == 0
+    assert cli.main([]) == 0
     assert "header line is missing" in capsys.readouterr().out
 
     write_log(repo, head(repo), val_bpc=1.44)
@@ -95,7 +96,7 @@ def test_crlf_line_endings_read_like_lf_and_appends_keep_every_row(repo, capsys)
     assert {k: v for k, v in a.items() if k != "file"} == {k: v for k, v in b.items() if k != "file"}
 
     write_log(repo, head(repo), val_bpc=1.44)
-    assert analysis.main(["record", "--status", "keep", "--description", "appended"]) == 0
+    assert cli.main(["record", "--status", "keep", "--description", "appended"]) == 0
     capsys.readouterr()
     assert [r[4] for r in data_lines(crlf)] == [r[4] for r in GOOD] + ["appended"]
     assert report(capsys, crlf)["best_commit"] == head(repo)
@@ -109,7 +110,7 @@ def test_a_torn_last_line_is_reported_and_the_next_row_starts_on_a_line_of_its_o
     assert result["malformed"][0]["line"] == 6 and "cut short" in result["malformed"][0]["reason"]
 
     write_log(repo, head(repo), val_bpc=1.44)
-    assert analysis.main(["record", "--status", "keep", "--description", "after the tear"]) == 0
+    assert cli.main(["record", "--status", "keep", "--description", "after the tear"]) == 0
     capsys.readouterr()
     lines = path.read_text().splitlines()
     assert lines[5] == "eeeeeee\t1.43" and lines[6].split("\t")[4] == "after the tear"
@@ -127,9 +128,9 @@ def test_a_last_row_without_its_newline_is_still_a_row(tmp_path, capsys):
 APPENDER = """
 import sys
 sys.path.insert(0, {repo!r})
-import analysis
+from labbook import cli
 for i in range({rows}):
-    code = analysis.main(["record", "--status", "discard", "--description", f"writer {{sys.argv[1]}} row {{i}}"])
+    code = cli.main(["record", "--status", "discard", "--description", f"writer {{sys.argv[1]}} row {{i}}"])
     assert code == 0, code
 """
 
@@ -146,12 +147,10 @@ def test_four_processes_appending_fifty_rows_each_lose_and_interleave_nothing(re
         text = path.read_text()
         assert text.startswith(HEADER5) and text.count("commit\tval_bpc") == 1 and text.endswith("\n")
         rows = data_lines(path)
-        assert all(
-            len(r) == len(analysis.COLUMNS) and r[:4] == [head(repo), "1.440000", "3.0", "discard"] for r in rows
-        )
+        assert all(len(r) == len(ledger.COLUMNS) and r[:4] == [head(repo), "1.440000", "3.0", "discard"] for r in rows)
         counts = Counter(r[4] for r in rows)
         assert set(counts) == expected and set(counts.values()) == {1}
-        assert analysis.read_results(path).malformed == []
+        assert ledger.read_results(path).malformed == []
 
 
 def test_restore_keeps_identical_rows_as_often_as_they_were_recorded(repo, capsys):
@@ -160,6 +159,6 @@ def test_restore_keeps_identical_rows_as_often_as_they_were_recorded(repo, capsy
     backup.parent.mkdir(parents=True)
     backup.write_text(results_text([GOOD[0], crash, crash]))
     (repo / "results.tsv").write_text(results_text([GOOD[0], crash, GOOD[1]]))
-    assert analysis.main(["restore"]) == 0
+    assert cli.main(["restore"]) == 0
     merged = [r[4] for r in data_lines(repo / "results.tsv")]
     assert Counter(merged) == {"baseline": 1, crash[4]: 2, "SwiGLU": 1} and merged[0] == "baseline"

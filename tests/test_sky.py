@@ -51,7 +51,7 @@ def task(tmp_path_factory):
 
 
 def make_workdir(path):
-    """A repository like the synced ~/sky_workdir: a tiny train.py, the tools, analysis.py.
+    """A repository like the synced ~/sky_workdir: a tiny train.py, the tools, analysis.py and labbook/.
     Returns (path, baseline commit, experiment commit on another branch)."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
@@ -62,6 +62,7 @@ def make_workdir(path):
     (path / "tools").mkdir()
     shutil.copy(REPO / "tools" / "workers.py", path / "tools" / "workers.py")
     shutil.copy(REPO / "analysis.py", path / "analysis.py")
+    shutil.copytree(REPO / "labbook", path / "labbook", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".gitignore", path / ".gitignore")
     git(path, "add", ".")
     git(path, "commit", "-q", "-m", "baseline")

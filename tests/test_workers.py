@@ -6,7 +6,6 @@ and both record into the main worktree's results.tsv.
 """
 
 import fcntl
-import importlib.util
 import json
 import re
 import shutil
@@ -17,21 +16,13 @@ from types import SimpleNamespace
 import pytest
 from harness import REPO, TRAIN, base_env, make_train_copy, parse_summary
 
+from labbook import workers as workers_module
+
 BASELINE_BPC = 9.5  # above what a tiny run reaches, so both workers beat it and show as candidates
 
 # The copy says which GPU and worker it was given, the way an agent would add a print to main().
 SETUP_CALL = "    run = setup()\n"
 ENV_REPORT = "    print0(f\"visible devices: {os.environ.get('CUDA_VISIBLE_DEVICES')}\")\n"
-
-
-def load_workers():
-    spec = importlib.util.spec_from_file_location("workers_under_test", REPO / "tools" / "workers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-workers_module = load_workers()
 
 
 def git(cwd, *args):
@@ -49,6 +40,7 @@ def make_research_repo(path, gitignore=None):
     assert SETUP_CALL in source, "main() no longer starts with `run = setup()`: update the anchor"
     make_train_copy(path, source=source.replace(SETUP_CALL, SETUP_CALL + ENV_REPORT))
     shutil.copy(REPO / "analysis.py", path / "analysis.py")
+    shutil.copytree(REPO / "labbook", path / "labbook", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "tools").mkdir()
     shutil.copy(REPO / "tools" / "workers.py", path / "tools" / "workers.py")
     (path / ".gitignore").write_text(gitignore if gitignore is not None else (REPO / ".gitignore").read_text())

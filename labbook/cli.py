@@ -1,0 +1,81 @@
+"""Record experiments in results.tsv and report on them: the night's memory and the morning's view.
+
+The command line of analysis.py (its docstring lists the commands)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, record, restore
+from labbook.plots import plot_curves
+from labbook.report import TEST_SPLIT_NOTE, show_audit, show_report
+from labbook.rescore import evaluate_checkpoint
+
+
+def build_parser():
+    tsv_option = argparse.ArgumentParser(add_help=False)
+    tsv_option.add_argument("--tsv", type=Path, default=argparse.SUPPRESS, help="results file (default: main worktree)")
+    parser = argparse.ArgumentParser(
+        prog="analysis.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=TEST_SPLIT_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--tsv", type=Path, default=None, help="results file (default: top of the main worktree)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON, for the agent")
+    parser.add_argument("--out", type=Path, help="directory for progress.png and memory.png (default: next to results)")
+    parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
+    parser.add_argument("--no-test", action="store_true", help="do not evaluate the best checkpoint on the test split")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rec = sub.add_parser("record", parents=[tsv_option], help="append one run from its run.log")
+    rec.add_argument("--status", required=True, choices=STATUSES)
+    rec.add_argument("--description", required=True, help="one line: what this experiment changed")
+    rec.add_argument("--force", action="store_true", help="record a log from another or a dirty commit (noted)")
+    rec.add_argument("log", nargs="?", default="run.log", help="the run's log (default: run.log)")
+
+    sub.add_parser("restore", parents=[tsv_option], help="merge rows back from the backup in the git directory")
+    sub.add_parser("fix-header", parents=[tsv_option], help="add the missing header line, keeping every row")
+    sub.add_parser("audit", parents=[tsv_option], help="flag rows not comparable with the baseline; exit 1 if any")
+
+    curves = sub.add_parser("curves", parents=[tsv_option], help="training loss against time, one or more runs")
+    curves.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files")
+    curves.add_argument("--out", type=Path, default=Path("curves.png"), help="image to write (default: curves.png)")
+
+    ev = sub.add_parser(
+        "evaluate", parents=[tsv_option], help="score a checkpoint with its own train.py", epilog=TEST_SPLIT_NOTE
+    )
+    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("--split", choices=("val", "test"), default="val", help="test: for the person, never for decisions")
+    return parser
+
+
+def run_command(args, tsv):
+    if args.command == "record":
+        return record(args, tsv)
+    if args.command == "restore":
+        return restore(tsv)
+    if args.command == "fix-header":
+        return fix_header(tsv)
+    if args.command == "audit":
+        return show_audit(tsv)
+    if args.command == "curves":
+        print(f"wrote {plot_curves(args.metrics, args.out)}")
+        return 0
+    if args.command == "evaluate":
+        if not args.checkpoint.exists():
+            raise Refusal(f"no checkpoint at {args.checkpoint}")
+        bpc = evaluate_checkpoint(args.checkpoint, args.split)
+        print(f"{args.split}_bpc: {bpc:.6f}")
+        return 0
+    return show_report(args, tsv)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    tsv = args.tsv or default_tsv()
+    try:
+        return run_command(args, tsv)
+    except Refusal as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
