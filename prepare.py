@@ -55,6 +55,9 @@ METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budge
 STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
 LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
 FP8_MIN_FEATURES = 2048  # torchao float8 only pays on large matmuls; smaller linears stay BF16
+TRAIN_SCORE_BYTES = 1_000_000  # the end of the training split is scored too (train_bpc), as a leak check
+HELDOUT_MARGIN = 0.1  # bpc; a val_bpc this far below train_bpc is flagged: val should not be easier than train
+PROBE_BATCHES = 2  # scored batches whose windows are also run as leak probes, drawn at evaluation time
 CAUSAL_TOLERANCE = 1e-4  # a causal model gives bit-identical earlier logits; leaks move them by ~1e-3 at init
 
 ENWIK8_SIZE = 100_000_000
@@ -84,6 +87,8 @@ GPU_PEAK_TFLOPS = {
     "RTX 4080": 97.0,
     "RTX 3090": 71.0,
 }
+
+CHECKED_LIBRARIES = ("x-transformers", "adam-atan2-pytorch")  # part of what is measured: hashed, checked at start
 
 ENV_VARS = (
     "AR_DATA",
@@ -384,13 +389,14 @@ def load_corpus(env):
 class Run:
     """One training run. train.py's loop asks it for `done` and `progress`, hands it the model
     (`prepare_model`), runs forward and backward through it (`forward_backward`) and steps the
-    optimizer through it (`step`). Every optimizer step is counted by a global hook."""
+    optimizer through it (`step`). Every optimizer step is counted by a global hook. It holds
+    the training split only: the harness keeps the held-out splits to itself."""
 
-    def __init__(self, env, device, precision, splits, data_identity, data_path, eval_bytes):
+    def __init__(self, env, device, precision, train_data, data_identity, data_path, eval_bytes):
         self.env = env
         self.device = device
         self.precision = precision
-        self.splits = splits  # uint8 tensors on the device; training batches come from "train" only
+        self.train_data = train_data  # uint8 tensor on the device
         self.data_identity = data_identity
         self.data_path = data_path
         self.eval_bytes = eval_bytes
@@ -402,9 +408,11 @@ class Run:
         self.peak_tflops = gpu_peak_tflops(gpu_name(device))
         self.num_params = 0
         self.model = None  # the module prepare_model was handed (unwrapped)
-        self.compile = False
-        self.compiled = None  # what forward_backward calls: the model, compiled once its micro-batch is fixed
+        self.compile_options = None  # torch.compile keyword arguments, or None for eager
+        self.compiled = None  # what forward_backward calls: built once the micro-batch is fixed
         self.micro_batch = None
+        self.param_checksum = None  # after the last optimizer step, to catch edits between steps
+        self.param_edits = torch.zeros((), dtype=torch.long, device=device)
         self.startup_seconds = 0.0
         self.compile_seconds = 0.0
         self.tracker = None
@@ -433,8 +441,9 @@ class Run:
         return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
     def prepare_model(self, model, compile=False):
-        """Move to the device, convert to FP8 where asked and where it pays, wrap for torchrun.
-        `compile=True` compiles on CUDA, once the micro-batch is fixed. Returns the model to train."""
+        """Move to the device and convert to FP8 where asked and where it pays. `compile`: False,
+        True, or a dict of torch.compile options (mode=..., ...); it applies on CUDA, after the
+        first step has fixed the micro-batch. Returns the model to hand to build_optimizer."""
         model = model.to(self.device)
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
@@ -446,44 +455,94 @@ class Run:
             else:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
-        self.compile = bool(compile) and self.device.type == "cuda"
+        if compile and self.device.type == "cuda":
+            self.compile_options = dict(compile) if isinstance(compile, dict) else {}
         return model
 
     def step_model(self, model):
         """What forward_backward calls: DDP under torchrun (gradients averaged over GPUs inside
-        backward), compiled when asked, built once on the first step."""
+        backward), compiled when asked, built once, after the micro-batch is fixed."""
         if self.compiled is None:
             wrapped = model
             if self.world_size > 1:
                 index = [self.device.index] if self.device.index is not None else None
                 wrapped = nn.parallel.DistributedDataParallel(model, device_ids=index)
-            self.compiled = torch.compile(wrapped) if self.compile else wrapped
+            compiled = self.compile_options is not None
+            self.compiled = torch.compile(wrapped, **self.compile_options) if compiled else wrapped
         return self.compiled
 
     def get_batch(self, batch_size, seq_len):
         """`batch_size` random windows of the training split, seq_len + 1 bytes each (inputs and
         targets), sampled on the device: no DataLoader, no host copy."""
-        data = self.splits["train"]
+        data = self.train_data
         starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=self.device, generator=self.generator)
         return data[starts + torch.arange(seq_len + 1, device=self.device)].long()
 
+    def checksum(self):
+        """A cheap fingerprint of the weights (one fused kernel, no host sync)."""
+        params = [p.detach() for p in self.model.parameters()]
+        return torch.stack(torch._foreach_norm(params)).sum()
+
+    def check_weights_unchanged(self):
+        """Count weights that moved since the last optimizer step: training outside the clock."""
+        if self.param_checksum is not None:
+            self.param_edits += (self.checksum() != self.param_checksum).long()
+
+    def fit_micro_batch(self, model, x, loss_fn):
+        """The largest divisor of the per-rank batch whose forward and backward fit, tried eagerly
+        on the step's own batch before anything is compiled; the same size on every rank."""
+        local = len(x)
+        cap = local if self.device.type == "cuda" else min(local, HOST_MICRO_BATCH)
+        for size in [d for d in range(cap, 0, -1) if local % d == 0]:
+            try:
+                with self.autocast():
+                    loss = loss_fn(model, x[:size])
+                self.scaler.scale(loss).backward()
+                fits = self.leaves_room_for_optimizer()
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                fits = False
+            loss = None
+            model.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if fits:
+                break
+            print0(f"notice: a micro-batch of {size} sequences does not fit: trying a smaller one")
+        if self.world_size > 1:
+            agreed = torch.tensor(size, device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            size = int(agreed.item())
+        return size
+
+    def leaves_room_for_optimizer(self):
+        """Whether the optimizer's state (about three copies of the weights) still fits after the peak."""
+        if self.device.type != "cuda":
+            return True
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        state = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return torch.cuda.max_memory_allocated(self.device) + state < 0.95 * total
+
     def forward_backward(self, model, batch_size, seq_len=MAX_SEQ_LEN, loss_fn=None):
         """One optimizer step's forward and backward: `batch_size` sequences (summed over GPUs)
-        of `seq_len` predicted bytes, in micro-batches that fit. `loss_fn(model, x)` returns the
-        scalar loss (default: `model(x)`, the AutoregressiveWrapper's). Returns the mean loss."""
+        of `seq_len` predicted bytes, in the largest micro-batches that fit (fixed on the first
+        step). `loss_fn(model, x)` returns the scalar loss (default: `model(x)`, the
+        AutoregressiveWrapper's). Returns the mean loss, a tensor on the device."""
         if not 1 <= seq_len <= MAX_SEQ_LEN:
             raise HarnessError(f"seq_len={seq_len}: training windows hold 1 to MAX_SEQ_LEN={MAX_SEQ_LEN} bytes")
         local = batch_size // self.world_size
         if local * self.world_size != batch_size or local < 1:
             raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
+        self.check_weights_unchanged()
+        loss_fn = loss_fn or (lambda m, batch: m(batch))
         x = self.get_batch(local, seq_len)
         self.tracker.served(batch_size * seq_len)
         if self.micro_batch is None:
-            self.micro_batch = local if self.device.type == "cuda" else min(local, HOST_MICRO_BATCH)
+            self.micro_batch = self.fit_micro_batch(model, x, loss_fn)
             print0(f"micro_batch: {self.micro_batch} sequences per forward/backward ({local} per step per rank)")
         net = self.step_model(model)
         ddp = unwrap_compiled(net)
-        loss_fn = loss_fn or (lambda m, batch: m(batch))
         parts = x.split(self.micro_batch)
         total = torch.zeros((), device=self.device)
         for i, part in enumerate(parts):
@@ -610,6 +669,8 @@ class Tracker:
         if self.stopped:
             raise HarnessError(f"optimizer step {self.steps + 1} after the harness said stop (run.done was True)")
         self.steps += 1
+        if self.run.model is not None:
+            self.run.param_checksum = self.run.checksum()
         step, tokens = self.steps, self.served_tokens
         self.served_tokens = 0
         loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
@@ -727,64 +788,106 @@ def eval_autocast(device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-@torch.no_grad()
-def check_causal(net, device):
-    """A model that peeks at later bytes scores impossibly well: refuse it. Changing the second
-    half of a window must not move a single prediction in the first half."""
-    half = MAX_SEQ_LEN // 2
-    x = torch.arange(EVAL_BATCH_SIZE * MAX_SEQ_LEN, device=device).remainder(251).view(EVAL_BATCH_SIZE, -1)
-    y = x.clone()
-    y[:, half:] = (y[:, half:] + 1) % VOCAB
-    with eval_autocast(device):
-        shift = (net(x).float() - net(y).float())[:, :half].abs().max().item()
-    if shift > CAUSAL_TOLERANCE:
-        raise HarnessError(f"the model is not causal: earlier predictions move by {shift:.3g} when later bytes change")
-
-
-@torch.no_grad()
-def evaluate(net, data, device, probe=True, rank=0, world_size=1):
-    """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`.
-
-    Window i holds bytes [i*T, i*T + T] and predicts bytes i*T+1 .. i*T+T, so every byte but
-    the first is predicted exactly once; the final partial window is zero-padded and masked
-    (causal attention keeps padding from touching real positions). Fixed batch, eval mode,
-    pinned numerics, FP32 log-softmax and batch sums, FP64 total. Returns (bpc, seconds).
-    """
-    t0 = time.time()
+def eval_windows(data, device):
+    """(inputs, targets, valid) windows of MAX_SEQ_LEN over `data`: window i holds bytes
+    [i*T, i*T + T] and predicts bytes i*T+1 .. i*T+T, so every byte but the first is predicted
+    exactly once; the last partial window is zero-padded and its padding masked out."""
     data = data.to(device)
     targets_total = len(data) - 1
     windows = math.ceil(targets_total / MAX_SEQ_LEN)
     padded = torch.zeros(windows * MAX_SEQ_LEN + 1, dtype=torch.uint8, device=device)
     padded[: len(data)] = data
-    inputs = padded[:-1].view(windows, MAX_SEQ_LEN)
-    targets = padded[1:].view(windows, MAX_SEQ_LEN)
+    inputs = padded[:-1].view(windows, MAX_SEQ_LEN).long()
+    targets = padded[1:].view(windows, MAX_SEQ_LEN).long()
     valid = (torch.arange(windows * MAX_SEQ_LEN, device=device) < targets_total).view(windows, MAX_SEQ_LEN)
+    return inputs, targets, valid
+
+
+def padded_batch(rows, device):
+    """`rows` (n <= EVAL_BATCH_SIZE windows) in a batch of the fixed evaluation shape."""
+    x = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=rows.dtype, device=device)
+    x[: len(rows)] = rows
+    return x
+
+
+def leak_probes(x, n, donors, rng):
+    """Probe inputs for one scored batch `x` (its first n rows real), each with the positions
+    whose logits must not move: later bytes swapped for other real text at a random cut per row,
+    every other row swapped (rows must not see each other), and the same input again (no state)."""
+    cuts = torch.tensor([rng.randrange(1, MAX_SEQ_LEN) for _ in range(n)], device=x.device)
+    before_cut = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    before_cut[:n] = torch.arange(MAX_SEQ_LEN, device=x.device) < cuts[:, None]
+    suffix = torch.where(before_cut, x, donors)
+    suffix[n:] = x[n:]
+    kept = rng.randrange(n)
+    rows = donors.clone()
+    rows[kept] = x[kept]
+    only_kept = torch.zeros_like(before_cut)
+    only_kept[kept] = True
+    real = torch.zeros_like(before_cut)
+    real[:n] = True
+    return [
+        (suffix, before_cut, "earlier predictions move when later bytes change"),
+        (rows, only_kept, "a window's predictions move when other windows of the batch change"),
+        (x, real, "the same input scored twice gives different predictions"),
+    ]
+
+
+@torch.no_grad()
+def evaluate(net, data, device, probe=True, rank=0, world_size=1):
+    """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`, and seconds.
+
+    Every byte but the first is predicted once, in fixed (EVAL_BATCH_SIZE, MAX_SEQ_LEN) batches,
+    eval mode, pinned numerics, FP32 log-softmax and batch sums, FP64 total. With `probe`, the
+    windows of PROBE_BATCHES scored batches, drawn now, are also run as leak probes, interleaved at
+    random points among the scoring forwards through the same call: a model that sees later bytes,
+    other rows, or keeps state is refused with a `crash: the model is not causal` line.
+    """
+    t0 = time.time()
+    inputs, targets, valid = eval_windows(data, device)
+    windows = len(inputs)
+    mine = [lo for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)) if b % world_size == rank]
+    rng = random.SystemRandom()  # not the run's seed: train.py cannot know which batches are probed
+    jobs = [("score", lo, None) for lo in mine]
+    probed = rng.sample(mine, min(PROBE_BATCHES, len(mine))) if probe else []
+    for lo in probed:
+        n = min(EVAL_BATCH_SIZE, windows - lo)
+        donors = inputs[torch.tensor([rng.randrange(windows) for _ in range(EVAL_BATCH_SIZE)], device=device)]
+        for p in leak_probes(padded_batch(inputs[lo : lo + n], device), n, donors, rng):
+            jobs.insert(rng.randrange(jobs.index(("score", lo, None)) + 1, len(jobs) + 1), ("probe", lo, p))
+    kept = {}  # logits of probed batches and of their probes, compared at the end
     was_training = net.training
     net.eval()
+    total = 0.0  # a Python float: FP64 on every device, MPS included
     with pinned_eval_numerics(device):
-        if probe:
-            check_causal(net, device)
-        total = 0.0  # a Python float: FP64 on every device, MPS included
-        for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)):
-            if b % world_size != rank:
-                continue
-            x = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=torch.long, device=device)
-            y = torch.zeros_like(x)
-            mask = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=torch.bool, device=device)
+        for kind, lo, spec in jobs:
             n = min(EVAL_BATCH_SIZE, windows - lo)
-            x[:n], y[:n], mask[:n] = inputs[lo : lo + n], targets[lo : lo + n], valid[lo : lo + n]
+            x = spec[0] if kind == "probe" else padded_batch(inputs[lo : lo + n], device)
             with eval_autocast(device):
                 logits = net(x)
             if type(logits) is not torch.Tensor:  # a subclass could rewrite what cross_entropy sees
                 raise HarnessError(f"the model returned a {type(logits).__name__}, not a plain Tensor of logits")
+            if kind == "probe":
+                kept.setdefault(lo, []).append((logits.float(), spec))
+                continue
+            if lo in probed:
+                kept.setdefault(lo, []).insert(0, (logits.float(), None))
+            y, mask = padded_batch(targets[lo : lo + n], device), padded_batch(valid[lo : lo + n], device)
             nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
             total += (nll * mask.reshape(-1)).sum().item()
+    net.train(was_training)
+    for results in kept.values():
+        reference = next(logits for logits, spec in results if spec is None)
+        for logits, spec in results:
+            if spec is not None:
+                shift = ((logits - reference).abs().amax(-1) * spec[1]).max().item()
+                if not shift <= CAUSAL_TOLERANCE:  # NaN counts as a move
+                    raise HarnessError(f"the model is not causal: {spec[2]} (by {shift:.3g})")
     if world_size > 1:
         shards = torch.tensor(total, dtype=torch.float64, device=device)
         dist.all_reduce(shards)
         total = shards.item()
-    net.train(was_training)
-    return total / targets_total / math.log(2), time.time() - t0
+    return total / (len(data) - 1) / math.log(2), time.time() - t0
 
 
 # ---------------------------------------------------------------------------
@@ -797,13 +900,39 @@ def prepare_hash(text=None):
     return hashlib.sha256((text if text is not None else Path(__file__).read_text()).encode()).hexdigest()[:12]
 
 
+def library_digest():
+    """sha256 over the installed x-transformers and adam-atan2-pytorch files (12 characters), each
+    first checked against its dist-info RECORD hash: an edited library file ends the run."""
+    import base64
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    digest = hashlib.sha256()
+    for name in CHECKED_LIBRARIES:
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            raise HarnessError(f"{name} is not installed: pip install -e . installs the pinned version") from None
+        for record in sorted(dist.files or [], key=str):
+            if record.hash is None or not str(record).endswith(".py"):
+                continue
+            path = Path(dist.locate_file(record))
+            sha = hashlib.sha256(path.read_bytes()).digest()
+            if base64.urlsafe_b64encode(sha).rstrip(b"=").decode() != record.hash.value:
+                raise HarnessError(
+                    f"{path} differs from the installed {name} {dist.version}: reinstall it "
+                    f"(pip install --force-reinstall --no-deps {name}=={dist.version})"
+                )
+            digest.update(f"{record}:{record.hash.value}\n".encode())
+    return digest.hexdigest()[:12]
+
+
 def budget_label(env):
     return f"{env['steps']}steps" if env["steps"] else f"{env['budget']:g}s"
 
 
-def fingerprint(run):
-    """Equal fingerprints mean comparable numbers: same harness, budget, scored bytes and data."""
-    parts = f"{prepare_hash()}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}"
+def fingerprint(run, libraries):
+    """Equal fingerprints mean comparable numbers: same harness, libraries, budget, scored bytes and data."""
+    parts = f"{prepare_hash()}|{libraries}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}"
     return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
 
@@ -874,6 +1003,9 @@ SUMMARY_FORMAT = {
     "prepare_hash": "{}",
     "run_id": "{}",
     "val_bpc_exact": "{!r}",
+    "train_bpc": "{:.6f}",
+    "flags": "{}",
+    "libraries": "{}",
 }
 
 
@@ -911,7 +1043,7 @@ def make_summary(run, stats, identity):
         x_transformers=version("x-transformers"),
         seed=run.env["seed"],
         commit=identity["commit"],
-        fingerprint=fingerprint(run),
+        fingerprint=fingerprint(run, identity["libraries"]),
         world_size=run.world_size,
         data=run.data_identity,
         data_path=str(run.data_path),
@@ -921,6 +1053,7 @@ def make_summary(run, stats, identity):
         micro_batch=run.micro_batch or 0,
         prepare_hash=prepare_hash(),
         run_id=identity["run_id"],
+        libraries=identity["libraries"],
     )
 
 
@@ -1014,7 +1147,8 @@ class Guards:
 
 
 def setup(env):
-    """Device, precision, data on the device, seeds, torchrun: the Run that train.py is handed."""
+    """Device, precision, data on the device, torchrun: the Run that train.py is handed (with the
+    training split only) and the bytes the harness scores afterwards (val, and a train slice)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(env["device"])
     if world > 1:
@@ -1036,8 +1170,12 @@ def setup(env):
     print0(f"data: {path} ({identity}) | {sizes} | scoring {eval_bytes:,} val bytes")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the FP32 matmuls left (Newton-Schulz)
-    splits = {k: v.to(device) for k, v in splits.items()}
-    return Run(env, device, precision, splits, identity, path, eval_bytes)
+    train = splits["train"]
+    heldout = {
+        "val": splits["val"][:eval_bytes].to(device),
+        "train": train[len(train) - min(eval_bytes, TRAIN_SCORE_BYTES) :].to(device),
+    }
+    return Run(env, device, precision, train.to(device), identity, path, eval_bytes), heldout
 
 
 def train_module_name():
@@ -1052,7 +1190,7 @@ def run_training(guards, env):
     name = train_module_name()
     script = Path(sys.modules["__main__"].__file__).resolve()
     source = script.read_text()
-    identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12]}
+    identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12], "libraries": library_digest()}
     sys.modules.pop(name, None)
     train = importlib.import_module(name)
     if guards.steps.untracked_steps:
@@ -1060,7 +1198,8 @@ def run_training(guards, env):
         raise HarnessError(f"{script.name} took {n} optimizer steps when imported: train inside train(run)")
     if not callable(getattr(train, "train", None)):
         raise HarnessError(f"{script.name} defines no train(run): the harness has nothing to call")
-    run = ACTIVE_RUN = setup(env)
+    run, heldout = setup(env)
+    ACTIVE_RUN = run
     seed_everything(env["seed"])
     run.tracker = guards.steps.tracker = Tracker(run)
     model = train.train(run)
@@ -1069,14 +1208,37 @@ def run_training(guards, env):
     if model is None or not hasattr(unwrap(model), "net"):
         raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
     model = unwrap(model)
+    run.check_weights_unchanged()
     scored = scoring_model(train, model, run.device)
     summary = make_summary(run, stats, identity)
     save_checkpoint(run, model, source, summary)
-    val = run.splits["val"][: run.eval_bytes]
-    bpc, seconds = evaluate(scored.net, val, run.device, rank=run.rank, world_size=run.world_size)
-    summary["val_bpc"], summary["val_bpc_exact"], summary["eval_seconds"] = bpc, bpc, seconds
+    shard = dict(rank=run.rank, world_size=run.world_size)
+    bpc, seconds = evaluate(scored.net, heldout["val"], run.device, **shard)
+    train_bpc, _ = evaluate(scored.net, heldout["train"], run.device, probe=False, **shard)
+    summary.update(val_bpc=bpc, val_bpc_exact=bpc, eval_seconds=seconds, train_bpc=train_bpc)
+    summary["flags"] = run_flags(run, stats, summary)
     summary["total_seconds"] = time.time() - T_START
     print_summary(run, summary)
+
+
+def run_flags(run, stats, summary):
+    """What the harness saw that a reviewer should look at: a warning line each, and the summary's `flags`."""
+    flags = []
+    counted_steps = stats["num_steps"] - run.excluded_steps
+    tracker = run.tracker
+    if run.excluded_steps and counted_steps > 0:
+        if tracker.uncounted_tokens / run.excluded_steps > tracker.counted_tokens / counted_steps:
+            flags.append("warmup_tokens")
+            print0("warning: the uncounted warm-up steps trained on more tokens per step than the counted ones")
+    edits = int(run.param_edits.item())
+    if edits:
+        flags.append("weights_edited")
+        print0(f"warning: the weights changed outside an optimizer step {edits} time(s)")
+    if summary["val_bpc"] < summary["train_bpc"] - HELDOUT_MARGIN:
+        flags.append("val_below_train")
+        gap = summary["train_bpc"] - summary["val_bpc"]
+        print0(f"warning: val_bpc is {gap:.3f} below train_bpc: has the model seen the validation bytes?")
+    return ",".join(flags) or "none"
 
 
 def module_layout(model):
