@@ -468,7 +468,7 @@ class Run:
                 index = [self.device.index] if self.device.index is not None else None
                 wrapped = nn.parallel.DistributedDataParallel(model, device_ids=index)
             compiled = self.compile_options is not None
-            self.compiled = torch.compile(wrapped, **self.compile_options) if compiled else wrapped
+            self.compiled = compile_model(wrapped, self.compile_options) if compiled else wrapped
         return self.compiled
 
     def get_batch(self, batch_size, seq_len):
@@ -572,13 +572,19 @@ class Run:
         return norm
 
 
-def convert_fp8(model):
-    """Convert the linears `fp8_wants` selects to torchao float8 training; returns how many."""
+def compile_model(model, options):
+    """The harness's one torch.compile call (train.py's COMPILE supplies the options)."""
+    return torch.compile(model, **options)
+
+
+def convert_fp8(model, config=None):
+    """Convert the linears `fp8_wants` selects to torchao float8 training (torchao's default
+    tensorwise recipe, or `config`: a Float8LinearConfig); returns how many."""
     wanted = sum(fp8_wants(m, n) for n, m in model.named_modules())
     if wanted:
         from torchao.float8 import convert_to_float8_training
 
-        convert_to_float8_training(model, module_filter_fn=fp8_wants)
+        convert_to_float8_training(model, module_filter_fn=fp8_wants, config=config)
     return wanted
 
 
