@@ -1,17 +1,21 @@
 """Benchmark train.py's training step: ceilings, tokens/s and MFU, FP8, a fork-style baseline loop,
 the optimizer's share, launch time, final-evaluation time and (with --quality) val_bpc of the
-default config against the fork's original config. train.py is imported, never modified.
+default config against the fork's original config. train.py is read as text and turned into a
+module (prepare.source_module), never modified; the step is timed through the harness's own Run.
 
 On one GPU (minutes; --quality adds two 120 s training runs, and runs them first):
     python bench/bench.py                      # writes bench/results/<date>-<gpu>.json
     python bench/bench.py --quality
-On a lent GPU machine without network (wheels in .device/wheels/, see docs/benchmarks.md):
+On an offline GPU box (wheels in a git-ignored folder, see docs/benchmarks.md):
     bash bench/gpu_session.sh
 CPU smoke test (what tests/test_bench.py runs, well under a minute):
     python bench/bench.py --device cpu --tiny --out /tmp/bench.json
 CPU step cost at the real model sizes (the CPU figures in docs/benchmarks.md, ~4 minutes on 2 cores):
-    python bench/bench.py --device cpu --batch 1 --accum 1 --warmup 2 --steps 2 --corpus-mb 20 \
+    python bench/bench.py --device cpu --batch 1 --warmup 2 --steps 2 --corpus-mb 20 \
         --sections ceilings,throughput,baseline,eval,optimizer
+
+`prepare` and `labbook` are plain imports: the installed checkout (pip install -e .), or
+PYTHONPATH=<checkout> (what bench/gpu_session.sh exports).
 """
 
 import argparse
@@ -19,9 +23,9 @@ import contextlib
 import datetime
 import gc
 import hashlib
-import importlib.util
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -39,20 +43,27 @@ from pathlib import Path
 import adam_atan2_pytorch.muon_adam_atan2 as muon_module
 import torch
 from torch import nn
+from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+import prepare
+from labbook.runlog import parse_summary as parse_run_summary
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
 
-# The fork's original setup (its analysis notebook's baseline): train.py's loop runs it in-process,
-# the quality comparison runs it as an edited copy of train.py.
-FORK_CONSTANTS = dict(DIM=512, DEPTH=6, HEADS=8, BATCH_SIZE=4, GRAD_ACCUM=4, LR=1e-4, MUON_LR=1e-4, GRAD_CLIP=0.5)
+# The fork's original setup (its analysis notebook's baseline): 4 sequences per micro-step, 4
+# micro-steps per optimizer step. In train.py's loop that is BATCH_SIZE=16 (the harness picks the
+# micro-batch); the fork-style baseline loop keeps the fork's own 4 x 4.
+FORK_CONSTANTS = dict(DIM=512, DEPTH=6, HEADS=8, BATCH_SIZE=16, LR=1e-4, MUON_LR=1e-4, GRAD_CLIP=0.5)
+FORK_MICRO_BATCH = 4
 FORK_DECODER = dict(rotary_pos_emb=True, attn_flash=True, attn_qk_norm=True, ff_relu_squared=True, use_rmsnorm=True)
 LARGE = dict(DIM=1024, DEPTH=8, HEADS=16)  # the size the MFU target is stated for
 TINY = dict(DIM=32, DEPTH=2, HEADS=2)  # --tiny: every model shrinks to this
 TINY_BATCH = 2
-TINY_SEQ = 128  # --tiny also shortens train.py's MAX_SEQ_LEN, in-process and in its subprocess copies
+TINY_FORK_BATCH = 2 * prepare.HOST_MICRO_BATCH  # off the GPU the harness splits it: micro-batching stays on
+TINY_SEQ = 128  # --tiny trains on 128-byte windows (TRAIN_SEQ_LEN); evaluation windows stay prepare.MAX_SEQ_LEN
 
-EVAL_TARGET_BYTES = 5_000_000  # train.py scores all 5M val bytes of enwik8 on a GPU
+EVAL_TARGET_BYTES = 5_000_000  # prepare.py scores all 5M val bytes of enwik8 on a GPU
 CORPUS_MB = 100  # the stand-in corpus: its 5% val split must hold EVAL_TARGET_BYTES
 TINY_CORPUS_BYTES = 1_000_000
 
@@ -75,8 +86,8 @@ class Config:
     dim: int
     depth: int
     heads: int
-    batch: int  # sequences per micro-step
-    accum: int
+    batch: int  # sequences per optimizer step (train.py's BATCH_SIZE); the harness picks the micro-batch
+    seq_len: int  # bytes predicted per training window (train.py's TRAIN_SEQ_LEN)
     grad_clip: float
     fork: bool = False  # built with the fork's Decoder options instead of train.py's build_model
 
@@ -84,8 +95,8 @@ class Config:
 @dataclass
 class Bench:
     args: argparse.Namespace
-    module: object  # train.py, imported
-    run: object  # the Run that train.py's setup() returned
+    module: object  # train.py's text as a module (prepare.source_module)
+    run: object  # the Run that prepare.setup() returned: device, precision, data
     configs: dict
     workdir: Path
     corpus: Path
@@ -120,9 +131,8 @@ def parse_args(argv=None):
     p.add_argument("--launch-budget", type=float, help="AR_TIME_BUDGET of the launch run (default 20)")
     p.add_argument("--corpus", help="text file to train on (default: a stand-in built from site-packages)")
     p.add_argument("--corpus-mb", type=int, default=CORPUS_MB, help="size of the stand-in corpus")
-    p.add_argument("--batch", type=int, help="micro-batch of every throughput config (default: each config's)")
-    p.add_argument("--accum", type=int, help="accumulation of every throughput config (default: each config's)")
-    p.add_argument("--warmup", type=int, help="untimed first steps (default: train.py's uncounted steps)")
+    p.add_argument("--batch", type=int, help="sequences per step of every throughput config (default: each config's)")
+    p.add_argument("--warmup", type=int, help="untimed first steps (default: the harness's uncounted steps)")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default 20 on CUDA, 2 elsewhere)")
     p.add_argument("--breakdown-steps", type=int, help="steps timed phase by phase (default 3 on CUDA, 1 elsewhere)")
     p.add_argument("--eval-bytes", type=int, help="val bytes scored by the eval section (default 5M on CUDA)")
@@ -159,12 +169,10 @@ def section_plan(args):
     return [(section, name) for section, name in plan if section in wanted]
 
 
-def import_train(path=TRAIN, name="train_for_bench"):
-    """A script as a module (train.py by default: its main() only runs under __main__)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train_module(source=None, name="train_for_bench"):
+    """train.py's text (or `source`, an edited copy) as a module: its knobs, build_model,
+    build_optimizer and lr_multiplier. Its `__main__` guard does not fire."""
+    return prepare.source_module(TRAIN.read_text() if source is None else source, name)
 
 
 def site_packages_corpus(path, size):
@@ -204,39 +212,42 @@ def generated_corpus(path, size, seed=0):
 
 
 def make_configs(module, args):
-    default = Config(
-        "default", module.DIM, module.DEPTH, module.HEADS, module.BATCH_SIZE, module.GRAD_ACCUM, module.GRAD_CLIP
+    m, f = module, FORK_CONSTANTS
+    default = Config("default", m.DIM, m.DEPTH, m.HEADS, m.BATCH_SIZE, m.TRAIN_SEQ_LEN, m.GRAD_CLIP)
+    fork = Config(
+        "fork", f["DIM"], f["DEPTH"], f["HEADS"], f["BATCH_SIZE"], prepare.MAX_SEQ_LEN, f["GRAD_CLIP"], fork=True
     )
-    f = FORK_CONSTANTS
-    fork = Config("fork", f["DIM"], f["DEPTH"], f["HEADS"], f["BATCH_SIZE"], f["GRAD_ACCUM"], f["GRAD_CLIP"], fork=True)
     large = replace(default, name="dim1024", dim=LARGE["DIM"], depth=LARGE["DEPTH"], heads=LARGE["HEADS"])
     configs = {c.name: c for c in (default, fork, large)}
     for name, c in configs.items():
         if args.tiny:
-            c = replace(
-                c, dim=TINY["DIM"], depth=TINY["DEPTH"], heads=TINY["HEADS"], batch=TINY_BATCH, accum=min(c.accum, 2)
-            )
-        configs[name] = replace(c, batch=args.batch or c.batch, accum=args.accum or c.accum)
+            batch = TINY_FORK_BATCH if c.fork else TINY_BATCH
+            c = replace(c, dim=TINY["DIM"], depth=TINY["DEPTH"], heads=TINY["HEADS"], batch=batch, seq_len=TINY_SEQ)
+        configs[name] = replace(c, batch=args.batch or c.batch)
     return configs
 
 
-def output_path(args, run, module):
+def output_path(args, run):
     if args.out:
         return Path(args.out)
-    label = module.gpu_name(run.device) if run.device.type == "cuda" else "cpu"
+    label = prepare.gpu_name(run.device) if run.device.type == "cuda" else "cpu"
     slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
     return REPO / "bench" / "results" / f"{datetime.date.today().isoformat()}-{slug}.json"
 
 
+def harness_file():
+    return Path(prepare.__file__).resolve()
+
+
 def meta(b):
-    module, run = b.module, b.run
+    run = b.run
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor()
     )
     return dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         device=str(run.device),
-        gpu=module.gpu_name(run.device),
+        gpu=prepare.gpu_name(run.device),
         datasheet_bf16_tflops=run.peak_tflops or None,
         cpu=cpu,
         cpu_threads=torch.get_num_threads(),
@@ -244,7 +255,10 @@ def meta(b):
         torch=torch.__version__,
         python=platform.python_version(),
         precision=run.precision,
-        max_seq_len=module.MAX_SEQ_LEN,
+        max_seq_len=prepare.MAX_SEQ_LEN,  # the evaluation window; training windows are each config's seq_len
+        host_micro_batch=prepare.HOST_MICRO_BATCH,
+        prepare_file=str(harness_file()),
+        prepare_hash=prepare.prepare_hash(),
         train_py_sha256=hashlib.sha256(TRAIN.read_bytes()).hexdigest()[:12],
         corpus=str(b.corpus),
         corpus_bytes=b.corpus.stat().st_size,
@@ -308,7 +322,7 @@ class Phases:
 def fresh_device_state(device):
     """Forget compiled graphs and free memory, so each measurement starts like a new run."""
     torch._dynamo.reset()
-    gc.unfreeze()  # train.py's Tracker freezes the heap at step 1; unfrozen, old models can be collected
+    gc.unfreeze()  # the Tracker freezes the heap at step 1; unfrozen, old models can be collected
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -316,18 +330,18 @@ def fresh_device_state(device):
 
 
 def quietly():
-    """train.py's Tracker prints progress lines: keep them out of the bench's table."""
+    """The harness prints model, micro-batch and progress lines: keep them out of the bench's table."""
     return contextlib.redirect_stdout(io.StringIO())
 
 
 # ---------------------------------------------------------------------------
-# Models and the training step (train.py's main loop, phase by phase)
+# Models and the training step (train.py's loop body, through the harness's Run)
 # ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def constants(module, **values):
-    """Override train.py's ALL_CAPS constants for the duration of a build."""
+    """Override train.py's ALL_CAPS knobs (in its module) for the duration of a build."""
     saved = {k: getattr(module, k) for k in values}
     for k, v in values.items():
         setattr(module, k, v)
@@ -340,119 +354,121 @@ def constants(module, **values):
 
 def build_model(module, cfg):
     with constants(module, DIM=cfg.dim, DEPTH=cfg.depth, HEADS=cfg.heads):
-        return fork_model(module, cfg) if cfg.fork else module.build_model()
+        return fork_model(cfg) if cfg.fork else module.build_model()
 
 
-def fork_model(module, cfg):
-    net = module.TransformerWrapper(
-        num_tokens=module.VOCAB,
-        max_seq_len=module.MAX_SEQ_LEN,
-        attn_layers=module.Decoder(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, **FORK_DECODER),
+def fork_model(cfg):
+    net = TransformerWrapper(
+        num_tokens=prepare.VOCAB,
+        max_seq_len=prepare.MAX_SEQ_LEN,
+        attn_layers=Decoder(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, **FORK_DECODER),
     )
-    return module.AutoregressiveWrapper(net)
+    return AutoregressiveWrapper(net)
 
 
-def training_setup(b, cfg, compile_model=True):
-    """(model, optimizer) the way train.py's main() makes them: prepare_model, build_optimizer,
-    then torch.compile on CUDA when train.py's COMPILE says so."""
-    module = b.module
+def fresh_run(b, precision=None):
+    """A new Run on the bench's device and data, as prepare.setup() makes one. Each measurement
+    gets its own: the model handed to prepare_model, its compiled wrapper and the micro-batch
+    are fixed once per Run."""
+    r = b.run
+    return prepare.Run(r.env, r.device, precision or r.precision, r.splits, r.data_identity, r.data_path, r.eval_bytes)
+
+
+def training_setup(b, cfg, compile_model=True, precision=None):
+    """(run, model, optimizer) the way train.py's train(run) makes them: run.prepare_model with
+    train.py's COMPILE (compiled on CUDA at the first forward_backward), build_optimizer."""
+    run = fresh_run(b, precision)
     with quietly():
-        model = module.prepare_model(b.run, build_model(module, cfg))
-    optimizer = module.build_optimizer(model)
-    if compile_model and module.COMPILE and b.cuda:
-        model = torch.compile(model)
-    return model, optimizer
+        model = run.prepare_model(build_model(b.module, cfg), compile=compile_model and b.module.COMPILE)
+    return run, model, b.module.build_optimizer(model)
 
 
-def train_step(b, model, optimizer, cfg, tracker, step, phase):
-    """One optimizer step of train.py's loop; `phase` names its parts for the breakdown."""
-    module, run = b.module, b.run
-    train_loss = 0.0
-    for _ in range(cfg.accum):
-        with phase("data"):
-            x = module.get_batch(run, cfg.batch)
-        with phase("forward_backward"):
-            with run.autocast():
-                loss = model(x) / cfg.accum
-            run.scaler.scale(loss).backward()
-            train_loss += loss.detach()
-    with phase("grad_clip"):
-        run.scaler.unscale_(optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    with phase("optimizer"):
-        run.scaler.step(optimizer)
-        run.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-    with phase("host_sync"):  # the Tracker copies losses to the host every METRICS_EVERY steps
-        tracker.end_step(
-            step, train_loss, optimizer.param_groups[0]["lr"], grad_norm, cfg.batch * cfg.accum * module.MAX_SEQ_LEN
-        )
+@contextlib.contextmanager
+def tracked(run):
+    """A Tracker fed by a global prepare.StepCounter, as prepare.main arms them; the hook is
+    removed when the measurement ends, so no later optimizer step lands in it."""
+    counter = prepare.StepCounter()
+    try:
+        with quietly():
+            run.tracker = counter.tracker = prepare.Tracker(run)
+        yield run.tracker
+    finally:
+        counter.remove()
+
+
+def loop_step(b, run, model, optimizer, cfg, phase):
+    """One pass of train.py's loop: the schedule, run.forward_backward, run.step."""
+    lr_mult = b.module.lr_multiplier(run.progress)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * lr_mult
+    with phase("forward_backward"):  # sampling on the device, micro-batches, autocast, backward
+        run.forward_backward(model, cfg.batch, cfg.seq_len)
+    with phase("step"):  # unscale, clip, optimizer step, zero_grad, the Tracker (a host sync every METRICS_EVERY)
+        run.step(optimizer, cfg.grad_clip)
 
 
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(module, cfg, num_params):
-    """train.py's make_summary formula: 6N for the weights plus the attention matmuls."""
-    return 6 * num_params + 12 * cfg.depth * cfg.dim * module.MAX_SEQ_LEN
+def flops_per_token(cfg, num_params):
+    """6N for the weights plus the attention matmuls over the training window (prepare.py's
+    make_summary counts the attention over MAX_SEQ_LEN, the same at the default TRAIN_SEQ_LEN)."""
+    return 6 * num_params + 12 * cfg.depth * cfg.dim * cfg.seq_len
 
 
-def run_steps(b, model, optimizer, cfg, tracker, steps, phase):
-    for step in steps:
-        train_step(b, model, optimizer, cfg, tracker, step, phase)
-
-
-def measure_training(b, cfg):
-    """Warm up (compile) for train.py's uncounted steps, time free-running steps, then a few
+def measure_training(b, cfg, precision=None):
+    """Warm up (compile) for the harness's uncounted steps, time free-running steps, then a few
     steps phase by phase. Returns tokens/s, MFU, peak memory and the step breakdown."""
     fresh_device_state(b.device)
-    model, optimizer = training_setup(b, cfg)
-    tokens_per_step = cfg.batch * cfg.accum * b.module.MAX_SEQ_LEN
-    warmup, timed, phased = b.args.warmup or b.run.excluded_steps, b.args.steps, b.args.breakdown_steps
-    phases = Phases(b.device)
-    with quietly():
-        tracker = b.module.Tracker(b.run)
-        free = Phases(b.device, on=False)
-        steps = range(1, warmup + 1)
-        warm_s = elapsed(b.device, lambda: run_steps(b, model, optimizer, cfg, tracker, steps, free))
-        later = range(warmup + 1, warmup + timed + 1)
-        seconds = elapsed(b.device, lambda: run_steps(b, model, optimizer, cfg, tracker, later, free))
-        last = range(warmup + timed + 1, warmup + timed + phased + 1)
-        run_steps(b, model, optimizer, cfg, tracker, last, phases)
-    num_params = count_params(model)
-    result = throughput_figures(b, cfg, num_params, tokens_per_step, seconds / timed)
+    run, model, optimizer = training_setup(b, cfg, precision=precision)
+    warmup, timed, phased = b.args.warmup or run.excluded_steps, b.args.steps, b.args.breakdown_steps
+    phases, free = Phases(b.device), Phases(b.device, on=False)
+
+    def steps(n, phase):
+        for _ in range(n):
+            loop_step(b, run, model, optimizer, cfg, phase)
+
+    with tracked(run), quietly():
+        warm_s = elapsed(b.device, lambda: steps(warmup, free))
+        seconds = elapsed(b.device, lambda: steps(timed, free))
+        steps(phased, phases)
+    result = throughput_figures(b, run, cfg, run.num_params, seconds / timed)
     breakdown = {k: 1000 * v / phased for k, v in phases.seconds.items()}
     result.update(
+        micro_batch=run.micro_batch,
+        micro_batches_per_step=math.ceil(cfg.batch // run.world_size / run.micro_batch),
+        float8_linears=sum(type(m).__name__ == "Float8Linear" for m in model.modules()),
         warmup_steps=warmup,
         warmup_seconds=warm_s,
-        peak_memory_mb=b.module.peak_memory_mb(b.device),
+        peak_memory_mb=prepare.peak_memory_mb(b.device),
         peak_memory_scope="CUDA allocator peak of this config" if b.cuda else "process peak RSS so far",
         breakdown_ms=breakdown,
         breakdown_share={k: v / sum(breakdown.values()) for k, v in breakdown.items()},
-        host_syncs_per_step=1 / b.module.METRICS_EVERY,
+        host_syncs_per_step=1 / prepare.METRICS_EVERY,
     )
     return result
 
 
-def throughput_figures(b, cfg, num_params, tokens_per_step, step_seconds):
+def throughput_figures(b, run, cfg, num_params, step_seconds):
+    tokens_per_step = cfg.batch * cfg.seq_len
     tokens_per_s = tokens_per_step / step_seconds
-    fpt = flops_per_token(b.module, cfg, num_params)
+    fpt = flops_per_token(cfg, num_params)
     achieved = fpt * tokens_per_s / 1e12
     ceiling = b.results.get("ceilings", {}).get("matmul_tflops")
     return dict(
         params_M=num_params / 1e6,
         batch=cfg.batch,
-        accum=cfg.accum,
+        seq_len=cfg.seq_len,
         tokens_per_step=tokens_per_step,
-        precision=b.run.precision,
-        compiled=bool(b.module.COMPILE and b.cuda),
+        precision=run.precision,
+        compiled=run.compile,
         step_ms=1000 * step_seconds,
         tokens_per_s=tokens_per_s,
         flops_per_token=fpt,
         achieved_tflops=achieved,
         mfu_vs_measured_pct=100 * achieved / ceiling if ceiling else None,
-        mfu_vs_datasheet_pct=100 * achieved / b.run.peak_tflops if b.run.peak_tflops else None,
+        mfu_vs_datasheet_pct=100 * achieved / run.peak_tflops if run.peak_tflops else None,
     )
 
 
@@ -503,47 +519,54 @@ def section_throughput(b, name):
 class RandomWindows(torch.utils.data.Dataset):
     """The fork's data path: one random window per __getitem__, drawn and copied on the host."""
 
-    def __init__(self, data, seq_len, device):
-        self.data, self.seq_len, self.device = data, seq_len, device
+    def __init__(self, data, window, device):
+        self.data, self.window, self.device = data, window, device
 
     def __len__(self):
         return 10**9
 
     def __getitem__(self, index):
-        start = torch.randint(0, len(self.data) - self.seq_len, (1,)).item()
-        return self.data[start : start + self.seq_len].long().to(self.device)  # .cuda() on a GPU
+        start = torch.randint(0, len(self.data) - self.window, (1,)).item()
+        return self.data[start : start + self.window].long().to(self.device)  # .cuda() on a GPU
 
 
-def baseline_step(run, model, optimizer, batches, cfg):
-    for _ in range(cfg.accum):
+def baseline_step(run, model, optimizer, batches, accum, grad_clip):
+    for _ in range(accum):
         with run.autocast():
             loss = model(next(batches))
-        (loss / cfg.accum).backward()
+        (loss / accum).backward()
         loss.item()  # the fork read every micro-step's loss on the host
-    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad()
 
 
 def section_baseline(b, name):
-    """The fork's loop at the fork's config, with the same model, optimizer and precision as
-    train.py's loop: not compiled, host-side sampling, a sync per micro-step."""
+    """The fork's loop at the fork's config (micro-steps of FORK_MICRO_BATCH sequences adding up
+    to the config's batch), with the same model, optimizer and precision as train.py's loop: not
+    compiled, host-side sampling, a sync per micro-step. No step hook is armed here."""
     cfg = b.configs[name]
     fresh_device_state(b.device)
-    model, optimizer = training_setup(b, cfg, compile_model=False)
-    windows = RandomWindows(b.run.splits["train"].cpu(), b.module.MAX_SEQ_LEN, b.device)
-    batches = iter(torch.utils.data.DataLoader(windows, batch_size=cfg.batch))
+    run, model, optimizer = training_setup(b, cfg, compile_model=False)
+    micro = min(FORK_MICRO_BATCH, cfg.batch)
+    accum = max(cfg.batch // micro, 1)
+    windows = RandomWindows(run.splits["train"].cpu(), cfg.seq_len + 1, b.device)  # seq_len predicted bytes
+    batches = iter(torch.utils.data.DataLoader(windows, batch_size=micro))
+
+    def step():
+        baseline_step(run, model, optimizer, batches, accum, cfg.grad_clip)
+
     for _ in range(1 if b.args.tiny else 3):
-        baseline_step(b.run, model, optimizer, batches, cfg)
-    seconds = elapsed(
-        b.device, lambda: [baseline_step(b.run, model, optimizer, batches, cfg) for _ in range(b.args.steps)]
-    )
-    tokens_per_s = cfg.batch * cfg.accum * b.module.MAX_SEQ_LEN * b.args.steps / seconds
+        step()
+    seconds = elapsed(b.device, lambda: [step() for _ in range(b.args.steps)])
+    tokens_per_s = micro * accum * cfg.seq_len * b.args.steps / seconds
     throughput = b.results.get("throughput", {})
     loop = throughput.get(name, {}).get("tokens_per_s")
     default = throughput.get("default", {}).get("tokens_per_s")
     return dict(
         config=name,
+        micro_batch=micro,
+        accum=accum,
         step_ms=1000 * seconds / b.args.steps,
         tokens_per_s=tokens_per_s,
         train_py_loop_tokens_per_s=loop,
@@ -554,21 +577,16 @@ def section_baseline(b, name):
 
 
 # ---------------------------------------------------------------------------
-# Section: final evaluation time (train.py's evaluate on 5M val bytes)
+# Section: final evaluation time (prepare.evaluate on 5M val bytes)
 # ---------------------------------------------------------------------------
 
 
 def section_eval(b, name):
     fresh_device_state(b.device)
-    model, _ = training_setup(b, b.configs[name], compile_model=False)
-    default_bytes = EVAL_TARGET_BYTES if b.cuda else (8192 if b.args.tiny else b.module.CPU_EVAL_BYTES)
-    saved = b.run.eval_bytes
-    b.run.eval_bytes = min(b.args.eval_bytes or default_bytes, len(b.run.splits["val"]))
-    try:
-        _, seconds = b.module.evaluate(b.run, b.module.unwrap(model).net)
-        scored = b.run.eval_bytes
-    finally:
-        b.run.eval_bytes = saved
+    run, model, _ = training_setup(b, b.configs[name], compile_model=False)
+    default_bytes = EVAL_TARGET_BYTES if b.cuda else (8192 if b.args.tiny else prepare.CPU_EVAL_BYTES)
+    scored = min(b.args.eval_bytes or default_bytes, len(run.splits["val"]))
+    _, seconds = prepare.evaluate(model.net, run.splits["val"][:scored], run.device)
     return dict(config=name, eval_bytes=scored, seconds=seconds, bytes_per_s=scored / seconds)
 
 
@@ -625,14 +643,15 @@ def newton_schulz_flops(optimizer):
 
 
 def section_optimizer(b, name):
-    """Milliseconds per optimizer step for each variant, on the gradients of one real batch,
-    and the step's share of a training step (from the throughput section of the same config)."""
+    """Milliseconds per optimizer step for each variant, on the gradients of one real batch
+    (one run.forward_backward), and the step's share of a training step (from the throughput
+    section of the same config). No step hook is armed: the variants step the optimizer directly."""
     cfg = b.configs[name]
     fresh_device_state(b.device)
-    model, optimizer = training_setup(b, cfg, compile_model=False)
-    with b.run.autocast():
-        loss = model(b.module.get_batch(b.run, cfg.batch))
-    loss.backward()
+    run, model, optimizer = training_setup(b, cfg, compile_model=False)
+    with quietly():
+        run.tracker = prepare.Tracker(run)  # forward_backward reports its tokens and loss to it
+        run.forward_backward(model, cfg.batch, cfg.seq_len)
     timed = {}
     for variant in b.args.optimizer_variants:
         step = optimizer_step_fn(optimizer, variant)
@@ -641,7 +660,7 @@ def section_optimizer(b, name):
         timed[variant] = dict(ms=1000 * seconds / b.args.steps, first_two_steps_s=compile_s)
     step_ms = b.results.get("throughput", {}).get(name, {}).get("step_ms")
     eager = timed.get("eager", {}).get("ms")
-    train_flops = flops_per_token(b.module, cfg, count_params(model)) * cfg.batch * cfg.accum * b.module.MAX_SEQ_LEN
+    train_flops = flops_per_token(cfg, count_params(model)) * cfg.batch * cfg.seq_len
     result = dict(
         config=name,
         newton_schulz_gflop_per_step=newton_schulz_flops(optimizer) / 1e9,
@@ -659,19 +678,19 @@ def section_optimizer(b, name):
 
 
 # ---------------------------------------------------------------------------
-# Section: FP8 against BF16 (train.py's prepare_model with run.precision = "FP8")
+# Section: FP8 against BF16 (run.prepare_model on a Run whose precision is "FP8")
 # ---------------------------------------------------------------------------
 
 
 def torchao_filter(module, fqn):
-    """torchao's own heuristic for the tensorwise recipe (the one train.py uses), kept to the
-    transformer body like train.py's fp8_wants: the comparison point for FP8_MIN_FEATURES."""
+    """torchao's own heuristic for the tensorwise recipe (the one prepare.py uses), kept to the
+    transformer body like prepare.fp8_wants: the comparison point for FP8_MIN_FEATURES."""
     from torchao.float8 import _auto_filter_for_recipe
 
     return "attn_layers" in fqn and _auto_filter_for_recipe("tensorwise", filter_fqns=[])(module, fqn)
 
 
-FP8_FILTERS = {"train_fp8_wants": None, "torchao_tensorwise": torchao_filter}
+FP8_FILTERS = {"prepare_fp8_wants": None, "torchao_tensorwise": torchao_filter}
 
 
 def fp8_ready(b):
@@ -684,32 +703,31 @@ def wanted_linears(b, cfg, keep):
     return sum(bool(keep(m, n)) for n, m in model.named_modules())
 
 
-def measure_fp8(b, cfg, keep):
-    """Throughput with train.py's prepare_model in FP8, its layer filter swapped for `keep`.
-    Nothing is timed when no layer qualifies: prepare_model then falls back to BF16."""
-    from torchao.float8.float8_linear import Float8Linear
-
-    module, run = b.module, b.run
-    saved = run.precision, module.fp8_wants
-    run.precision, module.fp8_wants = "FP8", keep or module.fp8_wants
+@contextlib.contextmanager
+def fp8_filter(keep):
+    """prepare.convert_fp8 looks fp8_wants up in prepare's namespace: swap it for `keep`."""
+    saved = prepare.fp8_wants
+    prepare.fp8_wants = keep or saved
     try:
-        fresh_device_state(b.device)
-        model, _ = training_setup(b, cfg, compile_model=False)
-        converted = sum(isinstance(m, Float8Linear) for m in model.modules())
-        precision = run.precision
-        del model
-        if precision != "FP8":
-            return dict(converted=0, precision=precision, note="no linear qualifies: prepare_model fell back to BF16")
-        result = measure_training(b, cfg)
-        result["converted"] = converted
-        return result
+        yield prepare.fp8_wants
     finally:
-        run.precision, module.fp8_wants = saved
+        prepare.fp8_wants = saved
+
+
+def measure_fp8(b, cfg, keep):
+    """Throughput of a Run in FP8, prepare's layer filter swapped for `keep`. Nothing is timed
+    when no layer qualifies: prepare_model then falls back to BF16."""
+    with fp8_filter(keep) as wants:
+        if wanted_linears(b, cfg, wants) == 0:
+            return dict(converted=0, precision="BF16", note="no linear qualifies: prepare_model falls back to BF16")
+        result = measure_training(b, cfg, precision="FP8")
+    result["converted"] = result["float8_linears"]
+    return result
 
 
 def section_fp8(b, name):
     cfg = b.configs[name]
-    counts = {f: wanted_linears(b, cfg, keep or b.module.fp8_wants) for f, keep in FP8_FILTERS.items()}
+    counts = {f: wanted_linears(b, cfg, keep or prepare.fp8_wants) for f, keep in FP8_FILTERS.items()}
     if not fp8_ready(b):
         return dict(config=name, timed=False, reason="FP8 needs CUDA with compute capability >= 8.9", wanted=counts)
     bf16 = b.results.get("throughput", {}).get(name, {})
@@ -766,7 +784,7 @@ def train_source(config, tiny=False):
     source = TRAIN.read_text()
     values = dict(FORK_CONSTANTS) if config == "fork" else {}
     if tiny:
-        values.update(TINY, BATCH_SIZE=4, GRAD_ACCUM=1, MAX_SEQ_LEN=TINY_SEQ)
+        values.update(TINY, BATCH_SIZE=4, TRAIN_SEQ_LEN=TINY_SEQ)
     if config == "fork":
         source = replace_function(source, "build_model", fork_build_model_source())
     return edit_constants(source, **values)
@@ -774,12 +792,14 @@ def train_source(config, tiny=False):
 
 def train_env(b, folder, budget):
     """The bench's environment minus its AR_* settings, with a cold private compile cache so that
-    launch time is what a run on a fresh machine pays."""
+    launch time is what a run on a fresh machine pays. PYTHONPATH passes on unchanged: the copy
+    imports the same prepare as the bench."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
     env.update(
         AR_DATA=str(b.corpus),
         AR_TIME_BUDGET=str(budget),
         AR_METRICS=str(folder / "metrics.jsonl"),
+        AR_CHECKPOINT=str(folder / "checkpoint.pt"),
         TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor-cache"),
         TRITON_CACHE_DIR=str(folder / "triton-cache"),
         PYTHONUNBUFFERED="1",
@@ -792,8 +812,8 @@ def train_env(b, folder, budget):
 
 
 def parse_summary(log):
-    """analysis.py's parse of a train.py summary, numbers as floats."""
-    summary = import_train(REPO / "analysis.py", "analysis_for_bench").parse_summary(log)
+    """labbook's parse of a run's summary block, numbers as floats."""
+    summary = parse_run_summary(log)
     for key, value in summary.items():
         with contextlib.suppress(ValueError):
             summary[key] = float(value)
@@ -821,7 +841,7 @@ def run_train_copy(b, config, budget):
         return result
     keys = ("val_bpc", "startup_seconds", "compile_seconds", "training_seconds", "eval_seconds", "eval_bytes")
     keys += ("total_seconds", "tokens_per_sec", "mfu_percent", "peak_vram_mb", "num_steps", "num_params_M")
-    result.update({k: summary.get(k) for k in keys})
+    result.update({k: summary.get(k) for k in keys + ("micro_batch", "prepare_hash")})
     result["launch_to_first_counted_step_s"] = summary["startup_seconds"] + summary["compile_seconds"]
     return result
 
@@ -988,8 +1008,10 @@ def print_report(results, out):
 # ---------------------------------------------------------------------------
 
 
-def prepare(args, workdir):
-    """Import train.py, point it at the corpus and call its setup(): the Bench every section uses."""
+def open_bench(args, workdir):
+    """train.py as a module, the corpus, prepare.setup(): the Bench every section uses."""
+    if harness_file().parent != REPO:
+        print(f"warning: prepare is imported from {harness_file()}, not from {REPO}: set PYTHONPATH={REPO}")
     if args.corpus:
         corpus = Path(args.corpus).resolve()
     elif args.tiny:
@@ -1002,11 +1024,9 @@ def prepare(args, workdir):
     os.environ.update(AR_DATA=str(corpus), AR_TIME_BUDGET="1e9", AR_METRICS=str(workdir / "metrics.jsonl"))
     if args.device:
         os.environ["AR_DEVICE"] = args.device
-    module = import_train()
-    if args.tiny:
-        module.MAX_SEQ_LEN = TINY_SEQ
-    run = module.setup()
-    bench = Bench(args, module, run, make_configs(module, args), workdir, corpus, output_path(args, run, module), {})
+    module = train_module()
+    run = prepare.setup(prepare.read_env())
+    bench = Bench(args, module, run, make_configs(module, args), workdir, corpus, output_path(args, run), {})
     bench.results["meta"] = meta(bench)
     return bench
 
@@ -1026,7 +1046,7 @@ def main(argv=None):
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        b = prepare(args, workdir)
+        b = open_bench(args, workdir)
         for section, name in section_plan(args):
             start = time.time()
             print(f"== {section}" + (f" {name}" if name else ""), flush=True)

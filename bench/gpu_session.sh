@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark as one command for a lent GPU machine (no network, no enwik8, and none
-# of x-transformers, adam-atan2-pytorch, torchao, einx, loguru, torch-einops-utils, frozendict).
+# The whole GPU benchmark as one command for an offline GPU box: a machine with a CUDA GPU and
+# torch, but no network, no enwik8 and none of the project's other dependencies (x-transformers,
+# adam-atan2-pytorch, torchao and what they pull in: einx, loguru, torch-einops-utils, frozendict).
 #
-# Before, on the development machine, in the checkout (.device/ is git-ignored):
-#     mkdir -p .device/wheels && cp /work/shared/device-wheels/*.whl .device/wheels/
-# Then run `bash bench/gpu_session.sh` there with `.device` carried and a 600 s limit. It installs
-# the wheels into /tmp/site, then runs `bench/bench.py --quality` under a 530 s timeout; any
-# arguments replace `--quality` (e.g. `--sections optimizer,fp8 --optimizer-variants eager,newton_schulz,step`).
-# The JSON and the log go to $OUT when the machine provides it (they come back), else bench/results/.
+# Before, on a machine with network, in the checkout (.device/ is git-ignored), fetch the wheels:
+#     python3 -m pip download --no-deps -d .device/wheels x-transformers==2.26.4 adam-atan2-pytorch==0.4.1 \
+#         torchao==0.18.0 einx loguru torch-einops-utils frozendict   # add --python-version/--platform for the box
+# then bring the checkout with that folder to the GPU box (BENCH_WHEELS=<folder> points at another one)
+# and run `bash bench/gpu_session.sh` there under a 600 s limit. Nothing is installed from an
+# index: the wheels go into /tmp/site with --no-index --no-deps, and PYTHONPATH=<checkout>:/tmp/site
+# makes `import prepare` and `import labbook` find this checkout. It then runs
+# `bench/bench.py --quality` under a 530 s timeout; any arguments replace `--quality`
+# (e.g. `--sections optimizer,fp8 --optimizer-variants eager,newton_schulz,step`).
+# The JSON and the log go to $OUT when the machine provides it, else to bench/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+checkout="$(pwd)"
 
-wheels=.device/wheels
+wheels="${BENCH_WHEELS:-.device/wheels}"
 if ! compgen -G "$wheels/*.whl" >/dev/null; then
-    echo "no wheels in $wheels: copy /work/shared/device-wheels/*.whl there and carry .device" >&2
+    echo "no wheels in $wheels: download them there on a machine with network (see the top of $0), or set BENCH_WHEELS" >&2
     exit 2
 fi
-python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl && export PYTHONPATH=/tmp/site || exit 2
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl || exit 2
+export PYTHONPATH="$checkout:/tmp/site"
 
 dest="${OUT:-bench/results}"
 mkdir -p "$dest"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, x_transformers, torchao; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())" || exit 2
+python3 -c "import torch, x_transformers, torchao, prepare, labbook; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '| prepare', prepare.__file__)" || exit 2
 
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then

@@ -1,23 +1,28 @@
 """The benchmark and the fast data path it measures.
 
 bench/bench.py runs end to end on the CPU at a tiny size and writes every section of its JSON;
-the fork's config is built from an edited copy of train.py without touching the fixed region;
-and train.py's data path stays on the device: get_batch slices windows there, and the loop reads
-nothing back to the host except through the Tracker, once every METRICS_EVERY steps.
+the fork's config is built from an edited copy of train.py that changes only knobs and
+build_model; the step the bench times is train.py's loop body through the harness's Run, with a
+Tracker fed by a StepCounter that is removed when the measurement ends; and the data path stays
+on the device: run.get_batch slices windows there, and train.py's loop reads nothing back to the
+host (the Tracker does, once every METRICS_EVERY steps).
 """
 
 import ast
-import importlib.util
-import inspect
+import contextlib
+import importlib
+import io
 import json
 import subprocess
 import sys
-import textwrap
 from types import SimpleNamespace
 
 import pytest
 import torch
-from harness import REPO, TRAIN, base_env, import_train
+from harness import REPO, TRAIN, base_env
+from torch.optim import optimizer as torch_optimizer
+
+import prepare
 
 BENCH = REPO / "bench" / "bench.py"
 SECTIONS = ("meta", "ceilings", "throughput", "baseline", "eval", "launch", "optimizer", "fp8")
@@ -26,10 +31,8 @@ HOST_READS = {"item", "tolist", "cpu", "numpy", "synchronize"}
 
 
 def import_bench():
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/bench.py as the module bench.bench (a plain import: the checkout is on sys.path)."""
+    return importlib.import_module("bench.bench")
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +78,9 @@ def test_smoke_ceilings_and_throughput_are_positive(smoke):
         for key in ("tokens_per_s", "step_ms", "mfu_vs_measured_pct", "peak_memory_mb", "params_M"):
             assert t[key] > 0, (name, key, t[key])
         assert t["mfu_vs_datasheet_pct"] is None  # a CPU has no datasheet BF16 peak
-        assert t["breakdown_ms"]["forward_backward"] > 0
-        assert t["breakdown_ms"]["optimizer"] > 0
-        assert {"data", "grad_clip", "host_sync"} <= set(t["breakdown_ms"])
+        assert set(t["breakdown_ms"]) == {"forward_backward", "step"}  # the Run's two calls
+        assert t["breakdown_ms"]["forward_backward"] > 0 and t["breakdown_ms"]["step"] > 0
+        assert t["seq_len"] == 128 and t["tokens_per_step"] == t["batch"] * 128  # --tiny's TRAIN_SEQ_LEN
 
 
 def test_smoke_fork_config_has_the_forks_batch_and_clip(smoke):
@@ -85,7 +88,10 @@ def test_smoke_fork_config_has_the_forks_batch_and_clip(smoke):
     fork = results["meta"]["configs"]["fork"]
     assert fork["fork"] is True
     assert fork["grad_clip"] == 0.5
-    assert results["throughput"]["fork"]["accum"] > 1  # accumulation stays on in --tiny
+    # the harness splits the fork's batch into micro-batches off the GPU, in --tiny too
+    fork_run = results["throughput"]["fork"]
+    assert fork_run["micro_batch"] == prepare.HOST_MICRO_BATCH and fork_run["micro_batches_per_step"] == 2
+    assert results["baseline"]["micro_batch"] * results["baseline"]["accum"] == fork["batch"]
 
 
 def test_smoke_baseline_eval_launch_and_optimizer_have_positive_figures(smoke):
@@ -107,7 +113,7 @@ def test_smoke_fp8_is_counted_but_not_timed_off_the_gpu(smoke):
     for name in ("default", "dim1024"):
         f = results["fp8"][name]
         assert f["timed"] is False and "CUDA" in f["reason"]
-        assert set(f["wanted"]) == {"train_fp8_wants", "torchao_tensorwise"}
+        assert set(f["wanted"]) == {"prepare_fp8_wants", "torchao_tensorwise"}
 
 
 def test_tiny_quality_run_trains_both_configs_and_reports_the_gap(tmp_path):
@@ -163,16 +169,20 @@ def test_default_copy_of_train_py_is_train_py_itself(bench):
     assert bench.train_source("default") == TRAIN.read_text()
 
 
-def test_fork_copy_of_train_py_builds_the_forks_model_and_keeps_the_fixed_region(bench, tmp_path):
+def top_level_functions(source):
+    """{name: source text} of a file's top-level functions."""
+    tree = ast.parse(source)
+    return {n.name: ast.get_source_segment(source, n) for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_fork_copy_of_train_py_builds_the_forks_model_and_changes_nothing_else(bench):
     source = bench.train_source("fork")
-    path = tmp_path / "train.py"
-    path.write_text(source)
-    fork = import_train(path, name="fork_copy")
-    original = import_train()
-    assert (fork.DIM, fork.DEPTH, fork.HEADS, fork.BATCH_SIZE, fork.GRAD_ACCUM) == (512, 6, 8, 4, 4)
-    assert (fork.LR, fork.GRAD_CLIP) == (1e-4, 0.5)
-    assert fork.fixed_source(source) == original.fixed_source(TRAIN.read_text())
-    assert inspect.getsource(fork.main) == inspect.getsource(original.main)
+    fork = prepare.source_module(source, "fork_copy")
+    assert (fork.DIM, fork.DEPTH, fork.HEADS, fork.BATCH_SIZE) == (512, 6, 8, 16)
+    assert (fork.LR, fork.MUON_LR, fork.GRAD_CLIP) == (1e-4, 1e-4, 0.5)
+    ours, theirs = top_level_functions(TRAIN.read_text()), top_level_functions(source)
+    assert set(ours) == set(theirs)
+    assert {name for name in ours if ours[name] != theirs[name]} == {"build_model"}
     with torch.device("meta"):
         model = fork.build_model()
     kinds = [type(m).__name__ for m in model.modules()]
@@ -180,51 +190,85 @@ def test_fork_copy_of_train_py_builds_the_forks_model_and_keeps_the_fixed_region
     assert "ReluSquared" in kinds and "GLU" not in kinds
 
 
+def test_tiny_copies_shorten_the_training_window_not_the_evaluation_window(bench):
+    tiny = prepare.source_module(bench.train_source("default", tiny=True), "tiny_copy")
+    assert tiny.TRAIN_SEQ_LEN == bench.TINY_SEQ and tiny.MAX_SEQ_LEN == prepare.MAX_SEQ_LEN
+
+
+def test_no_file_here_loads_another_by_path():
+    for path in (
+        BENCH,
+        REPO / "labbook" / "machine.py",
+        REPO / "tools" / "machine.py",
+        *REPO.glob("tests/test_[bm]*.py"),
+    ):
+        text = path.read_text()
+        assert "spec_from_file_location" not in text.replace('"spec_from_file_location"', ""), path
+        assert "sys.path.insert" not in text.replace('"sys.path.insert"', ""), path
+
+
+# ---------------------------------------------------------------------------
+# The step the bench times is train.py's loop body through the Run
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cpu_run(corpus, tmp_path, monkeypatch):
+    """prepare.setup() on the CPU with the shared corpus, as the bench makes it."""
+    for key, value in base_env(tmp_path, AR_DATA=corpus, AR_DEVICE="cpu", AR_METRICS=tmp_path / "m.jsonl").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(prepare.gc, "freeze", lambda: None)  # keep the test process's heap collectable
+    with contextlib.redirect_stdout(io.StringIO()):
+        return prepare.setup(prepare.read_env())
+
+
+def test_bench_steps_through_the_run_and_removes_its_step_counter(bench, cpu_run):
+    train = bench.train_module()
+    args = SimpleNamespace(tiny=True, batch=None)
+    cfg = bench.make_configs(train, args)["fork"]
+    b = SimpleNamespace(module=train, run=cpu_run, device=cpu_run.device, cuda=False)
+    hooks = len(torch_optimizer._global_optimizer_post_hooks)
+    run, model, optimizer = bench.training_setup(b, cfg)
+    assert run is not cpu_run and run.model is model  # a fresh Run per measurement
+    with bench.tracked(run) as tracker, contextlib.redirect_stdout(io.StringIO()):
+        assert len(torch_optimizer._global_optimizer_post_hooks) == hooks + 1
+        for _ in range(2):
+            bench.loop_step(b, run, model, optimizer, cfg, bench.Phases(run.device, on=False))
+    assert tracker.steps == 2 and tracker.counted_tokens + tracker.uncounted_tokens == 2 * cfg.batch * cfg.seq_len
+    assert run.micro_batch == prepare.HOST_MICRO_BATCH  # the harness split the batch of 16
+    assert len(torch_optimizer._global_optimizer_post_hooks) == hooks  # the counter is gone
+    optimizer.step()
+    assert tracker.steps == 2
+
+
 # ---------------------------------------------------------------------------
 # The data path lives on the device
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def train_run(corpus, tmp_path, monkeypatch):
-    """train.py imported and set up on the CPU with the shared corpus: (module, run)."""
-    for key, value in base_env(tmp_path, AR_DATA=corpus, AR_DEVICE="cpu", AR_METRICS=tmp_path / "m.jsonl").items():
-        monkeypatch.setenv(key, value)
-    module = import_train()
-    return module, module.setup()
-
-
-def test_get_batch_returns_contiguous_windows_of_the_train_split_on_the_runs_device(train_run):
-    module, run = train_run
+def test_get_batch_returns_contiguous_windows_of_the_train_split_on_the_runs_device(cpu_run):
+    run, seq_len = cpu_run, 64
     train = run.splits["train"]
     state = run.generator.get_state()
     run.splits["train"] = torch.arange(len(train), device=run.device)  # every byte replaced by its position
-    positions = module.get_batch(run, 8)
+    positions = run.get_batch(8, seq_len)
     run.splits["train"] = train
     run.generator.set_state(state)
-    batch = module.get_batch(run, 8)
-    assert batch.shape == (8, module.MAX_SEQ_LEN) and batch.dtype == torch.long
+    batch = run.get_batch(8, seq_len)
+    assert batch.shape == (8, seq_len + 1) and batch.dtype == torch.long  # inputs and targets
     assert batch.device == run.device and positions.device == run.device
     starts = positions[:, 0]
-    assert torch.equal(positions, starts[:, None] + torch.arange(module.MAX_SEQ_LEN))
-    assert starts.min() >= 0 and starts.max() <= len(train) - module.MAX_SEQ_LEN
+    assert torch.equal(positions, starts[:, None] + torch.arange(seq_len + 1))
+    assert starts.min() >= 0 and starts.max() <= len(train) - seq_len - 1
     for row, start in zip(batch, starts.tolist()):
-        assert torch.equal(row, train[start : start + module.MAX_SEQ_LEN].long())
+        assert torch.equal(row, train[start : start + seq_len + 1].long())
 
 
-def test_get_batch_draws_from_the_split_it_is_asked_for(train_run):
-    module, run = train_run
-    val = run.splits["val"]
-    run.splits["val"] = torch.arange(len(val), device=run.device)
-    starts = module.get_batch(run, 16, split="val")[:, 0]
-    assert starts.max() <= len(val) - module.MAX_SEQ_LEN
-
-
-def host_reads_in_the_training_loop(main):
-    """Calls like x.item() inside main()'s `while` loop, as (name, line) pairs."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(main)))
+def host_reads_in_the_training_loop(function_source):
+    """Calls like x.item() inside a function's `while` loop, as (name, line) pairs."""
+    tree = ast.parse(function_source)
     loops = [node for node in ast.walk(tree) if isinstance(node, ast.While)]
-    assert loops, "main() has no while loop"
+    assert loops, "the function has no while loop"
     return [
         (node.func.attr, node.lineno)
         for loop in loops
@@ -234,37 +278,40 @@ def host_reads_in_the_training_loop(main):
 
 
 def test_training_loop_reads_nothing_back_to_the_host_per_step():
-    module = import_train()
-    assert host_reads_in_the_training_loop(module.main) == []
+    train = top_level_functions(TRAIN.read_text())["train"]
+    assert host_reads_in_the_training_loop(train) == []
 
 
 def test_the_host_read_check_catches_a_loss_item_per_micro_step():
-    def main():
-        while True:
-            for _ in range(4):
-                loss = model(batch)  # noqa: F821
-                loss.item()
+    source = """
+def train(run):
+    while True:
+        for _ in range(4):
+            loss = model(batch)
+            loss.item()
+"""
+    assert [name for name, _ in host_reads_in_the_training_loop(source)] == ["item"]
 
-    assert [name for name, _ in host_reads_in_the_training_loop(main)] == ["item"]
 
-
-def test_tracker_syncs_every_uncounted_step_then_once_every_metrics_every_steps(tmp_path, monkeypatch):
-    module = import_train()
-    monkeypatch.setattr(module, "METRICS_EVERY", 10)
-    monkeypatch.setattr(module.gc, "freeze", lambda: None)  # keep the test process's heap collectable
-    env = dict(budget=1e9, metrics=str(tmp_path / "metrics.jsonl"))
-    run = module.Run(env, torch.device("cpu"), "FP32", {}, "test", 0, excluded_steps=10)
+def test_tracker_syncs_every_uncounted_step_then_once_every_metrics_every_steps(cpu_run, monkeypatch):
+    monkeypatch.setattr(prepare, "METRICS_EVERY", 10)
+    run = cpu_run
+    run.excluded_steps = 10
     flushed = []
-    original = module.Tracker.flush
+    original = prepare.Tracker.flush
 
     def counting_flush(self, step):
         flushed.append(step)
         return original(self, step)
 
-    monkeypatch.setattr(module.Tracker, "flush", counting_flush)
-    tracker = module.Tracker(run)
-    for step in range(1, 31):
-        tracker.end_step(step, torch.tensor(2.0), 1e-3, torch.tensor(1.0), 1024)
+    monkeypatch.setattr(prepare.Tracker, "flush", counting_flush)
+    with contextlib.redirect_stdout(io.StringIO()):
+        tracker = prepare.Tracker(run)
+        optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
+        for _ in range(30):
+            tracker.served(1024)
+            tracker.last_loss, tracker.last_grad_norm = torch.tensor(2.0), torch.tensor(1.0)
+            tracker.on_step(optimizer)
     uncounted = list(range(1, run.excluded_steps + 1))
     assert flushed == uncounted + [20, 30]
     assert len(flushed) <= run.excluded_steps + 3
