@@ -411,6 +411,7 @@ class Run:
         self.compile_options = None  # torch.compile keyword arguments, or None for eager
         self.compiled = None  # what forward_backward calls: built once the micro-batch is fixed
         self.micro_batch = None
+        self.seq_len = None  # training window of the last step: the attention FLOPs of MFU
         self.param_checksum = None  # after the last optimizer step, to catch edits between steps
         self.param_edits = torch.zeros((), dtype=torch.long, device=device)
         self.startup_seconds = 0.0
@@ -446,6 +447,7 @@ class Run:
         first step has fixed the micro-batch. Returns the model to hand to build_optimizer."""
         model = model.to(self.device)
         self.model = model
+        self.compiled = self.micro_batch = None  # a new model gets its own wrappers and fitting
         self.num_params = sum(p.numel() for p in model.parameters())
         if self.precision == "FP8":
             wanted = convert_fp8(model)
@@ -462,7 +464,7 @@ class Run:
     def step_model(self, model):
         """What forward_backward calls: DDP under torchrun (gradients averaged over GPUs inside
         backward), compiled when asked, built once, after the micro-batch is fixed."""
-        if self.compiled is None:
+        if self.compiled is None or unwrap(self.compiled) is not model:
             wrapped = model
             if self.world_size > 1:
                 index = [self.device.index] if self.device.index is not None else None
@@ -535,6 +537,7 @@ class Run:
         if local * self.world_size != batch_size or local < 1:
             raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
         self.check_weights_unchanged()
+        self.seq_len = seq_len
         loss_fn = loss_fn or (lambda m, batch: m(batch))
         x = self.get_batch(local, seq_len)
         self.tracker.served(batch_size * seq_len)
@@ -1026,7 +1029,7 @@ def make_summary(run, stats, identity):
     seconds = max(stats["training_seconds"], 1e-9)
     tokens_per_sec = stats["counted_tokens"] / seconds
     depth, dim = model_shape(getattr(run.model, "net", run.model))
-    flops_per_token = 6 * run.num_params + 12 * depth * dim * MAX_SEQ_LEN
+    flops_per_token = 6 * run.num_params + 12 * depth * dim * (run.seq_len or MAX_SEQ_LEN)
     mfu = 100 * flops_per_token * tokens_per_sec / (run.peak_tflops * 1e12) if run.peak_tflops else 0.0
     if run.device.type == "cuda" and not run.peak_tflops:
         print0(f"notice: no BF16 peak known for {gpu_name(run.device)}: mfu_percent is reported as 0")

@@ -96,7 +96,8 @@ class Config:
 class Bench:
     args: argparse.Namespace
     module: object  # train.py's text as a module (prepare.source_module)
-    run: object  # the Run that prepare.setup() returned: device, precision, data
+    run: object  # the Run that prepare.setup() returned: device, precision, training data
+    heldout: dict  # the bytes prepare.setup() keeps for scoring: "val" (and a "train" slice)
     configs: dict
     workdir: Path
     corpus: Path
@@ -371,7 +372,9 @@ def fresh_run(b, precision=None):
     gets its own: the model handed to prepare_model, its compiled wrapper and the micro-batch
     are fixed once per Run."""
     r = b.run
-    return prepare.Run(r.env, r.device, precision or r.precision, r.splits, r.data_identity, r.data_path, r.eval_bytes)
+    return prepare.Run(
+        r.env, r.device, precision or r.precision, r.train_data, r.data_identity, r.data_path, r.eval_bytes
+    )
 
 
 def training_setup(b, cfg, compile_model=True, precision=None):
@@ -462,7 +465,7 @@ def throughput_figures(b, run, cfg, num_params, step_seconds):
         seq_len=cfg.seq_len,
         tokens_per_step=tokens_per_step,
         precision=run.precision,
-        compiled=run.compile,
+        compiled=run.compile_options is not None,
         step_ms=1000 * step_seconds,
         tokens_per_s=tokens_per_s,
         flops_per_token=fpt,
@@ -550,7 +553,7 @@ def section_baseline(b, name):
     run, model, optimizer = training_setup(b, cfg, compile_model=False)
     micro = min(FORK_MICRO_BATCH, cfg.batch)
     accum = max(cfg.batch // micro, 1)
-    windows = RandomWindows(run.splits["train"].cpu(), cfg.seq_len + 1, b.device)  # seq_len predicted bytes
+    windows = RandomWindows(run.train_data.cpu(), cfg.seq_len + 1, b.device)  # seq_len predicted bytes
     batches = iter(torch.utils.data.DataLoader(windows, batch_size=micro))
 
     def step():
@@ -585,8 +588,8 @@ def section_eval(b, name):
     fresh_device_state(b.device)
     run, model, _ = training_setup(b, b.configs[name], compile_model=False)
     default_bytes = EVAL_TARGET_BYTES if b.cuda else (8192 if b.args.tiny else prepare.CPU_EVAL_BYTES)
-    scored = min(b.args.eval_bytes or default_bytes, len(run.splits["val"]))
-    _, seconds = prepare.evaluate(model.net, run.splits["val"][:scored], run.device)
+    scored = min(b.args.eval_bytes or default_bytes, len(b.heldout["val"]))
+    _, seconds = prepare.evaluate(model.net, b.heldout["val"][:scored], run.device)
     return dict(config=name, eval_bytes=scored, seconds=seconds, bytes_per_s=scored / seconds)
 
 
@@ -1025,8 +1028,8 @@ def open_bench(args, workdir):
     if args.device:
         os.environ["AR_DEVICE"] = args.device
     module = train_module()
-    run = prepare.setup(prepare.read_env())
-    bench = Bench(args, module, run, make_configs(module, args), workdir, corpus, output_path(args, run), {})
+    run, heldout = prepare.setup(prepare.read_env())
+    bench = Bench(args, module, run, heldout, make_configs(module, args), workdir, corpus, output_path(args, run), {})
     bench.results["meta"] = meta(bench)
     return bench
 
