@@ -505,3 +505,142 @@ def explain():
         "A run without val_bpc is a crash. "
         "`python analysis.py decide` applies this rule and prints the commands to run next."
     )
+
+
+# The command line's side: a run.log and the repository turned into a Candidate (not pure)
+
+
+def source_at(commit, repo="."):
+    from labbook.ledger import git
+
+    return git(["show", f"{commit}:train.py"], repo) if commit else None
+
+
+def statements_at(commit, repo="."):
+    source = source_at(commit, repo)
+    try:
+        return statement_count(source) if source is not None else None
+    except SyntaxError:
+        return None
+
+
+def params_of_kept(tsv, commit):
+    """num_params_M of a kept commit's run, from the summary line of its saved metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    from labbook.ledger import checkpoints_dir
+
+    path = checkpoints_dir(tsv) / f"{commit}.metrics.jsonl"
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return float(json.loads(lines[-1])["summary"]["num_params_M"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def number(text, kind=float):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def candidate_from_log(log_path, description="", simplification=False):
+    """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
+    from pathlib import Path
+
+    from labbook.ledger import git
+    from labbook.runlog import parse_summary
+
+    try:
+        log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        log = ""
+    summary = parse_summary(log)
+    commit = summary.get("commit", "").removesuffix("-dirty")[:7] or (
+        git(["rev-parse", "--short=7", "HEAD"], ".") or ""
+    )
+    try:
+        value = candidate_value(summary, log_path)
+    except ValueError:
+        value = None
+    if value is not None and not (math.isfinite(value) and value > 0):
+        value = None
+    if not description:
+        description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
+    return Candidate(
+        commit=commit,
+        val_bpc=value,
+        description=description,
+        simplification=simplification,
+        params=number(summary.get("num_params_M")),
+        statements=statements_at(commit),
+        seed=number(summary.get("seed"), int),
+        tokens_per_sec=number(summary.get("tokens_per_sec")),
+    )
+
+
+def verdict_for_log(tsv, log_path, description="", simplification=False):
+    """(Candidate, Verdict) for a run.log against the results file `tsv`."""
+    from labbook.ledger import read_results
+
+    rows = read_results(tsv).rows
+    candidate = candidate_from_log(log_path, description, simplification)
+    tip = tip_commit(rows)
+    reference = {}
+    if candidate.simplification and tip:
+        reference = {"reference_params": params_of_kept(tsv, tip), "reference_statements": statements_at(tip)}
+    return candidate, decide(rows, candidate, **reference)
+
+
+def decide_command(args, tsv):
+    """`python analysis.py decide`: the verdict on ./run.log, its numbers, the commands to run next."""
+    from labbook.ledger import Refusal
+
+    if args.explain:
+        print(explain())
+        return 0
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
+    except NotReady as e:
+        raise Refusal(str(e)) from None
+    print(verdict.text())
+    return 0
+
+
+def verdict_note(verdict):
+    """The decision as the row's note: the mean that the decision used, against what."""
+    if verdict.delta is None:
+        return f"rule: {verdict.verdict}"
+    return (
+        f"rule: {verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
+        f"({verdict.reference_commit}, {verdict.reference_runs} runs), delta {verdict.delta:+.6f}, "
+        f"bound {verdict.threshold:+.6f}, sigma {verdict.sigma:.6f} ({verdict.df} df)"
+    )
+
+
+def record_with_rule(args, tsv):
+    """`record` without --status records the rule's verdict; with --status, the person's override
+    (noted in the row). Prints the verdict and the commands to run next."""
+    from labbook.ledger import Refusal, record
+
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
+    except NotReady as e:
+        if not args.status:
+            raise Refusal(str(e)) from None
+        verdict = None
+    if args.status:
+        args.kind = verdict.kind if verdict else ""
+        rule = verdict.verdict if verdict else "not ready"
+        same = verdict is not None and verdict.status == args.status
+        args.note = "" if same else f"override: --status {args.status}, the rule said {rule}"
+    else:
+        args.status, args.kind, args.note = verdict.status, verdict.kind, verdict_note(verdict)
+        if verdict.kind == "replicate" and not args.description.startswith(NOISE_PREFIX):
+            args.description = f"{NOISE_PREFIX} {args.description}"
+    code = record(args, tsv)
+    if verdict is not None:
+        print(verdict.text(with_record=False))
+    return code
