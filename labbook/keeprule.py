@@ -634,8 +634,8 @@ def record_with_rule(args, tsv):
     if args.status:
         args.kind = verdict.kind if verdict else ""
         rule = verdict.verdict if verdict else "not ready"
-        same = verdict is not None and verdict.status == args.status
-        args.note = "" if same else f"override: --status {args.status}, the rule said {rule}"
+        differs = verdict is not None and verdict.status != args.status
+        args.note = f"override: --status {args.status}, the rule said {rule}" if differs else ""
     else:
         args.status, args.kind, args.note = verdict.status, verdict.kind, verdict_note(verdict)
         if verdict.kind == "replicate" and not args.description.startswith(NOISE_PREFIX):
