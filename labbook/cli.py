@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, record, restore
+from labbook import agentview, keeprule
+from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, restore
 from labbook.plots import plot_curves
 from labbook.report import TEST_SPLIT_NOTE, show_audit, show_report
 from labbook.rescore import evaluate_checkpoint
@@ -22,17 +23,25 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--tsv", type=Path, default=None, help="results file (default: top of the main worktree)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON, for the agent")
+    parser.add_argument("--json", action="store_true", help="the agent's JSON (under 4 KB, labbook/agentview.py)")
+    parser.add_argument("--full", action="store_true", help="everything as JSON: every row, kept, near-miss")
     parser.add_argument("--out", type=Path, help="directory for progress.png and memory.png (default: next to results)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
     parser.add_argument("--no-test", action="store_true", help="do not evaluate the best checkpoint on the test split")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rec = sub.add_parser("record", parents=[tsv_option], help="append one run from its run.log")
-    rec.add_argument("--status", required=True, choices=STATUSES)
+    rec.add_argument("--status", choices=STATUSES, help="the person's override; without it the keep rule decides")
+    rec.add_argument("--simplification", action="store_true", help="declare the change a simplification")
     rec.add_argument("--description", required=True, help="one line: what this experiment changed")
     rec.add_argument("--force", action="store_true", help="record a log from another or a dirty commit (noted)")
     rec.add_argument("log", nargs="?", default="run.log", help="the run's log (default: run.log)")
+
+    dec = sub.add_parser("decide", parents=[tsv_option], help="the keep rule's verdict on run.log, and what to run")
+    dec.add_argument("--description", help="the row's description (default: the commit's subject)")
+    dec.add_argument("--simplification", action="store_true", help="the change is declared a simplification")
+    dec.add_argument("--explain", action="store_true", help="print the keep rule in plain sentences")
+    dec.add_argument("log", nargs="?", default="run.log", help="the run's log (default: run.log)")
 
     sub.add_parser("restore", parents=[tsv_option], help="merge rows back from the backup in the git directory")
     sub.add_parser("fix-header", parents=[tsv_option], help="add the missing header line, keeping every row")
@@ -52,7 +61,9 @@ def build_parser():
 
 def run_command(args, tsv):
     if args.command == "record":
-        return record(args, tsv)
+        return keeprule.record_with_rule(args, tsv)
+    if args.command == "decide":
+        return keeprule.decide_command(args, tsv)
     if args.command == "restore":
         return restore(tsv)
     if args.command == "fix-header":
@@ -68,6 +79,8 @@ def run_command(args, tsv):
         bpc = evaluate_checkpoint(args.checkpoint, args.split)
         print(f"{args.split}_bpc: {bpc:.6f}")
         return 0
+    if args.json or args.full:
+        return agentview.show(tsv, full=args.full)
     return show_report(args, tsv)
 
 

@@ -36,7 +36,7 @@ PROVENANCE_COLUMNS = (
     "worker",  # AR_WORKER, or the name of the worktree that recorded the row
     "note",  # e.g. why the row was recorded with --force
 )
-COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS
+COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind",)  # kind: see labbook/keeprule.py
 STATUSES = ("keep", "discard", "crash")
 NOISE_PREFIX = "noise:"  # description of a baseline replicate run with another AR_SEED
 SUMMARY_TO_ROW = ("fingerprint", "gpu", "seed", "precision", "training_seconds", "num_steps", "tokens_per_sec")
@@ -146,6 +146,7 @@ class Row:
     status: str
     description: str
     extra: dict = field(default_factory=dict)  # provenance columns, as text
+    kind: str = ""  # baseline, replicate, experiment, simplification, confirm (labbook/keeprule.py)
 
     @property
     def noise(self):
@@ -206,7 +207,7 @@ def parse_row(line, columns, number):
         raise ValueError("no commit")
     extra = {k: v for k, v in values.items() if k not in BASE_COLUMNS}
     memory = finite_number(values["memory_gb"], "memory_gb")
-    return Row(number, commit, val_bpc, memory, status, values["description"], extra)
+    return Row(number, commit, val_bpc, memory, status, values["description"], extra, extra.get("kind", "").strip())
 
 
 def read_results(path):
@@ -287,7 +288,8 @@ def row_values(args, log, head):
         description=description,
         recorded_at=datetime.now().astimezone().isoformat(timespec="seconds"),
         worker=worker_name(),
-        note=f"forced: {problem}" if problem else "",
+        note="; ".join(filter(None, [f"forced: {problem}" if problem else "", getattr(args, "note", "")])),
+        kind=getattr(args, "kind", ""),
     )
     values.update({key: one_line(summary.get(key, "")) for key in SUMMARY_TO_ROW})
     return values

@@ -1,0 +1,173 @@
+"""What the agent reads every iteration (`python analysis.py --json`): bounded, whatever the night.
+
+The JSON stays under MAX_BYTES however many rows results.tsv holds: the tip and the best (means
+of their runs), sigma and the bounds the next experiment faces (labbook.keeprule), the last few
+rows, the top near-misses, the streaks, machine noise, and a capped one-line-per-idea digest of
+what has been tried. `python analysis.py --full` prints everything. No test-split number ever
+appears in either: decisions rest on validation alone.
+"""
+
+import json
+
+from labbook import keeprule
+from labbook.ledger import read_results
+
+MAX_BYTES = 4096
+LAST_ROWS = 4
+TOP_NEAR_MISSES = 3
+DESCRIPTION_CHARS = 48
+OUTCOME_LETTER = {"keep": "k", "discard": "d", "crash": "c"}
+
+
+def short(text, limit=DESCRIPTION_CHARS):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def rounded(value, digits=6):
+    return None if value is None else round(value, digits)
+
+
+def machine_noise(rows, tolerance=keeprule.MACHINE_NOISE_TPS):
+    """Commits whose runs differ in tokens/s by more than `tolerance`: those runs measured the
+    machine (another job, clocks, thermals), not only the code. One line each."""
+    speeds = {}
+    for row in rows:
+        try:
+            tps = float(row.extra.get("tokens_per_sec", "") or "nan")
+        except ValueError:
+            continue
+        if row.status != "crash" and tps == tps and tps > 0:
+            speeds.setdefault(row.commit, []).append(tps)
+    lines = []
+    for commit, values in speeds.items():
+        low, high = min(values), max(values)
+        if len(values) > 1 and high > low * (1 + tolerance):
+            lines.append(
+                f"{commit}: tokens/s {low:.0f} to {high:.0f} (+{100 * (high / low - 1):.0f}%) over {len(values)} "
+                "runs of the same code: the machine's speed varied"
+            )
+    return lines
+
+
+def streaks(rows):
+    """Crashes in a row at the end, and experiments (new commits) since the last keep row."""
+    crashes = 0
+    for row in reversed(rows):
+        if row.status != "crash":
+            break
+        crashes += 1
+    tagged = keeprule.kinds(rows)
+    last_keep = max((i for i, (row, _) in enumerate(tagged) if row.status == "keep"), default=-1)
+    since = {row.commit for row, kind in tagged[last_keep + 1 :] if kind in keeprule.FIRST_KINDS}
+    return {"crashes_in_a_row": crashes, "experiments_since_keep": len(since)}
+
+
+def compact_row(row, kind):
+    return [row.line, row.commit, rounded(row.val_bpc), row.status, kind, short(row.description, 40)]
+
+
+def tried_digest(rows):
+    """One line per idea (description, deduplicated, truncated) with its outcomes, newest first."""
+    ideas = {}
+    for row, kind in keeprule.kinds(rows):
+        if kind not in keeprule.FIRST_KINDS and kind != "confirm":
+            continue
+        key = short(row.description.split(" (crash:")[0]).lower()
+        entry = ideas.setdefault(key, [short(row.description.split(" (crash:")[0]), "", row.line])
+        entry[1] = (entry[1] + OUTCOME_LETTER.get(row.status, "?"))[-4:]
+        entry[2] = row.line
+    ordered = sorted(ideas.values(), key=lambda e: -e[2])
+    return [f"{text} [{outcome}]" for text, outcome, _ in ordered]
+
+
+def entry_view(entry):
+    return {
+        "commit": entry["commit"],
+        "delta": rounded(entry["delta"]),
+        "runs": entry["runs"],
+        "description": short(entry["description"]),
+    }
+
+
+def agent_view(results, max_bytes=MAX_BYTES):
+    """The bounded JSON-ready dict; the digest fills what the budget leaves."""
+    rows = results.rows
+    now = keeprule.standing(rows)
+    kinds = keeprule.kinds(rows)
+    view = {
+        "rule": "python analysis.py decide --explain",
+        "tip": round_all(now["tip"]),
+        "best": round_all(now["best"]),
+        "sigma": rounded(now["sigma"]),
+        "sigma_df": now["df"],
+        "next": round_all(now["next"]),
+        "last_rows": [compact_row(r, k) for r, k in kinds[-LAST_ROWS:]],
+        "near_misses": [entry_view(e) for e in keeprule.near_misses(rows)[:TOP_NEAR_MISSES]],
+        "simplifications_kept": len(keeprule.simplifications(rows)),
+        **streaks(rows),
+        "machine_noise": machine_noise(rows)[:2],
+        "rows": len(rows),
+        "unreadable_lines": len(results.malformed),
+        "tried": [],
+        "tried_left_out": 0,
+        "more": "python analysis.py --full",
+    }
+    digest = tried_digest(rows)
+    for i, line in enumerate(digest):
+        view["tried"].append(line)
+        view["tried_left_out"] = len(digest) - i - 1
+        if len(dumps(view)) > max_bytes:
+            view["tried"].pop()
+            view["tried_left_out"] = len(digest) - i
+            break
+    while len(dumps(view)) > max_bytes and view["last_rows"]:  # only with absurd descriptions
+        view["last_rows"].pop(0)
+    return view
+
+
+def round_all(d):
+    if d is None:
+        return None
+    return {k: rounded(v) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def dumps(view):
+    return json.dumps(view, separators=(",", ":"), ensure_ascii=False)
+
+
+def full_view(results):
+    """Everything, for `--full`: the rule's history (every judged commit with its mean and delta),
+    improvements and simplifications apart, every near-miss, every row. No test-split number."""
+    rows = results.rows
+    from labbook.report import audit, summarize
+
+    report = summarize(results)
+    found = audit(results, report)  # its comparability findings; the keep numbers are the rule's
+    checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "unverifiable")}
+    sigma, df = keeprule.pooled_sigma(rows)
+    return {
+        "standing": keeprule.standing(rows),
+        "sigma": sigma,
+        "sigma_df": df,
+        "history": keeprule.history(rows),
+        "improvements": keeprule.improvements(rows),
+        "simplifications": keeprule.simplifications(rows),
+        "near_misses": keeprule.near_misses(rows),
+        "machine_noise": machine_noise(rows),
+        "tried": tried_digest(rows),
+        "rows": [{**r.as_dict(), "kind": k} for r, k in keeprule.kinds(rows)],
+        "totals": report["totals"],
+        "audit": checks,
+        "malformed": report["malformed"],
+        "rule": keeprule.explain(),
+    }
+
+
+def show(tsv, full=False):
+    results = read_results(tsv)
+    if full:
+        print(json.dumps(full_view(results), indent=1, ensure_ascii=False))
+    else:
+        print(dumps(agent_view(results)))
+    return 0

@@ -1,0 +1,646 @@
+"""The keep rule: one function decides keep, discard, rerun or crash, and says what to run next.
+
+`decide(rows, candidate)` is pure: it reads the ledger's rows (labbook.ledger.Row) and the run
+just finished (a Candidate) and returns a Verdict with the numbers behind it and the exact shell
+commands to run next. `python analysis.py decide` and `python analysis.py record` call it; the
+simulation test (tests/test_keeprule_simulation.py) drives the same function. `explain()`
+renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
+
+Design, and why:
+
+* **Every row has a kind** (the `kind` column): `baseline` (the first run of the untouched code),
+  `replicate` (the tip's commit run again with another AR_SEED), `experiment` (a new commit's
+  first run), `simplification` (a first run declared simpler and checked to be), `confirm` (a
+  provisional commit's confirmation run). A commit's value is the **mean of all its measured
+  rows**, so what the tip reached is what the next experiment is judged against, and a keep
+  stands for the mean that the decision used, never for one lucky run.
+* **The tip** is the commit of the last `keep` row (on the branch: HEAD after a reset, HEAD~1
+  while an experiment is pending). The **reference** is the tip's mean; its standard error is
+  sigma / sqrt(runs of the tip).
+* **Sigma** is pooled from within-commit deviations of *unselected* runs only: a commit's
+  baseline, replicate and confirm rows, each group around its own mean, summed over commits
+  (degrees of freedom = sum of group sizes minus one each). An experiment's first run is never
+  pooled: it was chosen by the rule (it is the reason a confirmation ran), so its deviation is
+  biased. Replicates of a later, better commit join their own commit's group, so an improvement
+  can never inflate sigma.
+* **Setup** runs the baseline and SETUP_REPLICATES replicates (AR_SEED=1..): SETUP_REPLICATES
+  degrees of freedom. Two (the old protocol) leave sigma so uncertain that about 14% of null
+  experiments were kept; thresholds here use Student's t quantile at sigma's degrees of freedom,
+  so the false-keep rate holds whatever sigma's uncertainty, and every keep adds replicate runs
+  (REPLICATES_AFTER_KEEP) that both sharpen the next reference and add degrees of freedom.
+* **Two stages, no judgment calls.** A first run that beats the reference by more than
+  t(1 - PROVISIONAL_RATE) standard errors of the difference is provisional: the rule asks for one
+  confirmation run (fresh seed) and keeps the commit only if the mean of its runs beats the
+  reference by more than t(1 - FALSE_KEEP_RATE) standard errors. Null experiments are sent to a
+  confirmation at most PROVISIONAL_RATE of the time and kept at most FALSE_KEEP_RATE of the time
+  (the confirmed mean alone has that false-keep rate). There is no "near-miss rerun" by taste.
+* **Simplifications** are declared (`--simplification`) and checked: fewer parameters than the
+  tip's run, or fewer statements in train.py's syntax tree (`statement_count`, so comments and
+  formatting do not count). A checked simplification is provisional when its first run is no
+  worse than the reference by more than SIMPLIFICATION_BOUND sigma, and kept when the mean of its
+  runs also is. A declared simplification that is not simpler is judged as an experiment. Kept
+  simplifications are listed apart from improvements (`simplifications()`), never as gains.
+* **Near-misses** have one definition (`near_misses()`): discarded experiments whose mean beat
+  the reference they were judged against, but not by the threshold.
+
+The candidate's value comes through one seam, `candidate_value(summary, log_path)`.
+"""
+
+import ast
+import math
+import statistics
+from dataclasses import dataclass, field
+
+SETUP_REPLICATES = 4  # setup: the baseline, then this many replicates with AR_SEED=1, 2, ...
+REPLICATES_AFTER_KEEP = 2  # replicates of every newly kept commit, before the next experiment
+PROVISIONAL_RATE = 0.15  # at most this share of null experiments is sent to a confirmation run
+FALSE_KEEP_RATE = 0.05  # at most this share of null experiments is kept
+SIMPLIFICATION_BOUND = 1.5  # in sigma: how much worse than the reference a simplification may be
+MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more measure the machine
+
+KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm")
+UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
+FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
+DEFAULT_SEED = 42  # train.py's seed when AR_SEED is not set
+NOISE_PREFIX = "noise:"  # description prefix of a replicate (the older report looks for it)
+
+
+def candidate_value(summary, log_path=None):
+    """The val_bpc a decision rests on. THE seam for the re-score: today the log's own value;
+    the re-scored value of the run's checkpoint replaces it here, and only here."""
+    return float(summary["val_bpc"]) if "val_bpc" in summary else None
+
+
+# Small statistics: Student's t quantile without scipy
+
+
+def t_cdf(x, df):
+    """P(T <= x) for Student's t with `df` degrees of freedom (Simpson's rule on the density)."""
+    if x < 0:
+        return 1.0 - t_cdf(-x, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    steps = 400
+
+    def density(t):
+        return math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
+
+    h = x / steps
+    total = density(0.0) + density(x) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+    return 0.5 + total * h / 3
+
+
+_T_CACHE = {}
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t (p > 0.5), by bisection; the normal quantile above 1000 df."""
+    key = (round(p, 9), df)
+    if key not in _T_CACHE:
+        if df > 1000:
+            _T_CACHE[key] = statistics.NormalDist().inv_cdf(p)
+        else:
+            lo, hi = 0.0, 100.0
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+            _T_CACHE[key] = (lo + hi) / 2
+    return _T_CACHE[key]
+
+
+def statement_count(source):
+    """Statements in a Python source's syntax tree: comments, blank lines and formatting do not
+    count, a removed `if` with its body does."""
+    return sum(isinstance(node, ast.stmt) for node in ast.walk(ast.parse(source)))
+
+
+# Kinds, commits, the tip, sigma
+
+
+def row_kind(row, baseline_commit=None):
+    """The row's kind: its `kind` column, or for rows recorded before that column existed, inferred
+    (the first kept commit's rows are the baseline, `noise:` rows are replicates)."""
+    kind = (getattr(row, "kind", "") or row.extra.get("kind", "")).strip()
+    if kind in KINDS:
+        return kind
+    if row.description.startswith(NOISE_PREFIX):
+        return "replicate"
+    if baseline_commit is not None and row.commit == baseline_commit:
+        return "baseline"
+    return "experiment"
+
+
+def baseline_commit(rows):
+    for row in rows:
+        if (getattr(row, "kind", "") or row.extra.get("kind", "")) == "baseline":
+            return row.commit
+    keeps = [r for r in rows if r.status == "keep" and not r.description.startswith(NOISE_PREFIX)]
+    return keeps[0].commit if keeps else None
+
+
+def kinds(rows):
+    """[(row, kind)] for every row."""
+    base = baseline_commit(rows)
+    return [(row, row_kind(row, base)) for row in rows]
+
+
+def measured(row):
+    return row.status != "crash"
+
+
+def tip_commit(rows):
+    """The commit of the last keep row: what the branch stands on."""
+    keeps = [r for r in rows if r.status == "keep"]
+    return keeps[-1].commit if keeps else None
+
+
+def commit_values(rows, commit):
+    return [r.val_bpc for r in rows if r.commit == commit and measured(r)]
+
+
+def pooled_sigma(rows):
+    """(sigma, degrees of freedom) pooled from within-commit deviations of unselected runs
+    (baseline, replicate, confirm), each commit around its own mean; (None, 0) without any."""
+    groups = {}
+    for row, kind in kinds(rows):
+        if kind in UNSELECTED_KINDS and measured(row):
+            groups.setdefault(row.commit, []).append(row.val_bpc)
+    squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups.values() if len(v) > 1)
+    df = sum(len(v) - 1 for v in groups.values())
+    return (math.sqrt(squares / df), df) if df else (None, 0)
+
+
+def next_seed(rows, commit):
+    """The smallest AR_SEED >= 1 that no row of `commit` has used."""
+    used = set()
+    for row in rows:
+        if row.commit == commit:
+            try:
+                used.add(int(row.extra.get("seed", "") or -1))
+            except ValueError:
+                pass
+    seed = 1
+    while seed in used:
+        seed += 1
+    return seed
+
+
+# The candidate and the verdict
+
+
+@dataclass
+class Candidate:
+    commit: str
+    val_bpc: float | None  # None: the run crashed
+    description: str = ""
+    simplification: bool = False  # declared with --simplification
+    params: float | None = None  # num_params_M of this run
+    statements: int | None = None  # statement_count of this commit's train.py
+    seed: int | None = None
+    tokens_per_sec: float | None = None
+
+
+@dataclass
+class Verdict:
+    verdict: str  # keep | discard | rerun | crash
+    kind: str  # the kind of the row that records this run
+    status: str  # the status column of that row: keep, discard (rerun: pending) or crash
+    reason: str
+    commit: str
+    value: float | None = None  # this run's val_bpc
+    runs: int = 0  # measured runs of the commit, this one included
+    mean: float | None = None
+    reference_commit: str | None = None
+    reference: float | None = None
+    reference_runs: int = 0
+    reference_se: float | None = None
+    sigma: float | None = None
+    df: int = 0
+    delta: float | None = None  # mean - reference (negative: better)
+    threshold: float | None = None  # keep (or go on) when delta < threshold
+    next_seed: int | None = None  # run the same commit again with this AR_SEED
+    record_command: str = ""
+    commands: list = field(default_factory=list)  # after recording
+
+    def numbers(self):
+        keys = ("value", "runs", "mean", "reference_commit", "reference", "reference_runs", "reference_se")
+        keys += ("sigma", "df", "delta", "threshold", "next_seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def as_dict(self):
+        return {"verdict": self.verdict, "kind": self.kind, "status": self.status, "reason": self.reason,
+                "commit": self.commit, **self.numbers(), "commands": self.commands}  # fmt: skip
+
+    def text(self, with_record=True):
+        """The verdict on its first line, then the numbers, then the commands to run next."""
+        lines = [self.verdict, self.reason]
+        fmt = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in self.numbers().items() if v is not None}
+        lines.append("  ".join(f"{k}={v}" for k, v in fmt.items()))
+        commands = ([self.record_command] if with_record and self.record_command else []) + self.commands
+        lines += ["next:"] + [f"  {c}" for c in commands]
+        return "\n".join(lines)
+
+
+def quoted(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`") + '"'
+
+
+def record_command(description, simplification=False):
+    return f"python analysis.py record --description {quoted(description)}" + (
+        " --simplification" if simplification else ""
+    )
+
+
+def run_command(seed):
+    return f"AR_SEED={seed} python train.py > run.log 2>&1"
+
+
+RESET = "git reset --hard HEAD~1"
+
+
+def is_simpler(candidate, reference_params=None, reference_statements=None):
+    """(simpler?, why): fewer parameters than the tip's run, or fewer train.py statements."""
+    if candidate.params is not None and reference_params is not None and candidate.params < reference_params:
+        return True, f"{candidate.params:g}M parameters < {reference_params:g}M"
+    if (
+        candidate.statements is not None
+        and reference_statements is not None
+        and candidate.statements < reference_statements
+    ):
+        return True, f"{candidate.statements} train.py statements < {reference_statements}"
+    known = [
+        f"params {candidate.params} vs {reference_params}",
+        f"statements {candidate.statements} vs {reference_statements}",
+    ]
+    return False, "not simpler (" + ", ".join(known) + ")"
+
+
+class NotReady(Exception):
+    """The ledger cannot judge an experiment yet (setup unfinished): the message says what to run."""
+
+
+def replicate_verdict(rows, candidate, tip):
+    """A run of the tip's own commit: setup's replicates, or replicates of a new keep."""
+    values = commit_values(rows, tip) + [candidate.val_bpc]
+    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip]
+    replicates = tip_kinds.count("replicate") + 1
+    wanted = SETUP_REPLICATES if "baseline" in tip_kinds else REPLICATES_AFTER_KEEP
+    description = candidate.description
+    if not description.startswith(NOISE_PREFIX):
+        description = f"{NOISE_PREFIX} {description}"
+    verdict = Verdict("keep", "replicate", "keep", "", tip, candidate.val_bpc, len(values), statistics.fmean(values))
+    verdict.record_command = record_command(description)
+    if replicates < wanted:
+        seed = next_seed(rows, tip) if candidate.seed is None else max(next_seed(rows, tip), candidate.seed + 1)
+        verdict.next_seed = seed
+        verdict.reason = f"replicate {replicates} of {wanted} of {tip}: run the next one"
+        verdict.commands = [run_command(seed), record_command(f"{NOISE_PREFIX} {tip}, seed {seed}")]
+    else:
+        verdict.reason = f"replicate {replicates} of {tip}: the reference is now the mean of {len(values)} runs"
+        verdict.commands = [
+            "# the next experiment: edit train.py, git commit -am '...', python train.py > run.log 2>&1"
+        ]
+    return verdict
+
+
+def decide(rows, candidate, reference_params=None, reference_statements=None):
+    """The verdict on `candidate` given every row recorded before it. Raises NotReady when an
+    experiment arrives before setup's replicates give sigma its degrees of freedom."""
+    tip = tip_commit(rows)
+    if candidate.val_bpc is None:
+        prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
+        kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
+        verdict = Verdict("crash", kind, "crash", "the run has no val_bpc: it crashed", candidate.commit)
+        verdict.record_command = record_command(candidate.description or "crash")
+        verdict.commands = [
+            f"{RESET}   # or fix a typo: git commit -a --amend --no-edit, then rerun",
+        ]
+        if tip is None or candidate.commit == tip:
+            verdict.commands = ["# fix the crash, commit, and run again: the tip itself must run"]
+        return verdict
+    if tip is None:
+        verdict = Verdict("keep", "baseline", "keep", "the first run: the baseline", candidate.commit)
+        verdict.value = verdict.mean = candidate.val_bpc
+        verdict.runs, verdict.next_seed = 1, 1
+        verdict.record_command = record_command(candidate.description or "baseline")
+        verdict.commands = [run_command(1), record_command(f"{NOISE_PREFIX} {candidate.commit}, seed 1")]
+        return verdict
+    if candidate.commit == tip:
+        return replicate_verdict(rows, candidate, tip)
+    sigma, df = pooled_sigma(rows)
+    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip]
+    missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
+    if sigma is None or df < SETUP_REPLICATES or missing > 0:
+        raise NotReady(
+            f"sigma has {df} degrees of freedom and the tip {tip} lacks {max(missing, 0)} replicates: setup "
+            f"runs the baseline and {SETUP_REPLICATES} replicates ({run_command(1)} on the baseline commit, "
+            f"recorded with python analysis.py record) before any experiment"
+        )
+    return experiment_verdict(rows, candidate, tip, sigma, df, reference_params, reference_statements)
+
+
+def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, reference_statements):
+    reference_values = commit_values(rows, tip)
+    prior = [(r, k) for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
+    values = [r.val_bpc for r, _ in prior] + [candidate.val_bpc]
+    n, k = len(reference_values), len(values)
+    reference, mean = statistics.fmean(reference_values), statistics.fmean(values)
+    se = sigma * math.sqrt(1 / k + 1 / n)
+    if prior:
+        first_kind, simple, why = prior[0][1], prior[0][1] == "simplification", "confirmed simplification"
+        kind = "confirm"
+    else:
+        simple, why = (
+            is_simpler(candidate, reference_params, reference_statements) if candidate.simplification else (False, "")
+        )
+        first_kind = kind = "simplification" if simple else "experiment"
+    if simple:
+        threshold = SIMPLIFICATION_BOUND * sigma
+    else:
+        rate = PROVISIONAL_RATE if k == 1 else FALSE_KEEP_RATE
+        threshold = -t_quantile(1 - rate, df) * se
+    delta = mean - reference
+    passes = delta <= threshold if simple else delta < threshold
+    verdict = Verdict("discard", kind, "discard", "", candidate.commit, candidate.val_bpc, k, mean, tip, reference, n)
+    verdict.reference_se, verdict.sigma, verdict.df = sigma / math.sqrt(n), sigma, df
+    verdict.delta, verdict.threshold = delta, threshold
+    verdict.record_command = record_command(candidate.description, candidate.simplification and not prior)
+    what = "simplification" if simple else "experiment"
+    noun = "its run" if k == 1 else f"the mean of its {k} runs"
+    compare = f"{noun} is {delta:+.6f} against the reference {reference:.6f} ({tip}), the bound is {threshold:+.6f}"
+    if first_kind == "simplification" or not candidate.simplification or prior:
+        note = ""
+    else:
+        note = f" (declared a simplification, but {why}: judged as an experiment)"
+    if passes and k == 1:
+        seed = next_seed(rows, candidate.commit)
+        if candidate.seed is not None and seed == candidate.seed:
+            seed += 1
+        verdict.verdict, verdict.next_seed = "rerun", seed
+        verdict.reason = f"provisional {what}: {compare}; one confirmation run decides{note}"
+        verdict.commands = [run_command(seed), record_command(candidate.description)]
+    elif passes:
+        verdict.verdict = verdict.status = "keep"
+        label = f"{why}" if simple else "confirmed improvement"
+        verdict.reason = f"{label}: {compare}"
+        seed = next_seed(rows, candidate.commit)
+        if candidate.seed is not None and seed == candidate.seed:
+            seed += 1
+        if REPLICATES_AFTER_KEEP:
+            verdict.next_seed = seed
+            verdict.commands = [
+                run_command(seed),
+                record_command(f"{NOISE_PREFIX} {candidate.commit}, seed {seed}"),
+            ]
+    else:
+        verdict.reason = f"{what} not kept: {compare}{note}"
+        verdict.commands = [RESET]
+    return verdict
+
+
+# The history: commits with their means, improvements, simplifications, near-misses
+
+
+def history(rows):
+    """One entry per commit that was judged (in order of its first row): its kind, runs, mean,
+    status (of its last row), the reference it was judged against and the delta."""
+    tagged = kinds(rows)
+    entries, order = {}, []
+    for i, (row, kind) in enumerate(tagged):
+        entry = entries.get(row.commit)
+        if entry is None:
+            before = [r for r, _ in tagged[:i]]
+            tip = tip_commit(before)
+            ref = commit_values(before, tip) if tip else []
+            entry = entries[row.commit] = dict(
+                commit=row.commit, kind=kind, description=row.description, values=[], status=row.status,
+                reference_commit=tip, reference=statistics.fmean(ref) if ref else None, line=row.line,
+            )  # fmt: skip
+            order.append(row.commit)
+        if measured(row) and not (kind == "replicate" and entry["kind"] in FIRST_KINDS):
+            entry["values"].append(row.val_bpc)  # the decision's runs; later replicates refine the mean
+        entry["status"] = row.status
+    out = []
+    for commit in order:
+        e = entries[commit]
+        all_values = commit_values(rows, commit)
+        e["runs"] = len(all_values)
+        e["mean"] = statistics.fmean(all_values) if all_values else None
+        e["decision_mean"] = statistics.fmean(e["values"]) if e["values"] else None
+        ref = e["reference"]
+        e["delta"] = None if ref is None or e["decision_mean"] is None else e["decision_mean"] - ref
+        del e["values"]
+        out.append(e)
+    return out
+
+
+def improvements(rows):
+    """Kept experiments (never simplifications), best gain first."""
+    kept = [e for e in history(rows) if e["status"] == "keep" and e["kind"] == "experiment" and e["delta"] is not None]
+    return sorted(kept, key=lambda e: e["delta"])
+
+
+def simplifications(rows):
+    """Kept simplifications, in order, with what each cost (delta > 0) or gained."""
+    return [e for e in history(rows) if e["status"] == "keep" and e["kind"] == "simplification"]
+
+
+def near_misses(rows):
+    """The one definition: discarded experiments whose mean beat the reference they were judged
+    against, but not by the threshold. Closest to a keep first."""
+    misses = [
+        e
+        for e in history(rows)
+        if e["status"] == "discard" and e["kind"] in FIRST_KINDS and e["delta"] is not None and e["delta"] < 0
+    ]
+    return sorted(misses, key=lambda e: e["delta"])
+
+
+def best_commit(rows):
+    """The kept commit with the lowest mean (its runs), or None."""
+    kept = [e for e in history(rows) if e["status"] == "keep" and e["mean"] is not None]
+    return min(kept, key=lambda e: e["mean"]) if kept else None
+
+
+def standing(rows):
+    """Tip, best, sigma and the bounds the next experiment faces: what the agent needs every turn."""
+    tip = tip_commit(rows)
+    sigma, df = pooled_sigma(rows)
+    out = {"tip": None, "best": None, "sigma": sigma, "df": df, "next": None}
+    if tip:
+        values = commit_values(rows, tip)
+        out["tip"] = {"commit": tip, "mean": statistics.fmean(values), "runs": len(values)}
+    best = best_commit(rows)
+    if best:
+        out["best"] = {"commit": best["commit"], "mean": best["mean"], "runs": best["runs"]}
+    if tip and sigma is not None and df >= 1:
+        n, ref = out["tip"]["runs"], out["tip"]["mean"]
+        se1, se2 = sigma * math.sqrt(1 + 1 / n), sigma * math.sqrt(1 / 2 + 1 / n)
+        out["next"] = {
+            "reference": ref,
+            "reference_se": sigma / math.sqrt(n),
+            "rerun_below": ref - t_quantile(1 - PROVISIONAL_RATE, df) * se1,
+            "keep_mean_of_2_below": ref - t_quantile(1 - FALSE_KEEP_RATE, df) * se2,
+            "simplification_up_to": ref + SIMPLIFICATION_BOUND * sigma,
+        }
+    return out
+
+
+def explain():
+    """The rule in plain sentences, built from the constants (quoted verbatim by program.md and
+    AGENTS.md)."""
+    return (
+        f"Setup runs the baseline and {SETUP_REPLICATES} replicates with AR_SEED=1..{SETUP_REPLICATES}. "
+        "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
+        "commit). Sigma is pooled from runs nobody selected (baseline, replicates, confirmations), each "
+        "around its own commit's mean. "
+        "An experiment's first run that beats the reference by more than Student's t "
+        f"{1 - PROVISIONAL_RATE:.0%} quantile times the standard error of the difference is provisional "
+        "(verdict rerun): one confirmation run with a fresh AR_SEED follows, and the commit is kept only if "
+        f"the mean of its runs beats the reference by more than the t {1 - FALSE_KEEP_RATE:.0%} quantile "
+        "times the standard error; otherwise it is discarded. "
+        "A simplification is declared with --simplification and must have fewer parameters or fewer "
+        f"train.py statements than the tip; it is kept when its first run and the mean of its runs are no "
+        f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma. "
+        f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
+        "A run without val_bpc is a crash. "
+        "`python analysis.py decide` applies this rule and prints the commands to run next."
+    )
+
+
+# The command line's side: a run.log and the repository turned into a Candidate (not pure)
+
+
+def source_at(commit, repo="."):
+    from labbook.ledger import git
+
+    return git(["show", f"{commit}:train.py"], repo) if commit else None
+
+
+def statements_at(commit, repo="."):
+    source = source_at(commit, repo)
+    try:
+        return statement_count(source) if source is not None else None
+    except SyntaxError:
+        return None
+
+
+def params_of_kept(tsv, commit):
+    """num_params_M of a kept commit's run, from the summary line of its saved metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    from labbook.ledger import checkpoints_dir
+
+    path = checkpoints_dir(tsv) / f"{commit}.metrics.jsonl"
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return float(json.loads(lines[-1])["summary"]["num_params_M"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def number(text, kind=float):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def candidate_from_log(log_path, description="", simplification=False):
+    """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
+    from pathlib import Path
+
+    from labbook.ledger import git
+    from labbook.runlog import parse_summary
+
+    try:
+        log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        log = ""
+    summary = parse_summary(log)
+    commit = summary.get("commit", "").removesuffix("-dirty")[:7] or (
+        git(["rev-parse", "--short=7", "HEAD"], ".") or ""
+    )
+    try:
+        value = candidate_value(summary, log_path)
+    except ValueError:
+        value = None
+    if value is not None and not (math.isfinite(value) and value > 0):
+        value = None
+    if not description:
+        description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
+    return Candidate(
+        commit=commit,
+        val_bpc=value,
+        description=description,
+        simplification=simplification,
+        params=number(summary.get("num_params_M")),
+        statements=statements_at(commit),
+        seed=number(summary.get("seed"), int),
+        tokens_per_sec=number(summary.get("tokens_per_sec")),
+    )
+
+
+def verdict_for_log(tsv, log_path, description="", simplification=False):
+    """(Candidate, Verdict) for a run.log against the results file `tsv`."""
+    from labbook.ledger import read_results
+
+    rows = read_results(tsv).rows
+    candidate = candidate_from_log(log_path, description, simplification)
+    tip = tip_commit(rows)
+    reference = {}
+    if candidate.simplification and tip:
+        reference = {"reference_params": params_of_kept(tsv, tip), "reference_statements": statements_at(tip)}
+    return candidate, decide(rows, candidate, **reference)
+
+
+def decide_command(args, tsv):
+    """`python analysis.py decide`: the verdict on ./run.log, its numbers, the commands to run next."""
+    from labbook.ledger import Refusal
+
+    if args.explain:
+        print(explain())
+        return 0
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
+    except NotReady as e:
+        raise Refusal(str(e)) from None
+    print(verdict.text())
+    return 0
+
+
+def verdict_note(verdict):
+    """The decision as the row's note: the mean that the decision used, against what."""
+    if verdict.delta is None:
+        return f"rule: {verdict.verdict}"
+    return (
+        f"rule: {verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
+        f"({verdict.reference_commit}, {verdict.reference_runs} runs), delta {verdict.delta:+.6f}, "
+        f"bound {verdict.threshold:+.6f}, sigma {verdict.sigma:.6f} ({verdict.df} df)"
+    )
+
+
+def record_with_rule(args, tsv):
+    """`record` without --status records the rule's verdict; with --status, the person's override
+    (noted in the row). Prints the verdict and the commands to run next."""
+    from labbook.ledger import Refusal, record
+
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
+    except NotReady as e:
+        if not args.status:
+            raise Refusal(str(e)) from None
+        verdict = None
+    if args.status:
+        args.kind = verdict.kind if verdict else ""
+        rule = verdict.verdict if verdict else "not ready"
+        differs = verdict is not None and verdict.status != args.status
+        args.note = f"override: --status {args.status}, the rule said {rule}" if differs else ""
+    else:
+        args.status, args.kind, args.note = verdict.status, verdict.kind, verdict_note(verdict)
+        if verdict.kind == "replicate" and not args.description.startswith(NOISE_PREFIX):
+            args.description = f"{NOISE_PREFIX} {args.description}"
+    code = record(args, tsv)
+    if verdict is not None:
+        print(verdict.text(with_record=False))
+    return code

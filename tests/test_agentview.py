@@ -1,0 +1,70 @@
+"""`python analysis.py --json`: the agent's bounded view, and --full."""
+
+import json
+import random
+
+from labbook import agentview, cli, ledger
+
+
+def night_rows(n=150, seed=3):
+    """A generated results.tsv text: setup, then experiments, confirmations, replicates, crashes."""
+    rng = random.Random(seed)
+    lines = ["\t".join(ledger.COLUMNS)]
+
+    def add(commit, value, status, kind, description, seed=42, tps=1_000_000):
+        values = dict(commit=commit, val_bpc=f"{value:.6f}", memory_gb="2.0", status=status, kind=kind, seed=str(seed))
+        values.update(description=description, tokens_per_sec=str(tps))
+        lines.append("\t".join(values.get(c, "") for c in ledger.COLUMNS))
+
+    add("base000", 1.3, "keep", "baseline", "baseline")
+    for s in range(1, 5):
+        add("base000", 1.3 + rng.gauss(0, 0.002), "keep", "replicate", f"noise: seed {s}", s, tps=1_300_000)
+    i = 0
+    while len(lines) <= n:
+        i += 1
+        commit = f"e{i:06d}"
+        description = f"idea {i % 40}: " + "a long description of what changed " * 3
+        if i % 13 == 0:
+            add(commit, 0.0, "crash", "experiment", description + " (crash: out of memory)")
+            continue
+        add(commit, 1.3 + rng.gauss(0, 0.002), "discard", "experiment", description)
+    return "\n".join(lines) + "\n"
+
+
+def test_the_agent_json_stays_under_4kb_with_150_rows_and_has_what_the_agent_needs(tmp_path, capsys):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(night_rows())
+    assert len(ledger.read_results(tsv).rows) >= 150
+    assert cli.main(["--tsv", str(tsv), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.encode()) < 4096
+    view = json.loads(out)
+    assert view["tip"]["commit"] == "base000" and view["tip"]["runs"] == 5
+    assert view["best"]["commit"] == "base000" and view["sigma_df"] == 4
+    assert {"reference", "reference_se", "rerun_below", "keep_mean_of_2_below"} <= view["next"].keys()
+    assert len(view["last_rows"]) == agentview.LAST_ROWS and len(view["near_misses"]) <= agentview.TOP_NEAR_MISSES
+    assert view["tried"] and view["tried_left_out"] >= 0
+    assert len(view["tried"]) == len(set(view["tried"]))  # deduplicated
+    assert all(len(line) < agentview.DESCRIPTION_CHARS + 10 for line in view["tried"])
+    assert view["experiments_since_keep"] > 100 and view["crashes_in_a_row"] == 0
+    assert "test" not in out.replace("tested", "")  # no test-split number, ever
+    assert view["machine_noise"] and "base000" in view["machine_noise"][0]
+
+
+def test_full_gives_the_rest_without_test_numbers(tmp_path, capsys):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(night_rows(40))
+    assert cli.main(["--tsv", str(tsv), "--full"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert len(full["rows"]) == len(ledger.read_results(tsv).rows)
+    assert {"history", "improvements", "simplifications", "near_misses", "tried", "rule"} <= full.keys()
+    assert "test_bpc" not in json.dumps(full)
+
+
+def test_machine_noise_flags_runs_of_one_commit_whose_speed_differs_by_more_than_10_percent():
+    def r(commit, tps):
+        return ledger.Row(0, commit, 1.3, 2.0, "keep", "x", {"tokens_per_sec": str(tps)})
+
+    assert agentview.machine_noise([r("a", 1000), r("a", 1080), r("b", 1000), r("b", 1200)]) == [
+        "b: tokens/s 1000 to 1200 (+20%) over 2 runs of the same code: the machine's speed varied"
+    ]

@@ -1,0 +1,167 @@
+"""The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
+
+import pytest
+from fixtures_results import commit_change, data_lines, head, make_repo, write_log
+
+from labbook import cli, keeprule, ledger
+from labbook.keeprule import Candidate, decide
+
+S = 0.002  # sigma of the generated rows
+
+
+def row(commit, value, status, kind, seed=42, line=None, description="x", tps="1000000"):
+    extra = {"seed": str(seed), "kind": kind, "tokens_per_sec": tps}
+    return ledger.Row(line or 0, commit, value, 2.0, status, description, extra, kind)
+
+
+def setup_rows(base=1.3, spread=(0.0, S, -S, S / 2, -S / 2)):
+    rows = [row("base", base + spread[0], "keep", "baseline")]
+    rows += [row("base", base + d, "keep", "replicate", seed=i) for i, d in enumerate(spread[1:], start=1)]
+    return rows
+
+
+def test_statement_count_ignores_comments_and_formatting_but_counts_statements():
+    source = "x = 1\nif x:\n    y = 2\n"
+    assert keeprule.statement_count(source) == 3
+    assert keeprule.statement_count("# a comment\nx = (\n    1\n)\n\n\nif x:\n    y = 2  # note\n") == 3
+    assert keeprule.statement_count("x = 1\n") == 1
+
+
+def test_t_quantiles_match_the_tables():
+    assert keeprule.t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-3)
+    assert keeprule.t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-3)
+    assert keeprule.t_quantile(0.85, 10) == pytest.approx(1.0931, abs=1e-3)
+
+
+def test_sigma_pools_unselected_runs_within_commits_only():
+    rows = setup_rows()
+    sigma, df = keeprule.pooled_sigma(rows)
+    assert df == keeprule.SETUP_REPLICATES == 4
+    # a much better later commit with its confirmation and replicates: its own group, no inflation
+    rows += [row("good", 1.25 + 3 * S, "discard", "experiment"), row("good", 1.25, "keep", "confirm", seed=1)]
+    rows += [row("good", 1.25 + S / 2, "keep", "replicate", seed=2), row("good", 1.25 - S / 2, "keep", "replicate", 3)]
+    sigma2, df2 = keeprule.pooled_sigma(rows)
+    assert df2 == df + 2  # the confirm and two replicates; the selected first run never counts
+    assert sigma2 < 2 * S
+
+
+def test_the_reference_is_the_tips_mean_and_a_first_run_only_earns_a_confirmation():
+    rows = setup_rows()
+    first = decide(rows, Candidate("exp1", 1.3 - 4 * S, "lr 3e-3", seed=42))
+    assert first.verdict == "rerun" and first.status == "discard" and first.kind == "experiment"
+    assert first.reference == pytest.approx(1.3) and first.reference_runs == 5 and first.next_seed == 1
+    assert first.commands[0] == "AR_SEED=1 python train.py > run.log 2>&1"
+    assert first.commands[1] == 'python analysis.py record --description "lr 3e-3"'
+    rows.append(row("exp1", 1.3 - 4 * S, "discard", "experiment"))
+    confirm = decide(rows, Candidate("exp1", 1.3 - 3 * S, "lr 3e-3", seed=1))
+    assert confirm.verdict == "keep" and confirm.kind == "confirm" and confirm.runs == 2
+    assert confirm.mean == pytest.approx(1.3 - 3.5 * S)  # the decision's mean, not the lucky run
+    assert confirm.next_seed == 2 and "noise:" in confirm.commands[1]
+    lucky = decide(rows, Candidate("exp1", 1.3 + 2 * S, "lr 3e-3", seed=1))
+    assert lucky.verdict == "discard" and lucky.commands == [keeprule.RESET]
+    worse = decide(setup_rows(), Candidate("exp2", 1.3 + S, "depth 12"))
+    assert worse.verdict == "discard" and worse.commands == ["git reset --hard HEAD~1"]
+
+
+def test_a_regression_is_never_kept_as_a_simplification():
+    rows = setup_rows()
+    regression = Candidate("simp", 1.3 + 1.89, "remove qk norm", simplification=True, statements=90)
+    verdict = decide(rows, regression, reference_statements=100)
+    assert verdict.verdict == "discard" and verdict.threshold == pytest.approx(keeprule.SIMPLIFICATION_BOUND * S, 0.5)
+    free = decide(rows, Candidate("simp", 1.3 + S / 2, "remove qk norm", simplification=True, statements=90), None, 100)
+    assert free.verdict == "rerun" and free.kind == "simplification"
+    not_simpler = decide(rows, Candidate("simp", 1.3 + S / 2, "tidy", simplification=True, statements=120), None, 100)
+    assert not_simpler.verdict == "discard" and not_simpler.kind == "experiment" and "not simpler" in not_simpler.reason
+
+
+def test_simplifications_are_listed_apart_from_improvements():
+    rows = setup_rows()
+    rows += [row("simp", 1.301, "discard", "simplification"), row("simp", 1.3015, "keep", "confirm", seed=1)]
+    rows += [row("simp", 1.301, "keep", "replicate", seed=2), row("simp", 1.302, "keep", "replicate", seed=3)]
+    rows += [row("impr", 1.29, "discard", "experiment"), row("impr", 1.292, "keep", "confirm", seed=1)]
+    rows += [row("miss", 1.2905, "discard", "experiment")]
+    assert [e["commit"] for e in keeprule.simplifications(rows)] == ["simp"]
+    assert [e["commit"] for e in keeprule.improvements(rows)] == ["impr"]
+    assert keeprule.simplifications(rows)[0]["delta"] > 0
+    assert [e["commit"] for e in keeprule.near_misses(rows)] == ["miss"]
+
+
+def test_an_experiment_before_setup_is_finished_is_refused():
+    rows = setup_rows()[:3]
+    with pytest.raises(keeprule.NotReady, match="replicates"):
+        decide(rows, Candidate("exp1", 1.2))
+
+
+def test_explain_is_built_from_the_constants(monkeypatch):
+    assert "4 replicates" in keeprule.explain() and "85%" in keeprule.explain()
+    monkeypatch.setattr(keeprule, "SETUP_REPLICATES", 6)
+    monkeypatch.setattr(keeprule, "SIMPLIFICATION_BOUND", 0.5)
+    assert "6 replicates with AR_SEED=1..6" in keeprule.explain() and "0.5 sigma" in keeprule.explain()
+
+
+# The command line
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    path = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(path)
+    monkeypatch.delenv("AR_WORKER", raising=False)
+    return path
+
+
+def main(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows_of(repo):
+    lines = (repo / "results.tsv").read_text().splitlines()
+    return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+
+
+def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
+    base = head(repo)
+    write_log(repo, base, val_bpc=1.3)
+    code, out, _ = main(capsys, "decide")
+    assert code == 0 and out.splitlines()[0] == "keep" and "AR_SEED=1 python train.py" in out
+    assert main(capsys, "record", "--description", "baseline")[0] == 0
+    for seed, value in enumerate([1.302, 1.298, 1.301, 1.299], start=1):
+        write_log(repo, base, val_bpc=value, seed=seed)
+        code, out, _ = main(capsys, "record", "--description", f"seed {seed}")
+        assert code == 0 and "keep" in out
+    assert [r["kind"] for r in rows_of(repo)] == ["baseline"] + ["replicate"] * 4
+    assert all(r["description"].startswith("noise:") for r in rows_of(repo)[1:])
+    exp = commit_change(repo, lr=0.003, message="lr 3e-3")
+    write_log(repo, exp, val_bpc=1.290)
+    code, out, _ = main(capsys, "decide")
+    assert out.splitlines()[0] == "rerun" and 'record --description "lr 3e-3"' in out
+    main(capsys, "record", "--description", "lr 3e-3")
+    write_log(repo, exp, val_bpc=1.291, seed=1)
+    code, out, _ = main(capsys, "record", "--description", "lr 3e-3")
+    assert code == 0 and "AR_SEED=2 python train.py" in out and "confirmed improvement" in out
+    last = rows_of(repo)[-1]
+    assert last["status"] == "keep" and last["kind"] == "confirm"
+    assert "mean 1.290500 of 2" in last["note"]
+    code, out, _ = main(capsys, "decide", "--explain")
+    assert out.strip() == keeprule.explain()
+
+
+def test_status_is_the_persons_override_and_is_noted(repo, capsys):
+    base = head(repo)
+    write_log(repo, base, val_bpc=1.3)
+    main(capsys, "record", "--description", "baseline")
+    write_log(repo, base, val_bpc=1.301, seed=1)
+    main(capsys, "record", "--status", "discard", "--description", "noise: seed 1")
+    row = rows_of(repo)[-1]
+    assert row["status"] == "discard" and row["kind"] == "replicate" and "override" in row["note"]
+    assert len(data_lines(repo / "results.tsv")) == 2
+
+
+def test_the_decision_reads_the_value_through_one_seam(repo, capsys, monkeypatch):
+    base = head(repo)
+    write_log(repo, base, val_bpc=1.3)
+    monkeypatch.setattr(keeprule, "candidate_value", lambda summary, log_path=None: None)
+    code, out, _ = main(capsys, "decide")
+    assert out.splitlines()[0] == "crash"
