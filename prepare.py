@@ -476,6 +476,7 @@ class Run:
     def get_batch(self, batch_size, seq_len):
         """`batch_size` random windows of the training split, seq_len + 1 bytes each (inputs and
         targets), sampled on the device: no DataLoader, no host copy."""
+        self.tracker.served(batch_size * seq_len * self.world_size)  # every batch drawn is counted
         data = self.train_data
         starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=self.device, generator=self.generator)
         return data[starts + torch.arange(seq_len + 1, device=self.device)].long()
@@ -540,7 +541,6 @@ class Run:
         self.seq_len = seq_len
         loss_fn = loss_fn or (lambda m, batch: m(batch))
         x = self.get_batch(local, seq_len)
-        self.tracker.served(batch_size * seq_len)
         if self.micro_batch is None:
             self.micro_batch = self.fit_micro_batch(model, x, loss_fn)
             print0(f"micro_batch: {self.micro_batch} sequences per forward/backward ({local} per step per rank)")
@@ -1200,6 +1200,8 @@ def run_training(guards, env):
     script = Path(sys.modules["__main__"].__file__).resolve()
     source = script.read_text()
     identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12], "libraries": library_digest()}
+    import_libraries(source)
+    harness_before = harness_snapshot()
     sys.modules.pop(name, None)
     train = importlib.import_module(name)
     if guards.steps.untracked_steps:
@@ -1213,6 +1215,7 @@ def run_training(guards, env):
     run.tracker = guards.steps.tracker = Tracker(run)
     model = train.train(run)
     guards.check_armed()
+    check_harness_untouched(harness_before)
     stats = run.tracker.stats()
     if model is None or not hasattr(unwrap(model), "net"):
         raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
@@ -1331,6 +1334,22 @@ def attribute_snapshot():
     """The objects a run's source could swap to bend a score: torch's, F's, Tensor's and ours."""
     spaces = {"torch": torch, "F": F, "Tensor": torch.Tensor, "prepare": sys.modules[__name__]}
     return {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
+
+
+def harness_snapshot():
+    """prepare's and F's attributes, compared at hand-back: what a rebinding in train.py could
+    bend in this process (the re-score also checks torch's and Tensor's, in a fresh one)."""
+    spaces = {"prepare": sys.modules[__name__], "F": F}
+    names = {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
+    names.pop("prepare.ACTIVE_RUN")  # the harness's own, set once the Run exists
+    return names
+
+
+def check_harness_untouched(before):
+    after = harness_snapshot()
+    changed = sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
+    if changed:
+        raise HarnessError(f"train.py replaced {', '.join(changed[:3])}: the harness's own code must stay as it is")
 
 
 def check_untouched(before):
