@@ -27,7 +27,9 @@ def build_parser():
     parser.add_argument("--out", type=Path, help="directory for progress.png and memory.png (default: next to results)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
     parser.add_argument(
-        "--test", action="store_true", help="also score the best checkpoint on the test split (for the person; not cached)"
+        "--test",
+        action="store_true",
+        help="also score the best checkpoint on the test split (for the person; not cached)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -46,7 +48,10 @@ def build_parser():
     curves.add_argument("--out", type=Path, default=Path("curves.png"), help="image to write (default: curves.png)")
 
     ev = sub.add_parser(
-        "evaluate", parents=[tsv_option], help="re-score a checkpoint with the baseline's prepare.py, in a fresh process", epilog=TEST_SPLIT_NOTE
+        "evaluate",
+        parents=[tsv_option],
+        help="re-score a checkpoint with the baseline's prepare.py, in a fresh process",
+        epilog=TEST_SPLIT_NOTE,
     )
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--split", choices=("val", "test"), default="val", help="test: for the person, never for decisions")

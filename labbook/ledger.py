@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -393,16 +392,24 @@ def rescore_run(tsv, log_path, log=None, summary=None):
     saved = answer["summary"]
     for key in CHECKED_AGAINST_CHECKPOINT:
         if str(saved.get(key, "")).strip() != summary.get(key, "").strip():
-            return answer, (
-                f"the checkpoint's {key} {saved.get(key, '')!r} differs from run.log's {summary.get(key, '')!r}: "
-                "not this run's checkpoint"
-            ), reported
+            return (
+                answer,
+                (
+                    f"the checkpoint's {key} {saved.get(key, '')!r} differs from run.log's {summary.get(key, '')!r}: "
+                    "not this run's checkpoint"
+                ),
+                reported,
+            )
     tol = rescore.tolerance(summary.get("device", ""))
     if abs(answer["bpc"] - reported) > tol:
-        return answer, (
-            f"re-scored val_bpc {answer['bpc']!r} differs from the reported {reported!r} "
-            f"by {abs(answer['bpc'] - reported):.3g} > tolerance {tol:g}"
-        ), reported
+        return (
+            answer,
+            (
+                f"re-scored val_bpc {answer['bpc']!r} differs from the reported {reported!r} "
+                f"by {abs(answer['bpc'] - reported):.3g} > tolerance {tol:g}"
+            ),
+            reported,
+        )
     return answer, None, reported
 
 
@@ -423,7 +430,7 @@ def row_values(tsv, log_path, log, status, description, head, force=False):
             f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
             "the run did not finish; record it with --status crash"
         )
-    git_problem = commit_problem(summary.get("commit", ""), head) if summary else None
+    git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
     if git_problem and not force:
         raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
     run_id = summary.get("run_id", "").strip()
@@ -525,7 +532,9 @@ def append_row(tsv, values):
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as e:
-        raise Refusal(f"cannot write {path}: {e.strerror or e}; no row was recorded (free space, then record again)")
+        raise Refusal(
+            f"cannot write {path}: {e.strerror or e}; no row was recorded (free space, then record again)"
+        ) from None
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ rule's dry run (`decide`) and `record` share one re-score. Test-split scores are
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -103,8 +104,12 @@ def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TI
 
 
 def checkpoint_key(checkpoint):
-    st = Path(checkpoint).stat()
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    """sha256 of the checkpoint's bytes: a copy hits the cache, a swapped file never does."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cache_path(tsv):
@@ -121,13 +126,14 @@ def read_cache(tsv):
 
 def verified_rescore(tsv, checkpoint, harness_commit, repo, run_id=None):
     """The val re-score of `checkpoint` by prepare.py at `harness_commit` (HEAD when None), from
-    the cache when this run_id was re-scored from the same checkpoint file by the same harness.
+    the cache when this run_id was re-scored from the same checkpoint bytes by the same prepare.py.
     Returns the answer dict plus "cached" (bool). Raises RescoreError."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise RescoreError(f"no checkpoint at {checkpoint}: the run cannot be re-scored")
     text = harness_text(harness_commit, repo)
-    key = {"checkpoint": str(checkpoint.resolve()), "file": checkpoint_key(checkpoint), "harness": harness_commit}
+    harness = hashlib.sha256(text.encode()).hexdigest()[:12]
+    key = {"checkpoint": checkpoint_key(checkpoint), "harness": harness}
     cache = read_cache(tsv)
     if run_id and isinstance(hit := cache.get(run_id), dict) and hit.get("key") == key:
         return {**hit["answer"], "cached": True}
