@@ -132,6 +132,12 @@ def backup_path(tsv):
     return common / "autoresearch" / name
 
 
+def results_repo(tsv):
+    """The git repository a results file's commits live in: the one holding it, else the current one."""
+    parent = Path(tsv).resolve().parent
+    return parent if parent.is_dir() and git_common_dir(parent) else Path(".").resolve()
+
+
 def checkpoints_dir(tsv):
     return Path(tsv).resolve().parent / "checkpoints"
 
@@ -353,7 +359,7 @@ def harness_commit(tsv):
     from labbook.report import baseline_row  # the report is built on this module
 
     results = read_results(tsv)
-    baseline = baseline_row(results.rows, Path(tsv).resolve().parent)
+    baseline = baseline_row(results.rows, results_repo(tsv))
     return baseline.commit if baseline else None
 
 

@@ -9,7 +9,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from labbook.ledger import FORCED_PREFIX, NOISE_PREFIX, STATUSES, Refusal, git, git_show, read_results
+from labbook.ledger import FORCED_PREFIX, NOISE_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
 from labbook.rescore import best_test_bpc, tolerance
 
 TOP_IMPROVEMENTS = 10
@@ -99,7 +99,7 @@ def summarize(results, repo=None):
     rows = results.rows
     experiments = [r for r in rows if not r.noise]
     counts = Counter(r.status for r in rows)
-    repo = Path(results.path).resolve().parent if repo is None else repo
+    repo = results_repo(results.path) if repo is None else repo
     baseline, flagged = flag_rows(rows, repo)
     sound = [r for r in rows if r.line not in flagged]
     best = best_row(sound)

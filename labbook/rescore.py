@@ -24,15 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from labbook.ledger import Refusal, checkpoints_dir, git, git_show, write_atomically
+from labbook.ledger import Refusal, checkpoints_dir, git, git_show, results_repo, write_atomically
 
 RESCORE_TOLERANCE = 1e-6  # bits per byte; CPU runs: eval is FP32 and deterministic, measured |diff| = 0.0
 RESCORE_TOLERANCE_GPU = 1e-4  # CUDA runs: UNMEASURED until a GPU measures it (BF16 autocast, kernel choice)
 RESCORE_TIMEOUT = 1800  # seconds; a full 5 MB val re-score on a GPU takes ~20 s, a CPU one minutes
 CACHE_NAME = "rescores.json"
 
+# The harness first, from the temporary directory; the answer is rescore_main's one stdout line,
+# and the process ends with os._exit so no exit hook of the run's source can print after it.
 SCRIPT = """\
-import json, sys
+import json, os, sys
 tmp, checkpoint, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.path.insert(0, tmp)
 import prepare
@@ -42,6 +44,9 @@ def body():
     print("summary: " + json.dumps({k: str(v) for k, v in summary.items()}), file=sys.stderr, flush=True)
     prepare.rescore_main([checkpoint, *args])
 prepare.crash_on_error(body)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
@@ -93,8 +98,11 @@ def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TI
     if proc.returncode != 0 or crash:
         tail = crash[-1] if crash else (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RescoreError(f"the re-score failed (exit {proc.returncode}): {tail}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise RescoreError(f"the re-score printed {len(lines)} lines on stdout, not one answer: {lines[-2:]!r}")
     try:
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer = json.loads(lines[0])
         summary = next(
             json.loads(line[len("summary: ") :]) for line in proc.stderr.splitlines() if line.startswith("summary: ")
         )
@@ -169,7 +177,6 @@ def best_test_bpc(results, report, compute):
         return None, f"no checkpoint {checkpoint} to score on the test split"
     baseline = (report.get("baseline") or {}).get("commit")
     try:
-        repo = Path(results.path).resolve().parent
-        return evaluate_checkpoint(checkpoint, "test", repo, baseline), None
+        return evaluate_checkpoint(checkpoint, "test", results_repo(results.path), baseline), None
     except Refusal as e:  # a broken checkpoint must not take the report down with it
         return None, f"could not evaluate {checkpoint} on the test split: {e}"

@@ -172,3 +172,89 @@ def is_real_png(path, min_bytes=5000):
         return False
     image = matplotlib.image.imread(path)
     return image.ndim == 3 and image.shape[0] >= 100 and image.shape[1] >= 100 and image.shape[2] in (3, 4)
+
+
+# A real tiny lab: a git repository holding a tiny train.py and prepare.py, two finished runs.
+# Built once per test session (each run costs ~15 s on two cores) and shared read-only: a test
+# copies a run's log and checkpoint before recording, since record removes non-keep checkpoints.
+
+TINY_CONSTANTS = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4)
+FAKE_SUMMARY_HOOK = """
+
+import atexit as _atexit
+
+
+def _better_summary():  # the reward hack: a second, better summary after the harness's
+    print("---\\nval_bpc:          0.500000\\nval_bpc_exact:    0.5", flush=True)
+
+
+_atexit.register(_better_summary)
+"""
+_LAB = {}
+
+
+def tiny_lab():
+    """SimpleNamespace(root, corpus, repo, attack_worktree, c1, c2, run_a, run_b, main_tsv):
+    run A is the baseline at c1 (recorded as keep in main_tsv); run B at c2 (a worktree) has
+    prepare.py edited (a comment) and train.py printing a fake second summary at exit."""
+    if "lab" in _LAB:
+        return _LAB["lab"]
+    import tempfile
+
+    from harness import base_env, edit_constants, run_train, write_corpus
+
+    root = Path(tempfile.mkdtemp(prefix="ledger-lab-"))
+    corpus = write_corpus(root / "corpus.txt")
+    repo = root / "repo"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "T"], ["config", "user.email", "t@x.invalid"]):
+        git(repo, *args)
+    git(repo, "config", "commit.gpgsign", "false")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    shutil.copy(REPO / "prepare.py", repo / "prepare.py")
+    (repo / "train.py").write_text(edit_constants((REPO / "train.py").read_text(), **TINY_CONSTANTS))
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "baseline")
+    env = base_env(root, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=8192)
+
+    def run_into(where, name):
+        code, log = run_train(where / "train.py", env, cwd=where)
+        assert code == 0, log[-2000:]
+        dest = root / name
+        dest.mkdir()
+        for f in ("run.log", "checkpoint.pt", "metrics.jsonl"):
+            shutil.move(where / f, dest / f)
+        return dest
+
+    run_a = run_into(repo, "run_a")
+    attack = root / "attack"
+    git(repo, "worktree", "add", "-q", "-b", "attack", str(attack))
+    (attack / "prepare.py").write_text((attack / "prepare.py").read_text() + "# tuned\n")
+    (attack / "train.py").write_text((attack / "train.py").read_text() + FAKE_SUMMARY_HOOK)
+    git(attack, "commit", "-q", "-am", "attack")
+    run_b = run_into(attack, "run_b")
+    lab = SimpleNamespace(
+        root=root,
+        corpus=corpus,
+        repo=repo,
+        attack_worktree=attack,
+        c1=head(repo),
+        c2=head(attack),
+        run_a=run_a,
+        run_b=run_b,
+        main_tsv=root / "main" / "results.tsv",
+    )
+    _LAB["lab"] = lab
+    return lab
+
+
+def copy_run(run_dir, dest, log_text=None):
+    """A fresh copy of a lab run (run.log, checkpoint.pt, metrics.jsonl) in `dest`, the log
+    optionally replaced by `log_text`. Returns the log's path."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("run.log", "checkpoint.pt", "metrics.jsonl"):
+        shutil.copy(Path(run_dir) / f, dest / f)
+    if log_text is not None:
+        (dest / "run.log").write_text(log_text)
+    return dest / "run.log"
