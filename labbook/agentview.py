@@ -144,7 +144,7 @@ def full_view(results):
 
     report = summarize(results)
     found = audit(results, report)  # its comparability findings; the keep numbers are the rule's
-    checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "unverifiable")}
+    checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "flagged")}
     sigma, df = keeprule.pooled_sigma(rows)
     return {
         "standing": keeprule.standing(rows),

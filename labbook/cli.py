@@ -3,11 +3,12 @@
 The command line of analysis.py (its docstring lists the commands)."""
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from labbook import agentview, keeprule
-from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, restore
+from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, harness_commit, restore
 from labbook.plots import plot_curves
 from labbook.report import TEST_SPLIT_NOTE, show_audit, show_report
 from labbook.rescore import evaluate_checkpoint
@@ -27,7 +28,11 @@ def build_parser():
     parser.add_argument("--full", action="store_true", help="everything as JSON: every row, kept, near-miss")
     parser.add_argument("--out", type=Path, help="directory for progress.png and memory.png (default: next to results)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
-    parser.add_argument("--no-test", action="store_true", help="do not evaluate the best checkpoint on the test split")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="also score the best checkpoint on the test split (for the person; not cached)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rec = sub.add_parser("record", parents=[tsv_option], help="append one run from its run.log")
@@ -52,7 +57,10 @@ def build_parser():
     curves.add_argument("--out", type=Path, default=Path("curves.png"), help="image to write (default: curves.png)")
 
     ev = sub.add_parser(
-        "evaluate", parents=[tsv_option], help="score a checkpoint with its own train.py", epilog=TEST_SPLIT_NOTE
+        "evaluate",
+        parents=[tsv_option],
+        help="re-score a checkpoint with the baseline's prepare.py, in a fresh process",
+        epilog=TEST_SPLIT_NOTE,
     )
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--split", choices=("val", "test"), default="val", help="test: for the person, never for decisions")
@@ -74,9 +82,12 @@ def run_command(args, tsv):
         print(f"wrote {plot_curves(args.metrics, args.out)}")
         return 0
     if args.command == "evaluate":
-        if not args.checkpoint.exists():
+        if not args.checkpoint.is_file():
             raise Refusal(f"no checkpoint at {args.checkpoint}")
-        bpc = evaluate_checkpoint(args.checkpoint, args.split)
+        baseline = None  # before a baseline, or without a results file: HEAD's prepare.py
+        with contextlib.suppress(Refusal):
+            baseline = harness_commit(tsv)
+        bpc = evaluate_checkpoint(args.checkpoint, args.split, ".", baseline)
         print(f"{args.split}_bpc: {bpc:.6f}")
         return 0
     if args.json or args.full:
@@ -91,4 +102,7 @@ def main(argv=None):
         return run_command(args, tsv)
     except Refusal as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unreadable input the subcommand did not name itself
+        print(f"error: cannot read {e.filename or 'an input'}: {e.strerror or e}", file=sys.stderr)
         return 2

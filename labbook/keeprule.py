@@ -43,7 +43,7 @@ Design, and why:
 * **Near-misses** have one definition (`near_misses()`): discarded experiments whose mean beat
   the reference they were judged against, but not by the threshold.
 
-The candidate's value comes through one seam, `candidate_value(summary, log_path)`.
+The candidate's value comes through one seam, `candidate_value(tsv, log_path)`: the re-score.
 """
 
 import ast
@@ -65,10 +65,13 @@ DEFAULT_SEED = 42  # train.py's seed when AR_SEED is not set
 NOISE_PREFIX = "noise:"  # description prefix of a replicate (the older report looks for it)
 
 
-def candidate_value(summary, log_path=None):
-    """The val_bpc a decision rests on. THE seam for the re-score: today the log's own value;
-    the re-scored value of the run's checkpoint replaces it here, and only here."""
-    return float(summary["val_bpc"]) if "val_bpc" in summary else None
+def candidate_value(tsv, log_path):
+    """The val_bpc a decision rests on: the harness's re-score of the run's checkpoint (shared
+    with `record` through the per-run_id cache), or None when the run is, or would record as, a crash."""
+    from labbook.ledger import rescore_run
+
+    answer, problem, _ = rescore_run(tsv, log_path)
+    return None if problem or answer is None else answer["bpc"]
 
 
 # Small statistics: Student's t quantile without scipy
@@ -546,7 +549,7 @@ def number(text, kind=float):
         return None
 
 
-def candidate_from_log(log_path, description="", simplification=False):
+def candidate_from_log(tsv, log_path, description="", simplification=False):
     """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
     from pathlib import Path
 
@@ -562,7 +565,7 @@ def candidate_from_log(log_path, description="", simplification=False):
         git(["rev-parse", "--short=7", "HEAD"], ".") or ""
     )
     try:
-        value = candidate_value(summary, log_path)
+        value = candidate_value(tsv, log_path) if "val_bpc" in summary else None
     except ValueError:
         value = None
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -586,7 +589,7 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     from labbook.ledger import read_results
 
     rows = read_results(tsv).rows
-    candidate = candidate_from_log(log_path, description, simplification)
+    candidate = candidate_from_log(tsv, log_path, description, simplification)
     tip = tip_commit(rows)
     reference = {}
     if candidate.simplification and tip:

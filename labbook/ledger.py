@@ -14,32 +14,62 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from labbook.runlog import crash_reason, parse_summary
+from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 
 BASE_COLUMNS = ("commit", "val_bpc", "memory_gb", "status", "description")  # the originals' five
 PROVENANCE_COLUMNS = (
-    "fingerprint",  # hash of train.py's FIXED region + budget + eval bytes + data: equal means comparable
+    "reported_bpc",  # val_bpc_exact as the run printed it; val_bpc is the harness's re-score
+    "run_id",  # the run's id (summary): a run is recorded once
+    "prepare_hash",  # the fingerprint's parts, each checked by `audit`: prepare.py's text ...
+    "libraries",  # ... the installed x-transformers and adam-atan2-pytorch ...
+    "budget",  # ... the training budget ...
+    "eval_bytes",  # ... the scored bytes ...
+    "data",  # ... and the data's identity
+    "flags",  # what the harness saw (warmup_tokens, weights_edited, val_below_train) or none
+    "train_bpc",
+    "fingerprint",  # hash of the five parts above: equal means comparable
+    "device",
     "gpu",
     "seed",
     "precision",
     "training_seconds",
     "num_steps",
     "tokens_per_sec",
+    "rescore_seconds",  # what the re-score cost (0 when it came from the cache)
     "recorded_at",  # local ISO time of the `record` command
     "worker",  # AR_WORKER, or the name of the worktree that recorded the row
     "note",  # e.g. why the row was recorded with --force
 )
-COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind",)  # kind: see labbook/keeprule.py
+CHECKSUM_COLUMN = "crc"  # always last: first 8 hex of sha256 of the rest of the line
+COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind", CHECKSUM_COLUMN)  # kind: see labbook/keeprule.py
 STATUSES = ("keep", "discard", "crash")
 NOISE_PREFIX = "noise:"  # description of a baseline replicate run with another AR_SEED
-SUMMARY_TO_ROW = ("fingerprint", "gpu", "seed", "precision", "training_seconds", "num_steps", "tokens_per_sec")
+SUMMARY_TO_ROW = (
+    "run_id",
+    "prepare_hash",
+    "libraries",
+    "budget",
+    "eval_bytes",
+    "data",
+    "flags",
+    "train_bpc",
+    "fingerprint",
+    "device",
+    "gpu",
+    "seed",
+    "precision",
+    "training_seconds",
+    "num_steps",
+    "tokens_per_sec",
+)
+CHECKED_AGAINST_CHECKPOINT = ("run_id", "commit", "prepare_hash", "libraries", "budget", "eval_bytes", "data", "seed")
+FORCED_PREFIX = "forced:"
 
 
 class Refusal(Exception):
@@ -56,6 +86,17 @@ def git(args, cwd):
     except OSError:
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_show(commit, path, cwd):
+    """The exact text of `path` at `commit`, or None when git does not know it."""
+    if not re.fullmatch(r"[0-9a-fA-F]{4,40}", commit or ""):
+        return None
+    try:
+        proc = subprocess.run(["git", "-C", str(cwd), "show", f"{commit}:{path}"], capture_output=True)
+    except OSError:
+        return None
+    return proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
 
 
 def git_common_dir(cwd):
@@ -91,6 +132,12 @@ def backup_path(tsv):
     return common / "autoresearch" / name
 
 
+def results_repo(tsv):
+    """The git repository a results file's commits live in: the one holding it, else the current one."""
+    parent = Path(tsv).resolve().parent
+    return parent if parent.is_dir() and git_common_dir(parent) else Path(".").resolve()
+
+
 def checkpoints_dir(tsv):
     return Path(tsv).resolve().parent / "checkpoints"
 
@@ -105,18 +152,35 @@ def locked(tsv):
         yield  # closing the file releases the lock
 
 
-def write_atomically(path, data):
-    """Replace `path` with `data` (bytes): readers see the old file or the new one, never half."""
+def write_all(fd, data):
+    """os.write until every byte is out (a full disk raises OSError(ENOSPC))."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def stage_file(path, data):
+    """A temporary file next to `path` holding `data`, flushed to disk: (temporary path)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_atomically(path, data):
+    """Replace `path` with `data` (bytes): readers see the old file or the new one, never half."""
+    tmp = stage_file(path, data)
+    try:
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def copy_atomically(src, dest):
@@ -188,14 +252,33 @@ def finite_number(text, name):
     return value
 
 
+def row_crc(body):
+    """The checksum of a row: first 8 hex of sha256 of the line without its `crc` field."""
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
+def checksum_problem(line, columns):
+    """Why a line of a file whose header has `crc` fails its checksum, or None."""
+    if CHECKSUM_COLUMN not in columns:
+        return None
+    body, _, crc = line.rpartition("\t")
+    if len(line.split("\t")) != len(columns):
+        return f"{len(line.split(chr(9)))} columns, expected {len(columns)} (torn or hand-edited)"
+    if row_crc(body) != crc.strip():
+        return "checksum mismatch (torn or hand-edited)"
+    return None
+
+
 def parse_row(line, columns, number):
+    if header_columns(line):
+        raise ValueError("a second header line")
+    if problem := checksum_problem(line, columns):
+        raise ValueError(problem)
     fields = line.split("\t")
     if not len(BASE_COLUMNS) <= len(fields) <= len(columns):
         expected = len(columns) if len(columns) == len(BASE_COLUMNS) else f"{len(BASE_COLUMNS)} to {len(columns)}"
         raise ValueError(f"{len(fields)} columns, expected {expected}")
     values = dict(zip(columns, fields))
-    if header_columns(line):
-        raise ValueError("a second header line")
     status = values["status"].strip()
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not keep, discard or crash")
@@ -205,7 +288,7 @@ def parse_row(line, columns, number):
     commit = values["commit"].strip()
     if not commit:
         raise ValueError("no commit")
-    extra = {k: v for k, v in values.items() if k not in BASE_COLUMNS}
+    extra = {k: v for k, v in values.items() if k not in BASE_COLUMNS and k != CHECKSUM_COLUMN}
     memory = finite_number(values["memory_gb"], "memory_gb")
     return Row(number, commit, val_bpc, memory, status, values["description"], extra, extra.get("kind", "").strip())
 
@@ -217,6 +300,8 @@ def read_results(path):
         text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return Results(path, [], [])
+    except OSError as e:  # a directory, no permission
+        raise Refusal(f"cannot read {path}: {e.strerror}") from None
     lines = text.split("\n")  # a final "" when the file ends with a newline
     columns = header_columns(lines[0]) if lines[0].strip() else None
     results = Results(path, [], [], header_missing=columns is None and bool(text.strip()), columns=columns or COLUMNS)
@@ -235,7 +320,13 @@ def read_results(path):
 # Recording a run
 #
 # `record` parses the summary block of run.log itself, so no number is ever typed, checks that
-# the log belongs to the current commit, and appends one row under a lock with one write.
+# the log belongs to the current commit and says one thing, re-scores the run's checkpoint with
+# the baseline's prepare.py (labbook/rescore.py) and records that re-score as val_bpc. A run that
+# fails any check is recorded as a crash with the reason, so the history stays complete.
+#
+# Checkpoint retention: the baseline's and every keep's checkpoint.pt (and metrics.jsonl) are
+# copied to checkpoints/<commit>.pt (.metrics.jsonl) next to results.tsv; every other run's
+# checkpoint is removed once it is recorded (a run is recorded once, so it is never needed again).
 
 
 def one_line(text):
@@ -253,7 +344,7 @@ def checked_description(text):
 def commit_problem(log_commit, head):
     """Why a run log's commit is not the clean code of HEAD, or None when it is."""
     if log_commit.endswith("-dirty"):
-        return f"run.log says commit {log_commit}: train.py had uncommitted changes when it ran"
+        return f"run.log says commit {log_commit}: train.py or prepare.py had uncommitted changes when it ran"
     if not log_commit or log_commit == "none" or not head.startswith(log_commit):
         return f"run.log is from commit {log_commit or '(none)'}, but HEAD is {head[:7]}"
     return None
@@ -264,118 +355,205 @@ def worker_name(cwd="."):
     return os.environ.get("AR_WORKER") or (Path(top).name if top else "")
 
 
-def row_values(args, log, head):
-    """Column name -> text of the row that `record` appends, or a Refusal."""
+def harness_commit(tsv):
+    """The commit whose prepare.py re-scores runs: the baseline's, or None (HEAD) before one exists."""
+    from labbook.report import baseline_row  # the report is built on this module
+
+    results = read_results(tsv)
+    baseline = baseline_row(results.rows, results_repo(tsv))
+    return baseline.commit if baseline else None
+
+
+def reported_value(summary):
+    """(the run's exact self-reported val_bpc, or None, why it cannot be used)."""
+    try:
+        shown = finite_number(summary.get("val_bpc", ""), "val_bpc")
+        exact = finite_number(summary.get("val_bpc_exact", ""), "val_bpc_exact")
+    except ValueError as e:
+        return None, f"the summary reports {e}"
+    if abs(shown - exact) > 5.1e-7:
+        return None, f"the summary's val_bpc {shown:.6f} disagrees with its val_bpc_exact {exact!r}"
+    return exact, None
+
+
+def rescore_run(tsv, log_path, log=None, summary=None):
+    """The harness's re-score of the run behind `log_path`: (rescore answer or None, problem or
+    None, reported val_bpc_exact or None). Uses and fills the per-run_id cache, so a keep rule's
+    dry run and `record` share one re-score. Never raises for a bad run: the problem says why."""
+    from labbook import rescore
+
+    log = read_log(log_path) if log is None else log
+    summary = parse_summary(log) if summary is None else summary
+    if problem := integrity_problem(log):
+        return None, problem, None
+    reported, problem = reported_value(summary)
+    if problem:
+        return None, problem, None
+    if not summary.get("run_id"):
+        return None, "the summary has no run_id: it was not printed by prepare.py", reported
+    checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
+    try:
+        answer = rescore.verified_rescore(tsv, checkpoint, harness_commit(tsv), ".", run_id=summary["run_id"])
+    except rescore.RescoreError as e:
+        return None, f"{e} (reported {reported!r})", reported
+    saved = answer["summary"]
+    for key in CHECKED_AGAINST_CHECKPOINT:
+        if str(saved.get(key, "")).strip() != summary.get(key, "").strip():
+            return (
+                answer,
+                (
+                    f"the checkpoint's {key} {saved.get(key, '')!r} differs from run.log's {summary.get(key, '')!r}: "
+                    "not this run's checkpoint"
+                ),
+                reported,
+            )
+    tol = rescore.tolerance(summary.get("device", ""))
+    if abs(answer["bpc"] - reported) > tol:
+        return (
+            answer,
+            (
+                f"re-scored val_bpc {answer['bpc']!r} differs from the reported {reported!r} "
+                f"by {abs(answer['bpc'] - reported):.3g} > tolerance {tol:g}"
+            ),
+            reported,
+        )
+    return answer, None, reported
+
+
+def recorded_run_ids(tsv):
+    ids = {row.extra.get("run_id", "").strip() for row in read_results(tsv).rows}
+    backup = backup_path(tsv)
+    if backup is not None:
+        ids |= {row.extra.get("run_id", "").strip() for row in read_results(backup).rows}
+    return ids - {""}
+
+
+def row_values(tsv, log_path, log, status, description, head, force=False, kind="", note=""):
+    """(column name -> text of the row that `record` appends, the problem that made it a crash)."""
     summary = parse_summary(log)
-    crashed = args.status == "crash"
-    if not crashed and "val_bpc" not in summary:
+    problem = integrity_problem(log)
+    if status != "crash" and "val_bpc" not in summary and not problem:
         raise Refusal(
-            f"{args.log} has no val_bpc in a summary block (the lines after the last `---`): "
+            f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
             "the run did not finish; record it with --status crash"
         )
-    problem = commit_problem(summary.get("commit", ""), head) if summary else None
-    if problem and not args.force:
-        raise Refusal(f"{problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
-    logged = summary.get("commit", "").removesuffix("-dirty")
-    description = checked_description(args.description)
-    if crashed and (reason := crash_reason(log)):
+    git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
+    if git_problem and not force:
+        raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
+    run_id = summary.get("run_id", "").strip()
+    if run_id and run_id in recorded_run_ids(tsv):
+        raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
+    description = checked_description(description)
+    answer, reported = None, None
+    if status != "crash" and not problem:
+        answer, problem, reported = rescore_run(tsv, log_path, log, summary)
+    elif summary.get("val_bpc_exact"):
+        reported, _ = reported_value(summary)
+    if answer is not None:
+        how = "from the cache" if answer.get("cached") else f"in {answer['wall_seconds']:.1f} s"
+        print(f"re-score: val_bpc {answer['bpc']:.6f} (reported {reported!r}) {how}, scoring {answer['seconds']:.1f} s")
+    crashed = status == "crash" or problem is not None
+    if problem:
+        description += f" (crash: {one_line(problem)})"
+    elif status == "crash" and (reason := crash_reason(log)):
         description += f" (crash: {one_line(reason)})"
+    logged = summary.get("commit", "").removesuffix("-dirty")
     values = dict(
-        commit=logged[:7] if problem and re.fullmatch(r"[0-9a-f]{7,40}", logged) else head[:7],
-        val_bpc="0.000000" if crashed else f"{checked_val_bpc(summary['val_bpc']):.6f}",
+        commit=logged[:7] if git_problem and re.fullmatch(r"[0-9a-f]{7,40}", logged) else head[:7],
+        val_bpc="0.000000" if crashed else f"{answer['bpc']:.6f}",
         memory_gb="0.0" if crashed else f"{float(summary.get('peak_vram_mb') or 0) / 1024:.1f}",
-        status=args.status,
+        status="crash" if crashed else status,
         description=description,
+        reported_bpc="" if reported is None else repr(reported),
+        rescore_seconds="" if answer is None else f"{0 if answer.get('cached') else answer['wall_seconds']:.1f}",
         recorded_at=datetime.now().astimezone().isoformat(timespec="seconds"),
         worker=worker_name(),
-        note="; ".join(filter(None, [f"forced: {problem}" if problem else "", getattr(args, "note", "")])),
-        kind=getattr(args, "kind", ""),
+        note="; ".join(filter(None, [f"{FORCED_PREFIX} {git_problem}" if git_problem else "", note])),
+        kind=kind,
     )
     values.update({key: one_line(summary.get(key, "")) for key in SUMMARY_TO_ROW})
-    return values
-
-
-def checked_val_bpc(text):
-    try:
-        return finite_number(text, "val_bpc")
-    except ValueError as e:
-        raise Refusal(f"run.log reports {e}: record it with --status crash") from None
+    return values, problem
 
 
 def format_row(values, columns):
-    """One line for a file with these columns. A file without a `note` column carries the note in
-    the description, so a forced row is visible in every layout."""
+    """One line for a file with these columns, its checksum last when the file has a `crc`
+    column. A file without a `note` column carries the note in the description, so a forced row
+    is visible in every layout."""
     values = dict(values)
     if values.get("note") and "note" not in columns:
         values["description"] += f" [{values['note']}]"
-    return "\t".join(values.get(name, "") for name in columns) + "\n"
+    body = "\t".join(values.get(name, "") for name in columns if name != CHECKSUM_COLUMN)
+    if CHECKSUM_COLUMN in columns:
+        body += "\t" + row_crc(body)
+    return body + "\n"
 
 
 def file_layout(path):
-    """(header columns or None for an empty/absent file, whether the last line lacks its newline).
+    """(header columns or None for an empty/absent file, the file's bytes).
     Refuses a non-empty file that does not start with the header: appending would bury it."""
     try:
-        with open(path, "rb") as f:
-            first = f.readline().decode("utf-8", errors="replace")
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(size - 1, 0))
-            cut_short = size > 0 and f.read(1) != b"\n"
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        return None, False
-    if size == 0:
-        return None, False
-    columns = header_columns(first)
+        return None, b""
+    except OSError as e:
+        raise Refusal(f"cannot read {path}: {e.strerror}") from None
+    if not data:
+        return None, b""
+    columns = header_columns(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"))
     if columns is None:
         raise Refusal(
             f"{path} does not start with the header line, so no row was appended. Add it with "
             f"`python analysis.py fix-header{tsv_flag(path)}` (it keeps every row), or by hand: " + "\\t".join(COLUMNS)
         )
-    return columns, cut_short
+    return columns, data
 
 
 def tsv_flag(path):
     return "" if Path(path).resolve() == default_tsv().resolve() else f" --tsv {path}"
 
 
-def append_row(path, values):
-    """Append one row with a single os.write and an fsync; the caller holds the lock. A header
-    is written first into an empty file. Returns the columns of the file."""
-    columns, cut_short = file_layout(path)
-    data = format_row(values, columns or COLUMNS)
+def appended(path, values):
+    """(columns, the whole new content of `path` with the row appended). A header is written
+    first into an empty file; a torn last line stays a line of its own, never glued to the row."""
+    columns, data = file_layout(path)
+    row = format_row(values, columns or COLUMNS).encode()
     if columns is None:
-        data = "\t".join(COLUMNS) + "\n" + data
-    elif cut_short:  # a torn last line stays a line of its own, never glued to this row
-        data = "\n" + data
-    payload = data.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.write(fd, payload) != len(payload):
-            raise OSError(f"short write to {path}")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return columns or COLUMNS
+        return COLUMNS, ("\t".join(COLUMNS) + "\n").encode() + row
+    return columns, data + (b"\n" if not data.endswith(b"\n") else b"") + row
 
 
-def append_backup(tsv, values):
-    """The same row in the backup inside the git directory. Never stops a record."""
+def append_row(tsv, values):
+    """Append one row to results.tsv and its backup in one step: both new files are written in
+    full next to the old ones, then renamed over them; a failed write (a full disk) leaves both
+    untouched and is one Refusal. The caller holds the lock. Returns the columns of results.tsv."""
+    targets = [Path(tsv)]
     backup = backup_path(tsv)
-    if backup is None:
-        return None
+    if backup is not None:
+        targets.append(backup)
+    staged, columns = [], None
     try:
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        append_row(backup, values)
-    except (Refusal, OSError) as e:
-        print(f"warning: the backup {backup} was not updated: {e}", file=sys.stderr)
-    return backup
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cols, data = appended(path, values)
+            columns = columns or cols
+            staged.append((stage_file(path, data), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as e:
+        raise Refusal(
+            f"cannot write {path}: {e.strerror or e}; no row was recorded (free space, then record again)"
+        ) from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return columns
 
 
-def save_keep_artifacts(tsv, log_path, commit):
-    """A kept run's checkpoint.pt (and metrics.jsonl) as checkpoints/<commit>.pt(.metrics.jsonl)."""
-    run_dir = Path(log_path).resolve().parent
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
-        print(f"note: no checkpoint.pt in {run_dir}: the weights of this keep are not saved")
+def save_keep_artifacts(tsv, checkpoint, commit):
+    """A kept run's checkpoint (and the metrics.jsonl next to it) as checkpoints/<commit>.pt(.metrics.jsonl)."""
+    run_dir = Path(checkpoint).parent
+    if not Path(checkpoint).exists():
+        print(f"note: no checkpoint at {checkpoint}: the weights of this keep are not saved")
         return None
     dest = checkpoints_dir(tsv) / f"{commit}.pt"
     copy_atomically(checkpoint, dest)
@@ -385,24 +563,50 @@ def save_keep_artifacts(tsv, log_path, commit):
     return dest
 
 
+def drop_checkpoint(tsv, checkpoint):
+    """Remove a recorded non-keep run's checkpoint (never one under checkpoints/)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file() and checkpoints_dir(tsv) not in checkpoint.resolve().parents:
+        with contextlib.suppress(OSError):
+            checkpoint.unlink()
+
+
 def record(args, tsv):
-    log = read_log(args.log)
+    """`analysis.py record`: see record_run."""
+    kind, note = getattr(args, "kind", ""), getattr(args, "note", "")  # set by the keep rule
+    return record_run(tsv, args.log, args.status, args.description, force=args.force, kind=kind, note=note)
+
+
+def record_run(tsv, log_path, status, description, force=False, kind="", note=""):
+    """Record the run of `log_path` with `status` (keep/discard/crash, e.g. a keep rule's
+    decision). Returns 0, or 1 when the run was recorded as a crash though asked otherwise."""
+    log = read_log(log_path)
     head = git(["rev-parse", "HEAD"], ".")
     if not head:
         raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
-    values = row_values(args, log, head)
+    if status not in STATUSES:
+        raise Refusal(f"status {status!r} is not keep, discard or crash")
+    values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
     with locked(tsv):
+        if values["run_id"] and values["run_id"] in recorded_run_ids(tsv):
+            raise Refusal(f"run {values['run_id']} ({log_path}) is already recorded in {tsv}: a run is recorded once")
         was_missing = not Path(tsv).exists()
         columns = append_row(tsv, values)
-        backup = append_backup(tsv, values)
+    backup = backup_path(tsv)
     print(f"recorded in {tsv}: " + format_row(values, BASE_COLUMNS).rstrip("\n"))
     if was_missing and backup and len(read_results(backup).rows) > 1:
         print(f"warning: {tsv} was missing, but the backup has earlier rows: run `python analysis.py restore`")
     if "fingerprint" not in columns:
         print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
-    if args.status == "keep":
-        save_keep_artifacts(tsv, args.log, values["commit"])
+    checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
+    if values["status"] == "keep":
+        save_keep_artifacts(tsv, checkpoint, values["commit"])
         warn_if_small_gain(tsv)
+    else:
+        drop_checkpoint(tsv, checkpoint)
+    if problem and status != "crash":
+        print(f"crash: recorded as a crash, not a {status}: {problem}. Reset this commit and move on.")
+        return 1
     return 0
 
 
@@ -441,13 +645,18 @@ def file_lines(path):
         return []
 
 
+def sound_lines(lines, columns):
+    """The lines that pass their checksum (all of them in a file without a `crc` column)."""
+    return [line for line in lines if checksum_problem(line, columns) is None]
+
+
 def convert_line(line, source, target):
     """A data line of a file with columns `source`, laid out for a file with columns `target`."""
     fields = line.split("\t")
     if source == target or not len(BASE_COLUMNS) <= len(fields) <= len(source):
         return line  # same layout, or not a readable row: kept as it is
     values = dict(zip(source, fields))
-    return "\t".join(values.get(name, "") for name in target)
+    return format_row(values, target).rstrip("\n")
 
 
 def row_key(line):
@@ -475,31 +684,40 @@ def merge_lines(backup, live):
 
 
 def restore(tsv):
+    """Merge the backup's rows back into results.tsv. A row that fails its checksum (torn, or
+    edited by hand) in the backup is never brought back."""
     backup = backup_path(tsv)
     if backup is None or not backup.exists():
         raise Refusal(f"there is no backup of {tsv} (looked for {backup}): nothing to restore")
     with locked(tsv):
         b_columns, b_lines = split_header(file_lines(backup))
         l_columns, l_lines = split_header(file_lines(tsv))
-        columns = b_columns or l_columns or COLUMNS
-        live = [convert_line(line, l_columns or COLUMNS, columns) for line in l_lines]
-        merged = merge_lines([convert_line(line, b_columns or COLUMNS, columns) for line in b_lines], live)
+        b_columns, l_columns = b_columns or COLUMNS, l_columns or COLUMNS
+        columns = b_columns if b_lines or not l_lines else l_columns
+        skipped = len(b_lines) - len(b_lines := sound_lines(b_lines, b_columns))
+        live = [convert_line(line, l_columns, columns) for line in l_lines]
+        merged = merge_lines([convert_line(line, b_columns, columns) for line in b_lines], live)
         write_atomically(tsv, ("\n".join(["\t".join(columns), *merged]) + "\n").encode())
     added = len(merged) - len(live)
     print(f"restored {tsv}: {len(merged)} rows, {added} of them brought back from {backup}")
+    if skipped:
+        print(f"warning: {skipped} row(s) of the backup failed their checksum and were not brought back")
     return 0
 
 
 def fix_header(tsv):
     """Put the header on top of a headerless file, keeping every byte of its rows."""
     with locked(tsv):
-        data = Path(tsv).read_bytes() if Path(tsv).exists() else b""
+        try:
+            data = Path(tsv).read_bytes() if Path(tsv).exists() else b""
+        except OSError as e:
+            raise Refusal(f"cannot read {tsv}: {e.strerror}") from None
         first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
         if header_columns(first):
             print(f"{tsv} already starts with the header line")
             return 0
         widest = max((len(line.split(b"\t")) for line in data.split(b"\n") if line.strip()), default=len(COLUMNS))
-        columns = COLUMNS[: min(max(widest, len(BASE_COLUMNS)), len(COLUMNS))]
+        columns = COLUMNS if widest >= len(COLUMNS) else COLUMNS[: max(widest, len(BASE_COLUMNS))]
         write_atomically(tsv, "\t".join(columns).encode() + b"\n" + data.lstrip(b"\r\n"))
     print(f"added the header line ({len(columns)} columns) to {tsv}")
     return 0

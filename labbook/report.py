@@ -1,16 +1,17 @@
 """The numbers of a results file (baseline, noise floor, keep threshold, kept progression, near
 misses, streaks), the integrity audit, and the report as text or JSON."""
 
+import contextlib
+import hashlib
 import json
 import re
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from labbook.ledger import NOISE_PREFIX, STATUSES, git, read_results
-from labbook.rescore import best_test_bpc
+from labbook.ledger import FORCED_PREFIX, NOISE_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
+from labbook.rescore import best_test_bpc, tolerance
 
-FIXED_START, FIXED_END = "# ==== FIXED REGION START", "# ==== FIXED REGION END"
 TOP_IMPROVEMENTS = 10
 TEST_SPLIT_NOTE = (
     "The test split is for the person reading the results in the morning, never for the agent's "
@@ -20,15 +21,17 @@ TEST_SPLIT_NOTE = (
 
 # The numbers: baseline, best, noise floor, near-misses, crash streak
 #
-# The baseline is the first kept row that is not a noise replicate. Rows whose description
-# starts with `noise:` rerun the baseline with other seeds; the sample standard deviation of
-# the baseline and its replicates is the noise floor, and a keep should beat the best by twice
-# that (the keep threshold).
+# Only rows the audit does not flag count (see "Integrity audit" below). The baseline is the
+# first such kept row that is not a noise replicate. Rows whose description starts with `noise:`
+# rerun the baseline with other seeds; the sample standard deviation of the baseline and its
+# replicates is the noise floor, and a keep should beat the best by twice that (the keep threshold).
 
 
-def baseline_row(rows):
-    keeps = [r for r in rows if r.status == "keep" and not r.noise]
-    return keeps[0] if keeps else (rows[0] if rows else None)
+def baseline_row(rows, repo=None, cache=None):
+    """The first kept, non-replicate row that carries sound provenance (see row_problems)."""
+    cache = {} if cache is None else cache
+    keeps = [r for r in rows if r.status == "keep" and not r.noise and not row_problems(r, repo, cache)]
+    return keeps[0] if keeps else None
 
 
 def noise_floor(rows, baseline):
@@ -58,7 +61,7 @@ def kept_progression(rows, baseline):
 
 
 def best_row(rows):
-    keeps = [r for r in rows if r.status == "keep" and not r.noise]
+    keeps = [r for r in rows if r.status == "keep" and not r.noise]  # rows: the unflagged ones
     return min(keeps, key=lambda r: r.val_bpc) if keeps else None
 
 
@@ -90,16 +93,20 @@ def since_last_improvement(rows, best):
     return len(experiments) - 1 - experiments.index(best) if best else len(experiments)
 
 
-def summarize(results):
-    """Everything the report shows, as plain data: the JSON the agent reads."""
+def summarize(results, repo=None):
+    """Everything the report shows, as plain data: the JSON the agent reads. Flagged rows (the
+    audit's) are counted in the totals but never become the baseline, a reference or the best."""
     rows = results.rows
     experiments = [r for r in rows if not r.noise]
     counts = Counter(r.status for r in rows)
-    baseline, best = baseline_row(rows), best_row(rows)
-    floor, replicates = noise_floor(rows, baseline)
+    repo = results_repo(results.path) if repo is None else repo
+    baseline, flagged = flag_rows(rows, repo)
+    sound = [r for r in rows if r.line not in flagged]
+    best = best_row(sound)
+    floor, replicates = noise_floor(sound, baseline)
     threshold = 2 * floor if floor is not None else None
-    kept = kept_progression(rows, baseline) if baseline else []
-    improvement = baseline.val_bpc - best.val_bpc if best and baseline.measured else None
+    kept = kept_progression(sound, baseline) if baseline else []
+    improvement = baseline.val_bpc - best.val_bpc if best and baseline else None
     return {
         "file": str(results.path),
         "totals": {
@@ -123,7 +130,8 @@ def summarize(results):
         "noise_replicates": replicates,
         "keep_threshold": threshold,
         "experiments_since_improvement": since_last_improvement(rows, best),
-        "near_misses": near_misses(rows, threshold),
+        "near_misses": near_misses(sound, threshold),
+        "flagged_rows": [{"line": n, "reasons": why} for n, why in sorted(flagged.items())],
         "crash_streak": crash_streak(rows),
         "header_missing": results.header_missing,
         "malformed": [{"line": n, "reason": reason} for n, reason in results.malformed],
@@ -132,48 +140,84 @@ def summarize(results):
 
 # Integrity audit
 #
-# A row is comparable with the baseline when both ran the same FIXED region of train.py with
-# the same budget, evaluation and data: the same `fingerprint`, or, for rows without one, the
-# same FIXED region text in git. Kept rows that gain less than the keep threshold are flagged
-# too: their gain may be noise.
+# Every row's provenance is checked from git: prepare.py at the row's commit must hash to the
+# row's prepare_hash and to the baseline's (the fingerprint covers prepare.py's whole text), the
+# other fingerprint parts (libraries, budget, eval bytes, data) must equal the baseline's, a keep
+# or noise replicate must name a commit git knows, and a measured row must carry provenance, not
+# be --force'd, not carry harness flags, and record a re-score that agrees with what it reported.
+# Kept rows that gain less than the keep threshold are a separate note: their gain may be noise.
+
+COMPARED_PARTS = ("libraries", "budget", "eval_bytes", "data")
 
 
-def fixed_region(source):
-    """The lines of every FIXED region block of a train.py source."""
-    inside, kept = False, []
-    for line in source.splitlines():
-        inside = inside or line.startswith(FIXED_START)
-        if inside:
-            kept.append(line)
-        inside = inside and not line.startswith(FIXED_END)
-    return "\n".join(kept)
+def git_prepare_hash(commit, repo, cache):
+    """sha256[:12] of prepare.py at `commit` (prepare.prepare_hash), or None when git does not know it."""
+    key = ("prepare", commit)
+    if key not in cache:
+        text = git_show(commit, "prepare.py", repo) if repo is not None else None
+        cache[key] = None if text is None else hashlib.sha256(text.encode()).hexdigest()[:12]
+    return cache[key]
 
 
-def fixed_region_at(commit, repo, cache):
-    """The FIXED region of train.py at `commit`, or None when git does not know the commit."""
-    if commit not in cache:
-        source = git(["show", f"{commit}:train.py"], repo) if re.fullmatch(r"[0-9a-fA-F]{4,40}", commit) else None
-        cache[commit] = None if source is None else fixed_region(source)
-    return cache[commit]
+def commit_known(commit, repo, cache):
+    key = ("commit", commit)
+    if key not in cache:
+        known = repo is not None and re.fullmatch(r"[0-9a-fA-F]{4,40}", commit)
+        cache[key] = bool(known and git(["cat-file", "-e", f"{commit}^{{commit}}"], repo) is not None)
+    return cache[key]
+
+
+def row_problems(row, repo, cache):
+    """What makes a row untrustworthy on its own (no baseline needed): a list of reasons."""
+    extra, problems = row.extra, []
+    if not row.measured:
+        return problems  # a crash row is never a number; its description says why it crashed
+    if not extra.get("prepare_hash", "").strip() or not extra.get("run_id", "").strip():
+        problems.append("no provenance (prepare_hash and run_id): not recorded by this analysis.py")
+    if extra.get("note", "").startswith(FORCED_PREFIX) or "[forced:" in row.description:
+        problems.append(f"recorded with --force ({extra.get('note', '').removeprefix(FORCED_PREFIX).strip()})")
+    if extra.get("flags", "none").strip() not in ("", "none"):
+        problems.append(f"harness flags: {extra['flags']}")
+    reported = extra.get("reported_bpc", "").strip()
+    with contextlib.suppress(ValueError):
+        if reported and abs(float(reported) - row.val_bpc) > 5.1e-7 + tolerance(extra.get("device", "")):
+            problems.append(f"re-score mismatch: val_bpc {row.val_bpc:.6f}, reported {reported}")
+    known = commit_known(row.commit, repo, cache)
+    if not known and (row.status == "keep" or row.noise):
+        problems.append(f"git does not know commit {row.commit}")
+    if known and extra.get("prepare_hash", "").strip():
+        at_commit = git_prepare_hash(row.commit, repo, cache)
+        if at_commit != extra["prepare_hash"].strip():
+            problems.append(f"prepare.py at {row.commit} hashes to {at_commit}, the row says {extra['prepare_hash']}")
+    return problems
 
 
 def comparability(row, baseline, repo, cache):
-    """("ok" | "not comparable" | "unverifiable", reason)."""
-    mine, theirs = row.extra.get("fingerprint", "").strip(), baseline.extra.get("fingerprint", "").strip()
-    if mine and theirs:
-        if mine == theirs:
-            return "ok", ""
-        return "not comparable", f"fingerprint {mine} differs from the baseline's {theirs}"
-    mine, theirs = fixed_region_at(row.commit, repo, cache), fixed_region_at(baseline.commit, repo, cache)
-    if mine is None or theirs is None:
-        unknown = row.commit if mine is None else baseline.commit
-        return "unverifiable", f"no fingerprint, and git does not know commit {unknown}"
-    if mine != theirs:
-        return (
-            "not comparable",
-            f"train.py's FIXED region at {row.commit} differs from the baseline's ({baseline.commit})",
-        )
-    return "ok", ""
+    """Why a row is not comparable with the baseline (a list, empty when it is)."""
+    if baseline is None or row is baseline:
+        return []
+    problems = []
+    mine = git_prepare_hash(row.commit, repo, cache) or row.extra.get("prepare_hash", "").strip()
+    theirs = git_prepare_hash(baseline.commit, repo, cache)
+    if mine and theirs and mine != theirs:
+        problems.append(f"prepare.py at {row.commit} ({mine}) differs from the baseline's ({theirs})")
+    for part in COMPARED_PARTS:
+        a, b = row.extra.get(part, "").strip(), baseline.extra.get(part, "").strip()
+        if a and b and a != b:
+            problems.append(f"{part} {a} differs from the baseline's {b}")
+    return problems
+
+
+def flag_rows(rows, repo):
+    """(the baseline row or None, {line: [reasons]} of every flagged row)."""
+    cache = {}
+    baseline = baseline_row(rows, repo, cache)
+    flagged = {}
+    for row in rows:
+        reasons = row_problems(row, repo, cache) + (comparability(row, baseline, repo, cache) if row.measured else [])
+        if reasons:
+            flagged[row.line] = reasons
+    return baseline, flagged
 
 
 def small_gains(report):
@@ -187,23 +231,18 @@ def small_gains(report):
 
 
 def audit(results, report):
-    """Rows not comparable with the baseline, rows that cannot be checked, and small-gain keeps."""
-    baseline = baseline_row(results.rows)
-    found = {"not comparable": [], "unverifiable": []}
-    repo, cache = Path(results.path).resolve().parent, {}
-    for row in results.rows:
-        if row is baseline:
-            continue
-        verdict, reason = comparability(row, baseline, repo, cache)
-        if verdict != "ok":
-            found[verdict].append({"line": row.line, "commit": row.commit, "reason": reason})
-    gains = small_gains(report)
+    """The flagged rows (comparability and integrity: these make `audit` exit 1) and, apart, the
+    keeps whose gain is below the keep threshold (a note, never an exit code)."""
+    by_line = {r.line: r for r in results.rows}
+    flagged = [
+        {"line": f["line"], "commit": by_line[f["line"]].commit, "reason": "; ".join(f["reasons"])}
+        for f in report["flagged_rows"]
+    ]
     return {
-        "baseline_commit": baseline.commit if baseline else None,
-        "not_comparable": found["not comparable"],
-        "unverifiable": found["unverifiable"],
-        "small_gains": gains,
-        "flagged": len(found["not comparable"]) + len(gains),
+        "baseline_commit": report["baseline"]["commit"] if report["baseline"] else None,
+        "not_comparable": flagged,
+        "small_gains": small_gains(report),
+        "flagged": len(flagged),
     }
 
 
@@ -226,7 +265,7 @@ def text_header(report):
     lines = [head]
     if report["header_missing"]:
         lines.append("warning: the header line is missing; rows were read in the standard column order")
-    lines += [f"skipped line {m['line']}: {m['reason']}" for m in report["malformed"]]
+    lines += [f"warning: skipped line {m['line']}: {m['reason']}" for m in report["malformed"]]
     return lines
 
 
@@ -284,15 +323,14 @@ def text_kept(report):
 
 
 def text_audit(found):
-    unverifiable = f", {len(found['unverifiable'])} unverifiable" if found["unverifiable"] else ""
-    lines = ["", f"audit: {found['flagged']} flagged{unverifiable}"]
+    lines = ["", f"audit: {found['flagged']} flagged (never the baseline, a reference or the best)"]
     for item in found["not_comparable"]:
-        lines.append(f"  line {item['line']} {item['commit']}: not comparable: {item['reason']}")
+        lines.append(f"  line {item['line']} {item['commit']}: flagged: {item['reason']}")
+    if found["small_gains"]:
+        lines.append("note: keeps that gained less than the keep threshold (may be noise; not flags)")
     for item in found["small_gains"]:
         threshold = "" if item["threshold"] is None else f", below the keep threshold {item['threshold']:.6f}"
         lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{threshold}")
-    for item in found["unverifiable"]:
-        lines.append(f"  line {item['line']} {item['commit']}: unverifiable: {item['reason']}")
     return lines
 
 
@@ -326,17 +364,18 @@ def build_report(tsv, out_dir=None, plots=True):
 
 def show_report(args, tsv):
     results, report = build_report(tsv, args.out, plots=not args.no_plots)
-    # The agent's JSON only ever reads a cached test score: it never pays for (or leans on) the test split.
-    test_bpc, note = best_test_bpc(results, report, compute=not (args.json or args.no_test))
-    if args.json:
-        report["informational"] = {"test_bpc_best": test_bpc, "note": TEST_SPLIT_NOTE}
+    if args.json:  # the agent's JSON never holds a test-split number
         print(json.dumps(report, indent=1))
-    else:
-        print(format_report(report, test_bpc, note))
+        return 0
+    # The test split only when the person asks (--test): scored fresh, never cached.
+    test_bpc, note = best_test_bpc(results, report, compute=getattr(args, "test", False))
+    print(format_report(report, test_bpc, note))
     return 0
 
 
 def show_audit(tsv):
+    if not Path(tsv).is_file():
+        raise Refusal(f"no results file at {tsv}: nothing to audit")
     results = read_results(tsv)
     report = summarize(results)
     found = audit(results, report)

@@ -7,12 +7,14 @@ prints it; train.py itself is exercised by the training tests.
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from harness import REPO
 
-from labbook import cli, ledger, plots, rescore
+from labbook import cli, ledger, plots, rescore, runlog
 
 ANALYSIS = REPO / "analysis.py"
 HEADER5 = "commit\tval_bpc\tmemory_gb\tstatus\tdescription"
@@ -48,6 +50,27 @@ LR = 0.001
 analysis = SimpleNamespace(
     main=cli.main, evaluate_checkpoint=rescore.evaluate_checkpoint, read_metrics=plots.read_metrics
 )
+
+
+@pytest.fixture(autouse=True)
+def fake_rescore(monkeypatch):
+    """For the fake run logs of these tests (no checkpoint): the re-score agrees with the log.
+    Imported by a test module, it applies to its in-process records; real re-scores are tested in
+    test_rescore_record.py."""
+
+    def agreeing(tsv, log_path, log=None, summary=None):
+        log = Path(log_path).read_text() if log is None else log
+        summary = ledger.parse_summary(log) if summary is None else summary
+        if problem := runlog.integrity_problem(log):
+            return None, problem, None
+        reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
+        return (
+            {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary},
+            None,
+            reported,
+        )
+
+    monkeypatch.setattr(ledger, "rescore_run", agreeing)
 
 
 def git(repo, *args):
@@ -114,6 +137,14 @@ def summary_block(
         seed=str(seed),
         commit=commit,
         fingerprint=fingerprint,
+        prepare_hash="a1b2c3d4e5f6",
+        run_id=uuid.uuid4().hex[:12],
+        val_bpc_exact=repr(float(f"{val_bpc:.6f}")),
+        train_bpc=f"{val_bpc + 0.01:.6f}",
+        flags="none",
+        libraries="334368abb933",
+        budget="300s",
+        data="enwik8:a1fa5ffddb56f4953e226637dabbb36a",
     )
     return "---\n" + "\n".join(f"{key + ':':<18}{value}" for key, value in values.items()) + "\n"
 
@@ -172,3 +203,89 @@ def is_real_png(path, min_bytes=5000):
         return False
     image = matplotlib.image.imread(path)
     return image.ndim == 3 and image.shape[0] >= 100 and image.shape[1] >= 100 and image.shape[2] in (3, 4)
+
+
+# A real tiny lab: a git repository holding a tiny train.py and prepare.py, two finished runs.
+# Built once per test session (each run costs ~15 s on two cores) and shared read-only: a test
+# copies a run's log and checkpoint before recording, since record removes non-keep checkpoints.
+
+TINY_CONSTANTS = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4)
+FAKE_SUMMARY_HOOK = """
+
+import atexit as _atexit
+
+
+def _better_summary():  # the reward hack: a second, better summary after the harness's
+    print("---\\nval_bpc:          0.500000\\nval_bpc_exact:    0.5", flush=True)
+
+
+_atexit.register(_better_summary)
+"""
+_LAB = {}
+
+
+def tiny_lab():
+    """SimpleNamespace(root, corpus, repo, attack_worktree, c1, c2, run_a, run_b, main_tsv):
+    run A is the baseline at c1 (recorded as keep in main_tsv); run B at c2 (a worktree) has
+    prepare.py edited (a comment) and train.py printing a fake second summary at exit."""
+    if "lab" in _LAB:
+        return _LAB["lab"]
+    import tempfile
+
+    from harness import base_env, edit_constants, run_train, write_corpus
+
+    root = Path(tempfile.mkdtemp(prefix="ledger-lab-"))
+    corpus = write_corpus(root / "corpus.txt")
+    repo = root / "repo"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "T"], ["config", "user.email", "t@x.invalid"]):
+        git(repo, *args)
+    git(repo, "config", "commit.gpgsign", "false")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    shutil.copy(REPO / "prepare.py", repo / "prepare.py")
+    (repo / "train.py").write_text(edit_constants((REPO / "train.py").read_text(), **TINY_CONSTANTS))
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "baseline")
+    env = base_env(root, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=8192)
+
+    def run_into(where, name):
+        code, log = run_train(where / "train.py", env, cwd=where)
+        assert code == 0, log[-2000:]
+        dest = root / name
+        dest.mkdir()
+        for f in ("run.log", "checkpoint.pt", "metrics.jsonl"):
+            shutil.move(where / f, dest / f)
+        return dest
+
+    run_a = run_into(repo, "run_a")
+    attack = root / "attack"
+    git(repo, "worktree", "add", "-q", "-b", "attack", str(attack))
+    (attack / "prepare.py").write_text((attack / "prepare.py").read_text() + "# tuned\n")
+    (attack / "train.py").write_text((attack / "train.py").read_text() + FAKE_SUMMARY_HOOK)
+    git(attack, "commit", "-q", "-am", "attack")
+    run_b = run_into(attack, "run_b")
+    lab = SimpleNamespace(
+        root=root,
+        corpus=corpus,
+        repo=repo,
+        attack_worktree=attack,
+        c1=head(repo),
+        c2=head(attack),
+        run_a=run_a,
+        run_b=run_b,
+        main_tsv=root / "main" / "results.tsv",
+    )
+    _LAB["lab"] = lab
+    return lab
+
+
+def copy_run(run_dir, dest, log_text=None):
+    """A fresh copy of a lab run (run.log, checkpoint.pt, metrics.jsonl) in `dest`, the log
+    optionally replaced by `log_text`. Returns the log's path."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("run.log", "checkpoint.pt", "metrics.jsonl"):
+        shutil.copy(Path(run_dir) / f, dest / f)
+    if log_text is not None:
+        (dest / "run.log").write_text(log_text)
+    return dest / "run.log"

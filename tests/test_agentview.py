@@ -14,7 +14,7 @@ def night_rows(n=150, seed=3):
     def add(commit, value, status, kind, description, seed=42, tps=1_000_000):
         values = dict(commit=commit, val_bpc=f"{value:.6f}", memory_gb="2.0", status=status, kind=kind, seed=str(seed))
         values.update(description=description, tokens_per_sec=str(tps))
-        lines.append("\t".join(values.get(c, "") for c in ledger.COLUMNS))
+        lines.append(ledger.format_row(values, ledger.COLUMNS).rstrip("\n"))  # with its checksum
 
     add("base000", 1.3, "keep", "baseline", "baseline")
     for s in range(1, 5):

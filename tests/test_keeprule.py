@@ -1,7 +1,14 @@
 """The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
 
 import pytest
-from fixtures_results import commit_change, data_lines, head, make_repo, write_log
+from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+    commit_change,
+    data_lines,
+    fake_rescore,
+    head,
+    make_repo,
+    write_log,
+)
 
 from labbook import cli, keeprule, ledger
 from labbook.keeprule import Candidate, decide
@@ -162,6 +169,6 @@ def test_status_is_the_persons_override_and_is_noted(repo, capsys):
 def test_the_decision_reads_the_value_through_one_seam(repo, capsys, monkeypatch):
     base = head(repo)
     write_log(repo, base, val_bpc=1.3)
-    monkeypatch.setattr(keeprule, "candidate_value", lambda summary, log_path=None: None)
+    monkeypatch.setattr(keeprule, "candidate_value", lambda tsv, log_path: None)
     code, out, _ = main(capsys, "decide")
     assert out.splitlines()[0] == "crash"

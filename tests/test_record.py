@@ -4,10 +4,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fixtures_results import (
+from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
     HEADER5,
     commit_change,
     data_lines,
+    fake_rescore,
     git,
     head,
     make_repo,

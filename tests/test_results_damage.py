@@ -7,9 +7,10 @@ import sys
 from collections import Counter
 
 import pytest
-from fixtures_results import (
+from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
     HEADER5,
     data_lines,
+    fake_rescore,
     head,
     make_repo,
     results_text,
