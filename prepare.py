@@ -52,6 +52,7 @@ EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the trainin
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
 METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budget decision
+HEARTBEAT_S = 30.0  # a progress line at least this often, whatever phase the run is in
 STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
 LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
 FP8_MIN_FEATURES = 2048  # torchao float8 only pays on large matmuls; smaller linears stay BF16
@@ -130,6 +131,27 @@ class LossError(Exception):
 def print0(*args, **kwargs):
     if int(os.environ.get("RANK", "0")) == 0:
         print(*args, **kwargs, flush=True)
+        PHASE["last_output"] = time.time()
+
+
+PHASE = {"name": "startup", "since": time.time(), "last_output": time.time()}  # what the heartbeat reports
+
+
+def enter_phase(name):
+    PHASE.update(name=name, since=time.time())
+
+
+def heartbeat(every=HEARTBEAT_S):
+    """A line every `every` seconds while nothing else was printed: a long first step or
+    evaluation (minutes for a GPU-sized model on a CPU) is never silent."""
+
+    def beat():
+        while True:
+            time.sleep(1.0)
+            if time.time() - PHASE["last_output"] >= every:
+                print0(f"... {PHASE['name']}: {time.time() - PHASE['since']:.0f} s so far")
+
+    threading.Thread(target=beat, daemon=True).start()
 
 
 # ---------------------------------------------------------------------------
@@ -538,6 +560,8 @@ class Run:
         if local * self.world_size != batch_size or local < 1:
             raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
         self.check_weights_unchanged()
+        if self.micro_batch is None:
+            enter_phase("the first step (fitting the micro-batch, then compiling on a GPU)")
         self.seq_len = seq_len
         loss_fn = loss_fn or (lambda m, batch: m(batch))
         x = self.get_batch(local, seq_len)
@@ -695,6 +719,7 @@ class Tracker:
         if step == 1:  # Python's GC stalls for 100s of ms; what is alive now lives all run
             gc.collect()
             gc.freeze()
+            enter_phase("training")
         if self.step_budget:
             if step % METRICS_EVERY == 0 or step >= self.step_budget:
                 self.flush(step)
@@ -1009,6 +1034,7 @@ SUMMARY_FORMAT = {
     "overrides": "{}",
     "budget": "{}",
     "micro_batch": "{}",
+    "gpu_busy_mb": "{:.0f}",
     "prepare_hash": "{}",
     "run_id": "{}",
     "val_bpc_exact": "{!r}",
@@ -1060,6 +1086,7 @@ def make_summary(run, stats, identity):
         overrides=" ".join(f"{k}={v}" for k, v in run.env["overrides"].items()) or "none",
         budget=budget_label(run.env),
         micro_batch=run.micro_batch or 0,
+        gpu_busy_mb=run.env.get("gpu_busy_mb", 0.0),
         prepare_hash=prepare_hash(),
         run_id=identity["run_id"],
         libraries=identity["libraries"],
@@ -1143,6 +1170,7 @@ class Guards:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         self.watchdog = start_watchdog(env["hard_limit"])
+        heartbeat()
         self.steps = StepCounter()
 
     def check_armed(self):
@@ -1171,6 +1199,15 @@ def setup(env):
         print0(f"override: {key}={value}")
     if device.type != "cuda":
         print0(f"warning: no CUDA GPU; running on {device.type}, so results are not comparable with GPU runs")
+        print0(
+            "notice: the default train.py is sized for a GPU (a CPU step takes minutes): for a run of about a "
+            "minute on a laptop, follow README's 'CPU rehearsal' (small constants and AR_STEPS)"
+        )
+    else:
+        free, total = torch.cuda.mem_get_info(device)
+        env["gpu_busy_mb"] = (total - free) / 2**20
+        busy = "a leftover of a killed run? check nvidia-smi" if env["gpu_busy_mb"] > 1024 else "fine"
+        print0(f"gpu memory: {env['gpu_busy_mb']:,.0f} MB of {total / 2**20:,.0f} MB already in use ({busy})")
     precision = pick_precision(env, device)
     splits, identity, path = load_corpus(env)
     default_eval = len(splits["val"]) if device.type == "cuda" else CPU_EVAL_BYTES
@@ -1224,6 +1261,7 @@ def run_training(guards, env):
     scored = scoring_model(train, model, run.device)
     summary = make_summary(run, stats, identity)
     save_checkpoint(run, model, source, summary)
+    enter_phase("the final evaluation")
     shard = dict(rank=run.rank, world_size=run.world_size)
     bpc, seconds = evaluate(scored.net, heldout["val"], run.device, **shard)
     train_bpc, _ = evaluate(scored.net, heldout["train"], run.device, probe=False, **shard)
