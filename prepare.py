@@ -15,6 +15,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +106,7 @@ ENV_VARS = (
 )
 TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file survives a kill
 ACTIVE_RUN = None  # the Run of this process, for crash messages
+ENTERED = []  # main() ran: a second call comes from a train.py that calls main() at import
 
 
 def process_start_time():
@@ -479,6 +481,7 @@ class Run:
             else:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
+        check_checkpoint_fits(self.env["checkpoint"], model)
         if compile and self.device.type == "cuda":
             self.compile_options = dict(compile) if isinstance(compile, dict) else {}
         return model
@@ -584,7 +587,8 @@ class Run:
     def step(self, optimizer, grad_clip=None):
         """Unscale (FP16), clip, step, update the scaler and zero the gradients. Returns the norm."""
         self.scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        order = {id(p): i for i, p in enumerate(self.model.parameters())}  # groups may hold sets' orders
+        params = sorted((p for g in optimizer.param_groups for p in g["params"]), key=lambda p: order.get(id(p), -1))
         if grad_clip:
             norm = nn.utils.clip_grad_norm_(params, grad_clip)
         else:
@@ -987,6 +991,18 @@ def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_checkpoint_fits(path, model):
+    """Refuse to train a model whose checkpoint (FP32 weights and buffers) would not fit on the disk."""
+    need = sum(t.numel() * 4 for t in model.state_dict().values()) + 2**20
+    folder = Path(path).resolve().parent
+    free = shutil.disk_usage(folder if folder.exists() else Path.cwd()).free
+    if free < need:
+        raise HarnessError(
+            f"the checkpoint needs {need / 2**20:,.0f} MB and {folder} has {free / 2**20:,.0f} MB free: "
+            "free some space (old checkpoints/ of discarded runs, caches) before training"
+        )
 
 
 def save_checkpoint(run, model, source, summary):
@@ -1432,7 +1448,7 @@ def rescore(checkpoint, split="val"):
 
 def rescore_main(argv):
     """`python prepare.py rescore CHECKPOINT [--split test]`: one JSON line, or one crash line."""
-    if len(argv) not in (1, 3) or (len(argv) == 3 and (argv[1] != "--split" or argv[2] not in SPLITS)):
+    if len(argv) not in (1, 3) or (len(argv) == 3 and (argv[1] != "--split" or argv[2] not in ("val", "test"))):
         raise HarnessError("usage: python prepare.py rescore CHECKPOINT [--split val|test]")
     split = argv[2] if len(argv) == 3 else "val"
     with contextlib.redirect_stdout(sys.stderr):  # the corpus notices are not the answer
@@ -1469,6 +1485,12 @@ def crash_on_error(body):
 
 def main():
     """`python train.py`: train.py's `__main__` guard calls this."""
+    if ENTERED:
+        die(
+            'main() was called again while the harness imported train.py: call it only under if __name__ == "__main__":',
+            2,
+        )
+    ENTERED.append(True)
 
     def body():
         if sys.argv[1:]:
