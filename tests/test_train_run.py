@@ -7,7 +7,16 @@ import types
 import pytest
 import torch
 from conftest import TINY_STEPS
-from harness import PREPARE, TRAIN, base_env, make_train_copy, parse_summary, run_train
+from harness import (
+    PREPARE,
+    TRAIN,
+    base_env,
+    make_train_copy,
+    parse_summary,
+    rebind_after_import,
+    run_train,
+    train_module,
+)
 
 import prepare
 
@@ -239,3 +248,27 @@ def test_gpu_peak_table_matches_card_names():
     assert prepare.gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert prepare.gpu_peak_tflops("NVIDIA GeForce RTX 4090") == 165.0
     assert prepare.gpu_peak_tflops("Some Future GPU") == 0.0
+
+
+def test_rebinding_max_seq_len_in_train_py_changes_training_windows_but_not_the_evaluation(
+    tmp_path, corpus, monkeypatch
+):
+    # the agent shadows the harness constant right after importing it: TRAIN_SEQ_LEN and the
+    # model's max_seq_len follow, prepare's evaluation windows do not
+    source = rebind_after_import(TRAIN.read_text(), MAX_SEQ_LEN=256)
+    train_py = make_train_copy(tmp_path, source=source)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=4096))
+    assert code == 0, log[-3000:]
+    summary = parse_summary(log)
+    assert summary["eval_bytes"] == "4096"
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["summary"]["total_tokens_M"] * 1e6 == pytest.approx(4 * 4 * 256)  # 256-byte training windows
+    model = train_module(saved["source"], name="rebound_run").build_model()
+    model.load_state_dict(saved["model"])
+    splits, _, _ = prepare.load_corpus(dict(data=str(corpus), data_url=""))
+    val, cpu = splits["val"][:4096], torch.device("cpu")
+    scored, _ = prepare.evaluate(model.net, val, cpu)  # prepare.MAX_SEQ_LEN: 1024-byte windows
+    assert scored == pytest.approx(float(summary["val_bpc_exact"]), abs=1e-6)
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 256)
+    short, _ = prepare.evaluate(model.net, val, cpu, probe=False)  # what 256-byte windows would score
+    assert abs(short - float(summary["val_bpc_exact"])) > 1e-4
