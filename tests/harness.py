@@ -6,6 +6,7 @@ imports `prepare` (the fixed harness) from this checkout: base_env puts the repo
 PYTHONPATH, unless a test wrote an edited prepare.py copy next to the train.py copy.
 """
 
+import importlib
 import os
 import random
 import re
@@ -156,6 +157,14 @@ def assert_crashed(code, log):
 def leftover_parts(*dirs):
     """Every half-written temporary file (`*.part*`) under the given directories."""
     return [p for d in dirs if Path(d).exists() for p in Path(d).rglob("*.part*")]
+
+
+def import_bench():
+    """bench/bench.py as the module `bench.bench`, by name (bench/ is a namespace package under
+    the repository root, which conftest puts first on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("bench.bench")
 
 
 def run_prepare(args, env, cwd, prepare_py=PREPARE, timeout=120):
