@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 import types
 
 import pytest
@@ -272,3 +273,24 @@ def test_rebinding_max_seq_len_in_train_py_changes_training_windows_but_not_the_
     monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 256)
     short, _ = prepare.evaluate(model.net, val, cpu, probe=False)  # what 256-byte windows would score
     assert abs(short - float(summary["val_bpc_exact"])) > 1e-4
+
+
+def test_commit_is_dirty_only_when_train_py_or_prepare_py_differ_from_head(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("train.py", "prepare.py", "notes.md"):
+        (tmp_path / name).write_text(f"# {name}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "baseline")
+    head = prepare.git_commit(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{7}", head)
+    (tmp_path / "notes.md").write_text("edited\n")  # other files do not make a result dirty
+    (tmp_path / "run.log").write_text("untracked\n")
+    assert prepare.git_commit(tmp_path) == head
+    for name in ("train.py", "prepare.py"):
+        (tmp_path / name).write_text("edited\n")
+        assert prepare.git_commit(tmp_path) == f"{head}-dirty", name
+        git("checkout", "--", name)
+    assert prepare.git_commit(tmp_path / "no-repo") == "none"
