@@ -208,3 +208,18 @@ def test_a_train_that_returns_nothing_is_refused(tmp_path, corpus):
     )
     assert_crashed(code, log)
     assert crash_reason(log) == "train(run) must return the trained AutoregressiveWrapper (its .net is scored)"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="harness gap: run_training checks its hook, signals and watchdog after train(run) but not "
+    "its own functions, so a train.py that rebinds prepare.evaluate prints the score it likes "
+    "(only a later `prepare.py rescore` shows the real one)",
+)
+def test_a_train_py_that_replaces_the_harness_evaluation_gets_no_summary(tmp_path, corpus):
+    source = edited(
+        MAIN_GUARD, "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.125, 0.0)\n\n" + MAIN_GUARD
+    )
+    code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()), steps=1)
+    assert parse_summary(log).get("val_bpc") != "0.125000", "the run printed the score its train.py chose"
+    assert_crashed(code, log)
