@@ -1,22 +1,26 @@
 """Shared helpers for the tests: tiny train.py copies, generated corpora, subprocess runs.
 
 A test edits train.py the way the agent does (rewriting its ALL_CAPS constants in a copy),
-runs it as a subprocess with AR_* overrides, and reads the summary block it prints.
+runs it as a subprocess with AR_* overrides, and reads the summary block it prints. The copy
+imports `prepare` (the fixed harness) from this checkout: base_env puts the repository first on
+PYTHONPATH, unless a test wrote an edited prepare.py copy next to the train.py copy.
 """
 
-import importlib.util
+import importlib
 import os
 import random
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
+PREPARE = REPO / "prepare.py"
 
 # A model small enough that a CPU step takes ~0.1 s on 2 cores.
-TINY = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4, GRAD_ACCUM=1)
+TINY = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4)
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which "
@@ -46,6 +50,15 @@ def edit_constants(source, **values):
     return source
 
 
+def rebind_after_import(source, **values):
+    """train.py's text with `NAME = value` lines added right after its `from prepare import ...`
+    line, as an agent rebinding a harness constant at the top of the file would."""
+    line = re.search(r"^from prepare import .*\n", source, flags=re.M)
+    assert line, "train.py no longer imports from prepare on one line: update this edit"
+    extra = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    return source[: line.end()] + extra + source[line.end() :]
+
+
 def make_train_copy(dest_dir, source=None, **values):
     """A copy of train.py in `dest_dir` with the tiny config plus `values` applied."""
     dest_dir = Path(dest_dir)
@@ -56,11 +69,36 @@ def make_train_copy(dest_dir, source=None, **values):
     return path
 
 
+def make_prepare_copy(dest_dir, **values):
+    """A copy of prepare.py in `dest_dir` with `values` rewritten (a test-side edit of its
+    constants, e.g. a small fake enwik8's size and checksum). A train.py copy in the same
+    directory imports it instead of the repository's; its REPO_DIR is `dest_dir`, which has
+    no x-transformers submodule."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / "prepare.py"
+    path.write_text(edit_constants(PREPARE.read_text(), **values))
+    return path
+
+
+def train_module(source=None, name="train_under_test", **values):
+    """train.py's text (or `source`), with `values` rewritten, executed as a fresh module that
+    tests may change freely: the repository's own `train` module is left alone. Its `__main__`
+    guard does not fire."""
+    text = source if source is not None else TRAIN.read_text()
+    module = types.ModuleType(name)
+    module.__file__ = str(TRAIN)
+    exec(compile(edit_constants(text, **values), f"{name}.py", "exec"), module.__dict__)
+    return module
+
+
 def base_env(tmp_path, **extra):
     """The test process's environment without any AR_* or precision setting, with a private
     cache, and a download URL on a closed loopback port so no test can reach the internet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
+    path = [str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
+        PYTHONPATH=os.pathsep.join(dict.fromkeys(path)),  # this checkout's prepare.py, wherever a copy runs
         XDG_CACHE_HOME=str(Path(tmp_path) / "cache"),
         AR_DATA_URL="http://127.0.0.1:9/enwik8.zip",
         OMP_NUM_THREADS="1",
@@ -121,9 +159,22 @@ def leftover_parts(*dirs):
     return [p for d in dirs if Path(d).exists() for p in Path(d).rglob("*.part*")]
 
 
-def import_train(path=TRAIN, name="train_under_test"):
-    """Import a train.py as a module (its main() only runs under __main__)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def import_bench():
+    """bench/bench.py as the module `bench.bench`, by name (bench/ is a namespace package under
+    the repository root, which conftest puts first on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("bench.bench")
+
+
+def run_prepare(args, env, cwd, prepare_py=PREPARE, timeout=120):
+    """`python prepare.py ARGS` (data check or rescore) in `cwd`; returns (returncode, stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, str(prepare_py), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout, proc.stderr

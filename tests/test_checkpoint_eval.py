@@ -1,139 +1,164 @@
-"""Weights of kept runs and the morning test score: a checkpoint is re-scored by its own train.py
-source, reproduces its run's val_bpc, and gives the report a cached test_bpc for the best commit."""
+"""Re-scoring a checkpoint: `python prepare.py rescore CHECKPOINT [--split test]` scores a run's
+saved weights in a fresh process, with the run's own train.py source building the model and this
+prepare.py doing the scoring, and reproduces the run's val_bpc exactly on the CPU."""
 
 import json
 import math
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from fixtures_results import analysis, head, is_real_png, make_repo, run_cli, write_log
-from harness import REPO, base_env
+from harness import base_env, run_prepare
 
-EVAL_BYTES = 8192  # what conftest's tiny_run scored
+import prepare
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def finished_run(tiny_run):
     workdir, code, log, summary = tiny_run
     assert code == 0, log[-2000:]
     return workdir, summary
 
 
-@pytest.fixture
-def eval_env(monkeypatch, corpus, tmp_path):
-    """This process's environment as tiny_run's: same data and eval bytes, nothing else of AR_*."""
-    for key in [k for k in os.environ if k.startswith("AR_") or k in ("USE_FP8", "USE_FP16")]:
-        monkeypatch.delenv(key)
-    for key, value in base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES).items():
-        if key.startswith("AR_") or key == "XDG_CACHE_HOME":
-            monkeypatch.setenv(key, value)
+def rescore_cli(checkpoint, tmp_path, *args):
+    """(exit code, stdout, stderr) of `python prepare.py rescore CHECKPOINT ARGS` in a bare directory."""
+    return run_prepare(["rescore", checkpoint, *args], base_env(tmp_path), cwd=tmp_path, timeout=120)
 
 
-@pytest.fixture
-def test_bpc(finished_run, eval_env):
-    return analysis.evaluate_checkpoint(finished_run[0] / "checkpoint.pt", "test")
+@pytest.fixture(scope="module")
+def rescored(finished_run, tmp_path_factory):
+    """The val and test re-scores of tiny_run's checkpoint, each one JSON line."""
+    workdir, _ = finished_run
+    results = {}
+    for split in ("val", "test"):
+        tmp_path = tmp_path_factory.mktemp(f"rescore_{split}")
+        extra = ["--split", "test"] if split == "test" else []
+        code, out, err = rescore_cli(workdir / "checkpoint.pt", tmp_path, *extra)
+        assert code == 0, out + err[-2000:]
+        lines = out.strip().splitlines()
+        assert len(lines) == 1, f"stdout must be one JSON line:\n{out}"
+        results[split] = json.loads(lines[0])
+    return results
 
 
-def test_a_checkpoint_re_evaluates_to_exactly_the_val_bpc_its_run_reported(finished_run, corpus, tmp_path):
+def test_a_checkpoint_re_scores_to_exactly_the_val_bpc_exact_its_run_reported(finished_run, rescored):
+    _, summary = finished_run
+    result = rescored["val"]
+    assert set(result) == {"split", "bpc", "seconds", "prepare_hash"}
+    assert result["split"] == "val"
+    assert result["bpc"] == float(summary["val_bpc_exact"])  # bit for bit, on the CPU
+    assert result["prepare_hash"] == summary["prepare_hash"] == prepare.prepare_hash()
+    assert result["seconds"] >= 0
+
+
+def test_the_test_split_gives_a_different_finite_score(finished_run, rescored):
+    test = rescored["test"]
+    assert test["split"] == "test"
+    assert math.isfinite(test["bpc"]) and test["bpc"] > 0
+    assert abs(test["bpc"] - float(finished_run[1]["val_bpc_exact"])) > 1e-4
+
+
+def test_in_process_rescore_matches_and_runs_the_checkpoints_own_source(finished_run, tmp_path):
+    """The model is built by the source saved in the checkpoint, not by the repository's train.py."""
     workdir, summary = finished_run
-    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES)
-    proc = run_cli("evaluate", workdir / "checkpoint.pt", "--split", "val", cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    key, value = proc.stdout.strip().splitlines()[-1].split(": ")
-    assert key == "val_bpc" and len(value.split(".")[1]) == 6
-    assert abs(float(value) - float(summary["val_bpc"])) <= 1e-6
-
-
-def test_the_test_split_gives_a_different_finite_score(finished_run, test_bpc):
-    assert math.isfinite(test_bpc) and test_bpc > 0
-    assert abs(test_bpc - float(finished_run[1]["val_bpc"])) > 1e-4
-
-
-def test_evaluation_runs_the_checkpoints_own_source_next_to_the_repositorys_train_py(finished_run, eval_env, tmp_path):
-    saved = torch.load(finished_run[0] / "checkpoint.pt", weights_only=False)
-    marker = tmp_path / "source_file.txt"
-    # this source notes where it was imported from, and scores every model 0.5, plus 1 when its
-    # REPO_DIR holds a train.py
-    saved["source"] += (
-        '\n\ndef evaluate(run, net, split="val"):\n'
-        f"    Path({str(marker)!r}).write_text(__file__)\n"
-        '    return 0.5 + (REPO_DIR / "train.py").exists(), 0.0\n'
+    saved = torch.load(workdir / "checkpoint.pt", weights_only=True)
+    marker = tmp_path / "built.txt"
+    saved["source"] = saved["source"].replace(
+        "def build_model():\n", f"def build_model():\n    open({str(marker)!r}, 'a').write('built\\n')\n", 1
     )
     torch.save(saved, tmp_path / "patched.pt")
-    assert analysis.evaluate_checkpoint(tmp_path / "patched.pt", "val") == 1.5
-    source_file = Path(marker.read_text())
-    assert source_file.parent == REPO and not source_file.exists()  # next to train.py, removed afterwards
+    bpc, seconds = prepare.rescore(tmp_path / "patched.pt", "val")
+    assert marker.read_text() == "built\n"  # one fresh build_model() of the saved source
+    assert bpc == pytest.approx(float(summary["val_bpc_exact"]), abs=1e-6)  # in-process threads may differ
 
 
-def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+def test_load_checkpoint_refuses_what_prepare_did_not_write(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     torch.save({"weights": {}}, tmp_path / "foreign.pt")
-    for name in ("broken.pt", "foreign.pt", "missing.pt"):
-        assert analysis.main(["evaluate", str(tmp_path / name)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and name in err
+    expected = {"broken.pt": "cannot load", "foreign.pt": "not written by prepare.py", "missing.pt": "no checkpoint at"}
+    for name, reason in expected.items():
+        with pytest.raises(prepare.HarnessError, match=reason) as info:
+            prepare.load_checkpoint(tmp_path / name)
+        assert name in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.fixture
-def kept_repo(finished_run, tmp_path, monkeypatch):
-    """A repository whose baseline keep was recorded with tiny_run's checkpoint and metrics."""
-    workdir, summary = finished_run
-    repo = make_repo(tmp_path / "repo")
-    monkeypatch.chdir(repo)
-    for name in ("checkpoint.pt", "metrics.jsonl"):
-        shutil.copy(workdir / name, repo / name)
-    write_log(repo, head(repo), val_bpc=float(summary["val_bpc"]))
-    assert analysis.main(["record", "--status", "keep", "--description", "baseline"]) == 0
-    return repo
+def test_a_file_that_is_not_a_checkpoint_is_one_crash_line(tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    code, out, _ = rescore_cli(tmp_path / "broken.pt", tmp_path)
+    assert code == 2
+    assert len(out.strip().splitlines()) == 1 and out.startswith(f"crash: cannot load {tmp_path / 'broken.pt'}")
 
 
-def test_a_keep_stores_the_runs_checkpoint_under_its_commit(kept_repo, finished_run):
-    saved = kept_repo / "checkpoints" / f"{head(kept_repo)}.pt"
-    assert saved.read_bytes() == (finished_run[0] / "checkpoint.pt").read_bytes()
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["a.pt", "b.pt"], ["a.pt", "--split", "dev"], ["a.pt", "--split"], ["a.pt", "--test"]],
+    ids=["nothing", "two-files", "unknown-split", "no-split-name", "unknown-flag"],
+)
+def test_rescore_usage_errors_name_the_usage(argv):
+    with pytest.raises(
+        prepare.HarnessError, match=r"usage: python prepare.py rescore CHECKPOINT \[--split val\|test\]"
+    ):
+        prepare.rescore_main(argv)
 
 
-def test_the_report_shows_the_best_commits_test_bpc_and_caches_it(kept_repo, eval_env, test_bpc, capsys):
-    capsys.readouterr()
-    assert analysis.main(["--no-plots"]) == 0
-    assert f"test_bpc {test_bpc:.6f}" in capsys.readouterr().out
-    cache = kept_repo / "checkpoints" / f"{head(kept_repo)}.test.json"
-    stored = json.loads(cache.read_text())
-    assert stored["test_bpc"] == test_bpc
-    cache.write_text(json.dumps({**stored, "test_bpc": 9.876543}))  # the next report must read, not recompute
-    assert analysis.main(["--no-plots"]) == 0
-    assert "test_bpc 9.876543" in capsys.readouterr().out
+def patched_checkpoint(finished_run, tmp_path, **summary_changes):
+    saved = torch.load(finished_run[0] / "checkpoint.pt", weights_only=True)
+    saved["summary"] = {**saved["summary"], **summary_changes}
+    path = tmp_path / "patched.pt"
+    torch.save(saved, path)
+    return path
 
 
-def test_no_test_skips_the_evaluation(kept_repo, eval_env, capsys):
-    capsys.readouterr()
-    assert analysis.main(["--no-plots", "--no-test"]) == 0
-    assert "test_bpc" not in capsys.readouterr().out
-    assert not list((kept_repo / "checkpoints").glob("*.test.json"))
+def test_a_checkpoint_whose_data_is_gone_is_refused(finished_run, tmp_path):
+    path = patched_checkpoint(finished_run, tmp_path, data_path=str(tmp_path / "gone.txt"))
+    with pytest.raises(prepare.HarnessError, match="gone.txt is gone"):
+        prepare.rescore(path)
 
 
-def test_the_agents_json_never_computes_test_bpc_and_keeps_it_out_of_decisions(kept_repo, eval_env, test_bpc, capsys):
-    capsys.readouterr()
-    assert analysis.main(["--json", "--no-plots"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["informational"]["test_bpc_best"] is None  # nothing cached yet, and --json never evaluates
-    assert analysis.main(["--no-plots"]) == 0  # the person's report computes and caches it
-    capsys.readouterr()
-    assert analysis.main(["--json", "--no-plots"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["informational"]["test_bpc_best"] == test_bpc
-    decisions = {k: v for k, v in report.items() if k != "informational"}
-    assert "test_bpc" not in json.dumps(decisions) and repr(test_bpc) not in json.dumps(decisions)
+def test_a_checkpoint_whose_data_changed_is_refused(finished_run, tmp_path, capsys):
+    path = patched_checkpoint(finished_run, tmp_path, data="custom:0000000000000000")
+    with pytest.raises(prepare.HarnessError, match="not the same data"):
+        prepare.rescore(path)
 
 
-def test_curves_overlay_the_tiny_runs_metrics_with_another_attempt(finished_run, tmp_path, capsys):
-    metrics = finished_run[0] / "metrics.jsonl"
-    steps, summary = analysis.read_metrics(metrics)
-    assert steps and summary and "val_bpc" in summary
-    other = tmp_path / "attempt.jsonl"
-    other.write_text("".join(json.dumps({**s, "loss": s["loss"] * 1.1}) + "\n" for s in steps))
-    out = tmp_path / "curves.png"
-    assert analysis.main(["curves", str(metrics), str(other), "--out", str(out)]) == 0
-    assert is_real_png(out)
+@NO_CUDA
+def test_a_gpu_run_is_not_re_scored_on_a_machine_without_one(finished_run, tmp_path):
+    path = patched_checkpoint(finished_run, tmp_path, device="cuda")
+    with pytest.raises(prepare.HarnessError, match="trained on a CUDA GPU and this machine has none"):
+        prepare.rescore(path)
+
+
+def cheating_checkpoint(finished_run, tmp_path, cheat):
+    saved = torch.load(finished_run[0] / "checkpoint.pt", weights_only=True)
+    saved["source"] += "\n" + cheat + "\n"
+    path = tmp_path / "cheat.pt"
+    torch.save(saved, path)
+    return path
+
+
+def test_a_source_that_replaces_a_torch_function_the_score_uses_is_one_crash_line(finished_run, tmp_path):
+    cheat = (
+        "import torch.nn.functional\n\ntorch.nn.functional.cross_entropy = lambda *args, **kwargs: args[0].sum() * 0"
+    )
+    code, out, _ = rescore_cli(cheating_checkpoint(finished_run, tmp_path, cheat), tmp_path)
+    assert code == 2, out
+    assert out.strip().splitlines() == [
+        "crash: the run's train.py replaced F.cross_entropy: its score cannot be vouched for"
+    ]
+
+
+def test_a_source_that_replaces_prepares_evaluate_is_refused_in_process(finished_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "evaluate", prepare.evaluate)  # put back after the test, whatever the source did
+    cheat = "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.0, 0.0)"
+    with pytest.raises(prepare.HarnessError, match="replaced prepare.evaluate: its score cannot be vouched for"):
+        prepare.rescore(cheating_checkpoint(finished_run, tmp_path, cheat))
+
+
+def test_under_the_cli_a_source_replacing_prepare_evaluate_cannot_change_the_score(finished_run, tmp_path):
+    # `python prepare.py rescore` scores with its own __main__ functions: the source's
+    # `import prepare` is another module object, so swapping its evaluate changes nothing
+    cheat = "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.0, 0.0)"
+    code, out, err = rescore_cli(cheating_checkpoint(finished_run, tmp_path, cheat), tmp_path)
+    assert code == 0, out + err[-2000:]
+    assert json.loads(out)["bpc"] == float(finished_run[1]["val_bpc_exact"])

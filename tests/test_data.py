@@ -1,7 +1,7 @@
 """Finding, downloading and verifying the data, in-process on small stand-ins for enwik8.
 
-The real enwik8 is 100 MB and cannot be fetched here, so these tests shrink the FIXED size,
-checksum and split constants of an imported train module to a generated "enwik8"."""
+The real enwik8 is 100 MB and cannot be fetched here, so these tests shrink prepare's size,
+checksum and split constants (monkeypatched for the test) to a generated "enwik8"."""
 
 import hashlib
 import http.server
@@ -10,7 +10,9 @@ import threading
 import zipfile
 
 import pytest
-from harness import base_env, import_train, make_train_copy, run_train, write_corpus
+from harness import base_env, make_train_copy, run_prepare, run_train, write_corpus
+
+import prepare
 
 FAKE_SIZE = 60_000
 
@@ -23,8 +25,8 @@ def fake_enwik8(tmp_path):
 
 @pytest.fixture
 def train(monkeypatch, tmp_path, fake_enwik8):
-    """A train module that takes `fake_enwik8` for the real thing, with a private cache."""
-    module = import_train()
+    """prepare, taking `fake_enwik8` for the real thing, with a private cache (undone after the test)."""
+    module = prepare
     blob = fake_enwik8.read_bytes()
     monkeypatch.setattr(module, "ENWIK8_SIZE", len(blob))
     monkeypatch.setattr(module, "ENWIK8_MD5", hashlib.md5(blob).hexdigest())
@@ -138,10 +140,25 @@ def test_download_from_a_loopback_http_server(train, fake_enwik8):
     assert path.read_bytes() == fake_enwik8.read_bytes()
 
 
-def test_prepare_data_command_verifies_without_training(tmp_path, corpus):
-    train_py = make_train_copy(tmp_path)
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus), args=["--prepare-data"])
-    assert code == 0, log
-    assert "data ready" in log and "step" not in log
+def test_prepare_py_verifies_the_data_without_training(tmp_path, corpus):
+    code, out, err = run_prepare([], base_env(tmp_path, AR_DATA=corpus), cwd=tmp_path)
+    assert code == 0, out + err
+    assert "data ready" in out and "step" not in out + err
     assert not (tmp_path / "metrics.jsonl").exists()
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_train_py_no_longer_takes_the_data_flag_and_names_its_replacement(tmp_path, corpus):
+    train_py = make_train_copy(tmp_path)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus), args=["--prepare-data"])
+    assert code != 0
+    last = log.rstrip("\n").splitlines()[-1]
+    assert last.startswith("crash: unknown arguments ['--prepare-data']") and "python prepare.py" in last
+
+
+def test_prepare_py_refuses_unknown_arguments(tmp_path):
+    code, out, _ = run_prepare(["--force"], base_env(tmp_path), cwd=tmp_path)
+    assert code != 0
+    assert out.strip().splitlines() == [
+        "crash: unknown arguments ['--force']: prepare.py takes none, or rescore CHECKPOINT"
+    ]

@@ -12,20 +12,22 @@ import sys
 
 import pytest
 import torch
-from harness import TRAIN, base_env, import_train, make_train_copy, parse_summary, write_corpus
+from harness import TRAIN, base_env, make_train_copy, parse_summary, train_module, write_corpus
+
+import prepare
 
 # 800 KB of text leaves 40,000 validation bytes: 40 windows, 3 evaluation batches of 16, so
 # rank 0 scores two batches and rank 1 one, and the all_reduce really adds two shards.
 CORPUS_BYTES = 800_000
 EVAL_BYTES = 40_000
 
-# Each rank reports where it stopped and what weights it ended with; the copy is edited the way
-# the agent edits main(), so the FIXED region stays as it is.
+# Each rank reports where it stopped and what weights it ended with; the copy's train(run) is
+# edited the way the agent edits it, prepare.py stays as it is.
 REPORT_LINE = (
-    "    print(f'rank {run.rank} stopped at step {step} weights "
-    "{sum(p.double().abs().sum().item() for p in unwrap(model).parameters())!r}', flush=True)\n"
+    "    print(f'rank {run.rank} stopped at step {run.steps} weights "
+    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}', flush=True)\n"
 )
-SUMMARY_CALL = "    summary = make_summary(run, tracker.stats(step), depth=DEPTH, dim=DIM)\n"
+RETURN = "    return model\n"
 
 
 def rank_reports(log):
@@ -40,8 +42,9 @@ def ddp_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ddp")
     corpus = write_corpus(workdir / "corpus.txt", size=CORPUS_BYTES)
     source = TRAIN.read_text()
-    assert SUMMARY_CALL in source, "main() no longer builds the summary this way: update the anchor"
-    make_train_copy(workdir, source=source.replace(SUMMARY_CALL, REPORT_LINE + SUMMARY_CALL), BATCH_SIZE=4)
+    assert source.count(RETURN) == 1, "train(run) no longer ends with one `return model`: update the anchor"
+    make_train_copy(workdir, source=source.replace(RETURN, REPORT_LINE + RETURN), BATCH_SIZE=4)
+    # a time budget: rank 0's clock decides when every rank stops
     env = base_env(workdir, AR_DATA=corpus, AR_TIME_BUDGET=3, AR_EVAL_BYTES=EVAL_BYTES, AR_DEVICE="cpu")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     proc = subprocess.run(
@@ -76,18 +79,14 @@ def test_both_ranks_stop_at_the_same_step_with_identical_weights(ddp_run):
     assert math.isclose(weights0, weights1, rel_tol=1e-9), f"rank 0 {weights0!r} vs rank 1 {weights1!r}"
 
 
-def test_sharded_val_bpc_equals_a_single_process_evaluation_of_the_checkpoint(ddp_run, monkeypatch):
+def test_sharded_val_bpc_equals_a_single_process_evaluation_of_the_checkpoint(ddp_run):
     workdir, _, _, summary, env = ddp_run
-    for key in ("AR_DATA", "AR_EVAL_BYTES", "AR_DEVICE", "XDG_CACHE_HOME", "AR_DATA_URL"):
-        monkeypatch.setenv(key, env[key])
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "AR_TIME_BUDGET"):
-        monkeypatch.delenv(key, raising=False)
-    train = import_train(workdir / "train.py", name="train_ddp_copy")
-    run = train.setup()
-    assert run.world_size == 1 and run.eval_bytes == EVAL_BYTES
-    model = train.build_model()
-    model.load_state_dict(torch.load(workdir / "checkpoint.pt", weights_only=False)["model"])
-    bpc, _ = train.evaluate(run, model.to(run.device).net)
+    saved = torch.load(workdir / "checkpoint.pt", weights_only=True)
+    assert saved["summary"]["world_size"] == 2 and saved["summary"]["eval_bytes"] == EVAL_BYTES
+    model = train_module(saved["source"], name="train_ddp_copy").build_model()
+    model.load_state_dict(saved["model"])
+    splits, _, _ = prepare.load_corpus(dict(data=env["AR_DATA"], data_url=""))
+    bpc, _ = prepare.evaluate(model.net, splits["val"][:EVAL_BYTES], torch.device("cpu"))  # one process, all batches
     assert abs(bpc - float(summary["val_bpc"])) <= 1e-5, f"single process {bpc:.6f} vs torchrun {summary['val_bpc']}"
 
 

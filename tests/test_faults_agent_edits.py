@@ -1,6 +1,8 @@
-"""Mistakes an agent makes in train.py's editable part. Each broken copy must stop without a
-summary (so the experiment is logged as a crash) and leave the real Python error where the agent
-looks: program.md has it read the last 50 lines of run.log.
+"""Mistakes an agent makes in train.py. Each broken copy must stop without a summary (so the
+experiment is logged as a crash) and leave the real Python error where the agent looks: program.md
+has it read the last 50 lines of run.log. Breaking the loop's contract with the harness (training
+at import, stepping after run.done, handing back another model, never calling main) ends the same
+way.
 """
 
 import re
@@ -8,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from harness import TRAIN, base_env, make_train_copy, parse_summary, run_train
+from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_copy, parse_summary, run_train
 
 TAIL_LINES = 50
 
@@ -86,7 +88,7 @@ def mistake_run(request, tmp_path_factory, corpus):
     workdir = tmp_path_factory.mktemp(request.param)
     source = mistake.edit(TRAIN.read_text()) if mistake.edit else None
     train_py = make_train_copy(workdir, source=source, **mistake.constants)
-    code, log = run_train(train_py, base_env(workdir, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
+    code, log = run_train(train_py, base_env(workdir, AR_DATA=corpus, AR_STEPS=2, AR_EVAL_BYTES=4096))
     return mistake, code, log
 
 
@@ -111,8 +113,113 @@ def test_an_agent_mistake_ends_the_log_with_a_line_that_says_what_went_wrong(mis
 def test_a_dim_that_heads_do_not_divide_still_trains_because_each_head_has_its_own_width(tmp_path, corpus):
     # x-transformers sizes heads by attn_dim_head (64), not dim / heads: DIM=33 with 2 heads is valid
     train_py = make_train_copy(tmp_path, DIM=33, HEADS=2)
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=2, AR_EVAL_BYTES=4096))
     assert code == 0, log
     summary = parse_summary(log)
     assert float(summary["val_bpc"]) > 0
     assert not re.search(r"^crash:", log, flags=re.M)
+
+
+# ---------------------------------------------------------------------------
+# The contract between train.py and the harness
+# ---------------------------------------------------------------------------
+
+LOOP_STEP = "        run.step(optimizer, GRAD_CLIP)\n    return model\n"
+MAIN_GUARD = 'if __name__ == "__main__":\n    main()\n'
+
+
+def run_edit(tmp_path, corpus, source, steps=3):
+    train_py = make_train_copy(tmp_path, source=source)
+    return run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=steps, AR_EVAL_BYTES=4096))
+
+
+def test_a_train_py_that_trains_when_imported_is_refused_naming_it(tmp_path, corpus):
+    # a module-level step: the harness imports train.py with its step hook armed and counts it
+    source = edited(
+        MAIN_GUARD, "_w = torch.nn.Parameter(torch.zeros(1))\ntorch.optim.SGD([_w], lr=0.1).step()\n\n" + MAIN_GUARD
+    )
+    code, log = run_edit(tmp_path, corpus, "import torch\n" + source(TRAIN.read_text()))
+    assert_crashed(code, log)
+    assert crash_reason(log) == "train.py took 1 optimizer steps when imported: train in train(run)"
+    assert not re.search(r"^step ", log, flags=re.M)
+
+
+def test_a_train_py_that_never_calls_main_prints_no_summary(tmp_path, corpus):
+    code, log = run_edit(tmp_path, corpus, edited(MAIN_GUARD, "")(TRAIN.read_text()))
+    assert parse_summary(log) == {}  # nothing for program.md's grep: the experiment records as a crash
+    assert not re.search(r"^val_bpc:", log, flags=re.M)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def unguarded_run(tmp_path_factory, corpus):
+    """A copy that calls main() at module level: the harness's import of it calls main() again."""
+    tmp_path = tmp_path_factory.mktemp("unguarded")
+    return run_edit(tmp_path, corpus, edited(MAIN_GUARD, "main()\n")(TRAIN.read_text()))
+
+
+def test_a_train_py_without_a_main_guard_prints_no_summary(unguarded_run):
+    code, log = unguarded_run
+    assert_crashed(code, log)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="harness gap: prepare.main() re-entered from the import of train.py recurses until "
+    "RecursionError; the crash line does not say that main() belongs under `if __name__ == '__main__':`",
+)
+def test_a_train_py_without_a_main_guard_is_told_so_in_its_crash_line(unguarded_run):
+    _, log = unguarded_run
+    assert "__main__" in crash_reason(log), crash_reason(log)
+
+
+def test_stepping_the_optimizer_after_run_done_is_a_crash(tmp_path, corpus):
+    source = edited(LOOP_STEP, "        run.step(optimizer, GRAD_CLIP)\n    optimizer.step()\n    return model\n")
+    code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()))
+    assert_crashed(code, log)
+    assert crash_reason(log) == "optimizer step 4 after the harness said stop (run.done was True)"
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_loop_that_ignores_run_done_is_stopped_at_the_first_extra_step(tmp_path, corpus):
+    source = edited("    while not run.done:\n", "    for _ in range(100):\n")
+    code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()), steps=2)
+    assert_crashed(code, log)
+    assert crash_reason(log) == "optimizer step 3 after the harness said stop (run.done was True)"
+
+
+def test_a_returned_model_whose_state_differs_from_a_fresh_build_model_is_refused(tmp_path, corpus):
+    source = edited(
+        LOOP_STEP,
+        '        run.step(optimizer, GRAD_CLIP)\n    model.register_buffer("extra", model.net.token_emb.emb.weight.new_zeros(1))\n'
+        "    return model\n",
+    )
+    code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()))
+    assert_crashed(code, log)
+    assert crash_reason(log) == (
+        "the trained model's state differs from a fresh build_model(): extra ['extra'], missing []"
+    )
+    assert not (tmp_path / "checkpoint.pt").exists()  # what is saved is what is scored
+
+
+def test_a_train_that_returns_nothing_is_refused(tmp_path, corpus):
+    code, log = run_edit(
+        tmp_path, corpus, edited(LOOP_STEP, "        run.step(optimizer, GRAD_CLIP)\n")(TRAIN.read_text())
+    )
+    assert_crashed(code, log)
+    assert crash_reason(log) == "train(run) must return the trained AutoregressiveWrapper (its .net is scored)"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="harness gap: run_training checks its hook, signals and watchdog after train(run) but not "
+    "its own functions, so a train.py that rebinds prepare.evaluate prints the score it likes "
+    "(only a later `prepare.py rescore` shows the real one)",
+)
+def test_a_train_py_that_replaces_the_harness_evaluation_gets_no_summary(tmp_path, corpus):
+    source = edited(
+        MAIN_GUARD, "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.125, 0.0)\n\n" + MAIN_GUARD
+    )
+    code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()), steps=1)
+    assert parse_summary(log).get("val_bpc") != "0.125000", "the run printed the score its train.py chose"
+    assert_crashed(code, log)

@@ -1,9 +1,11 @@
 """Bad data never reaches training: each case ends with one `crash:` line that names the file
 and the fix, and leaves nothing half-written in the cache.
 
-The enwik8 checksum path is exercised on a small fake "enwik8": the test copy of train.py gets
+The enwik8 checksum path is exercised on a small fake "enwik8": a test copy of prepare.py gets
 its ENWIK8_SIZE, ENWIK8_MD5 and SPLITS constants rewritten to match the fake (a test-side edit;
-train.py itself has no test hook). Downloads come from a loopback HTTP server, never the internet.
+prepare.py itself has no test hook), next to a tiny train.py copy that imports it. Each copy's
+directory has no x-transformers submodule. Downloads come from a loopback HTTP server, never the
+internet.
 """
 
 import contextlib
@@ -25,6 +27,7 @@ from harness import (
     base_env,
     crash_reason,
     leftover_parts,
+    make_prepare_copy,
     make_train_copy,
     parse_summary,
     run_train,
@@ -51,11 +54,18 @@ def fake_blob(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("fake") / "enwik8", size=FAKE_SIZE, seed=7).read_bytes()
 
 
+def harness_copy(workdir, **constants):
+    """prepare.py (with `constants` rewritten) and a tiny train.py side by side in `workdir`;
+    returns the prepare.py copy. Its directory has no x-transformers submodule."""
+    make_train_copy(workdir)
+    return make_prepare_copy(workdir, **constants)
+
+
 def enwik8_copy(workdir, blob):
-    """A train.py copy whose enwik8 constants describe `blob` instead of the real 100 MB file."""
+    """A harness copy whose enwik8 constants describe `blob` instead of the real 100 MB file."""
     n = len(blob)
     splits = {"train": (0, n * 9 // 10), "val": (n * 9 // 10, n * 19 // 20), "test": (n * 19 // 20, n)}
-    return make_train_copy(workdir, ENWIK8_SIZE=n, ENWIK8_MD5=hashlib.md5(blob).hexdigest(), SPLITS=splits)
+    return harness_copy(workdir, ENWIK8_SIZE=n, ENWIK8_MD5=hashlib.md5(blob).hexdigest(), SPLITS=splits)
 
 
 def zip_of(blob):
@@ -69,8 +79,9 @@ def cache_of(workdir):
     return Path(workdir) / "cache" / "autoresearch-xt"
 
 
-def prepare(train_py, env):
-    return run_train(train_py, env, args=["--prepare-data"], timeout=120)
+def prepare(prepare_py, env):
+    """`python prepare.py > run.log 2>&1` in the copy's directory: (exit code, log)."""
+    return run_train(prepare_py, env, timeout=120)
 
 
 class MirrorHandler(http.server.BaseHTTPRequestHandler):
@@ -122,29 +133,29 @@ def mirror():
 
 
 def test_missing_data_offline_says_every_way_to_get_it(tmp_path):
-    train_py = make_train_copy(tmp_path / "repo")  # the copy has no x-transformers/data submodule
-    code, log = prepare(train_py, base_env(tmp_path))
+    prepare_py = harness_copy(tmp_path / "repo")  # the copy has no x-transformers/data submodule
+    code, log = prepare(prepare_py, base_env(tmp_path))
     assert_refused(code, log)
     reason = crash_reason(log)
     assert "could not download http://127.0.0.1:9/enwik8.zip" in reason
-    for way in ("AR_DATA=", "git submodule update", str(cache_of(tmp_path)), "--prepare-data"):
+    for way in ("AR_DATA=", "git submodule update", str(cache_of(tmp_path)), "python prepare.py"):
         assert way in reason, f"the error should mention {way!r}: {reason}"
     assert not (cache_of(tmp_path) / "enwik8").exists()
     assert leftover_parts(tmp_path) == []
 
 
 def test_ar_data_pointing_nowhere_is_named(tmp_path):
-    train_py = make_train_copy(tmp_path / "repo")
+    prepare_py = harness_copy(tmp_path / "repo")
     missing = tmp_path / "no-such-dir" / "enwik8"
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA=missing))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA=missing))
     assert_refused(code, log)
     assert str(missing) in crash_reason(log) and "does not exist" in crash_reason(log)
 
 
 def test_a_custom_corpus_too_small_to_split_is_refused(tmp_path):
-    train_py = make_train_copy(tmp_path / "repo")
+    prepare_py = harness_copy(tmp_path / "repo")
     small = write_corpus(tmp_path / "small.txt", size=5_000)
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA=small))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA=small))
     assert_refused(code, log)
     assert str(small) in crash_reason(log) and "5,000 bytes" in crash_reason(log)
 
@@ -169,11 +180,11 @@ def too_long(blob):
 
 @pytest.mark.parametrize("damage", [truncated, one_byte_flipped, too_long])
 def test_a_damaged_enwik8_is_refused_with_its_path_and_the_fix(tmp_path, fake_blob, damage):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    prepare_py = enwik8_copy(tmp_path / "repo", fake_blob)
     bad = tmp_path / "data" / "enwik8"
     bad.parent.mkdir()
     bad.write_bytes(damage(fake_blob))
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA=bad))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA=bad))
     assert_refused(code, log)
     reason = crash_reason(log)
     assert str(bad) in reason and "not enwik8" in reason
@@ -183,11 +194,11 @@ def test_a_damaged_enwik8_is_refused_with_its_path_and_the_fix(tmp_path, fake_bl
 
 
 def test_a_damaged_enwik8_never_starts_training(tmp_path, fake_blob):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    train_py = enwik8_copy(tmp_path / "repo", fake_blob).with_name("train.py")  # imports the copy
     bad = tmp_path / "data" / "enwik8"
     bad.parent.mkdir()
     bad.write_bytes(one_byte_flipped(fake_blob))
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=bad, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=bad, AR_STEPS=2, AR_EVAL_BYTES=4096))
     assert_refused(code, log)
     assert "not enwik8" in crash_reason(log)
     assert not re.search(r"^step ", log, flags=re.M)
@@ -202,13 +213,13 @@ def test_a_damaged_enwik8_never_starts_training(tmp_path, fake_blob):
 
 @pytest.mark.parametrize("where", ["AR_DATA", "cache"])
 def test_a_directory_where_the_data_file_should_be_is_named(tmp_path, where):
-    train_py = make_train_copy(tmp_path / "repo")
+    prepare_py = harness_copy(tmp_path / "repo")
     if where == "AR_DATA":
         directory, env = tmp_path / "enwik8", {"AR_DATA": tmp_path / "enwik8"}
     else:
         directory, env = cache_of(tmp_path) / "enwik8", {}
     directory.mkdir(parents=True)
-    code, log = prepare(train_py, base_env(tmp_path, **env))
+    code, log = prepare(prepare_py, base_env(tmp_path, **env))
     assert_refused(code, log)
     assert f"{directory} is a directory" in crash_reason(log)
 
@@ -223,11 +234,11 @@ def test_a_directory_where_the_data_file_should_be_is_named(tmp_path, where):
     ids=["gz-not-gzip", "gz-truncated", "zip-not-zip"],
 )
 def test_a_compressed_file_that_does_not_decompress_is_called_damaged(tmp_path, name, content):
-    train_py = make_train_copy(tmp_path / "repo")
+    prepare_py = harness_copy(tmp_path / "repo")
     bad = tmp_path / "data" / name
     bad.parent.mkdir()
     bad.write_bytes(content)
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA=bad))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA=bad))
     assert_refused(code, log)
     reason = crash_reason(log)
     assert f"cannot read {bad}" in reason and "delete it and fetch it again" in reason
@@ -247,9 +258,9 @@ def stale_part(workdir):
 
 
 def test_a_stale_partial_download_is_not_taken_for_the_data_when_offline(tmp_path, fake_blob):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    prepare_py = enwik8_copy(tmp_path / "repo", fake_blob)
     stale_part(tmp_path)
-    code, log = prepare(train_py, base_env(tmp_path))
+    code, log = prepare(prepare_py, base_env(tmp_path))
     assert_refused(code, log)
     assert "could not download" in crash_reason(log)
     assert not (cache_of(tmp_path) / "enwik8").exists()
@@ -257,10 +268,10 @@ def test_a_stale_partial_download_is_not_taken_for_the_data_when_offline(tmp_pat
 
 
 def test_a_stale_partial_download_is_fetched_again_when_the_mirror_is_up(tmp_path, fake_blob, mirror):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    prepare_py = enwik8_copy(tmp_path / "repo", fake_blob)
     stale_part(tmp_path)
     mirror.body = zip_of(fake_blob)
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA_URL=mirror.url))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA_URL=mirror.url))
     assert code == 0, log
     assert mirror.requests == 1
     cached = cache_of(tmp_path) / "enwik8"
@@ -270,10 +281,10 @@ def test_a_stale_partial_download_is_fetched_again_when_the_mirror_is_up(tmp_pat
 
 
 def test_a_download_cut_short_is_reported_and_leaves_nothing_cached(tmp_path, fake_blob, mirror):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    prepare_py = enwik8_copy(tmp_path / "repo", fake_blob)
     archive = zip_of(fake_blob)
     mirror.body, mirror.declared_length = archive[: len(archive) // 2], len(archive)
-    code, log = prepare(train_py, base_env(tmp_path, AR_DATA_URL=mirror.url))
+    code, log = prepare(prepare_py, base_env(tmp_path, AR_DATA_URL=mirror.url))
     assert_refused(code, log)
     reason = crash_reason(log)
     assert mirror.url in reason and "cut short" in reason and "run again" in reason
@@ -291,17 +302,17 @@ def wait_for(condition, proc, seconds=60):
 
 @pytest.fixture(scope="module", params=[signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def killed_download(request, tmp_path_factory, fake_blob):
-    """A --prepare-data run signalled while its download stalls mid-body, the partial file on disk
+    """A `python prepare.py` run signalled while its download stalls mid-body, the partial file on disk
     and the progress bar drawn: (signal, exit code, seconds from signal to exit, log, workdir)."""
     workdir = tmp_path_factory.mktemp("killed_download")
-    train_py = enwik8_copy(workdir / "repo", fake_blob)
+    prepare_py = enwik8_copy(workdir / "repo", fake_blob)
     archive = zip_of(fake_blob)
-    log_path = train_py.parent / "run.log"
+    log_path = prepare_py.parent / "run.log"
     with serving_mirror() as server, open(log_path, "w") as log_file:
         server.body, server.declared_length, server.stall = archive[:1000], len(archive), True
         proc = subprocess.Popen(
-            [sys.executable, str(train_py), "--prepare-data"],
-            cwd=train_py.parent,
+            [sys.executable, str(prepare_py)],
+            cwd=prepare_py.parent,
             env=base_env(workdir, AR_DATA_URL=server.url),
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -336,25 +347,25 @@ def test_a_download_killed_midway_puts_its_crash_line_on_a_line_of_its_own(kille
 
 
 def test_verification_is_remembered_until_the_file_changes(tmp_path, fake_blob):
-    train_py = enwik8_copy(tmp_path / "repo", fake_blob)
+    prepare_py = enwik8_copy(tmp_path / "repo", fake_blob)
     data = tmp_path / "data" / "enwik8"
     data.parent.mkdir()
     data.write_bytes(fake_blob)
     env = base_env(tmp_path, AR_DATA=data)
     stamp_file = cache_of(tmp_path) / "verified.json"
 
-    code, log = prepare(train_py, env)  # the intact fake passes: the refusals above are about damage
+    code, log = prepare(prepare_py, env)  # the intact fake passes: the refusals above are about damage
     assert code == 0, log
     assert f"data ready: {data} (enwik8:" in log
     assert str(data.resolve()) in stamp_file.read_text()
     first = stamp_file.stat()
 
-    code, log = prepare(train_py, env)  # a verified file is not hashed again: the stamp is untouched
+    code, log = prepare(prepare_py, env)  # a verified file is not hashed again: the stamp is untouched
     assert code == 0, log
     second = stamp_file.stat()
     assert (second.st_ino, second.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
 
     data.write_bytes(one_byte_flipped(fake_blob))  # same size, new mtime: the stamp no longer vouches
-    code, log = prepare(train_py, env)
+    code, log = prepare(prepare_py, env)
     assert_refused(code, log)
     assert "not enwik8" in crash_reason(log)

@@ -7,7 +7,9 @@ import re
 
 import pytest
 import torch
-from harness import TRAIN, base_env, import_train, make_train_copy, parse_summary, run_train
+from harness import base_env, make_train_copy, parse_summary, run_train
+
+import prepare
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -17,6 +19,11 @@ BAD_VALUES = [
     pytest.param(dict(USE_FP8=1, USE_FP16=1), r"USE_FP8=1 and USE_FP16=1 are exclusive.*", id="FP8-and-FP16"),
     pytest.param(dict(AR_TIME_BUDGET=-5), r"AR_TIME_BUDGET='-5' must be >= .*", id="AR_TIME_BUDGET=-5"),
     pytest.param(dict(AR_TIME_BUDGET="abc"), r"AR_TIME_BUDGET='abc' is not a valid float", id="AR_TIME_BUDGET=abc"),
+    pytest.param(
+        dict(AR_STEPS=5, AR_TIME_BUDGET=5),
+        r"AR_STEPS and AR_TIME_BUDGET are exclusive: a run is budgeted in steps or in seconds",
+        id="AR_STEPS-and-AR_TIME_BUDGET",
+    ),
     pytest.param(
         dict(AR_DEVICE="cuda"),
         r"AR_DEVICE=cuda but this machine has no CUDA GPU: .*AR_DEVICE=cpu.*",
@@ -31,6 +38,8 @@ MORE_BAD_VALUES = [
     pytest.param(dict(AR_HARD_LIMIT="0"), r"AR_HARD_LIMIT='0' must be >= ", id="AR_HARD_LIMIT=0"),
     pytest.param(dict(AR_EVAL_BYTES="1"), r"AR_EVAL_BYTES='1' must be >= 2", id="AR_EVAL_BYTES=1"),
     pytest.param(dict(AR_SEED="1.5"), r"AR_SEED='1.5' is not a valid int", id="AR_SEED=1.5"),
+    pytest.param(dict(AR_STEPS="0"), r"AR_STEPS='0' must be >= 1", id="AR_STEPS=0"),
+    pytest.param(dict(AR_STEPS="2.5"), r"AR_STEPS='2.5' is not a valid int", id="AR_STEPS=2.5"),
     pytest.param(dict(AR_DEVICE="gpu0"), r"AR_DEVICE='gpu0' is not a device: use cuda, ", id="AR_DEVICE=gpu0"),
 ]
 
@@ -49,19 +58,25 @@ def test_a_bad_environment_value_is_refused_before_reading_data(tmp_path, corpus
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-@pytest.fixture(scope="module")
-def train_module():
-    return import_train(TRAIN, name="env_checks")
-
-
 @pytest.mark.parametrize("values, reason", MORE_BAD_VALUES)
-def test_more_bad_environment_values_are_refused_with_the_variable_named(train_module, monkeypatch, values, reason):
-    for key in (*train_module.ENV_VARS, "USE_FP8", "USE_FP16"):
+def test_more_bad_environment_values_are_refused_with_the_variable_named(monkeypatch, values, reason):
+    for key in (*prepare.ENV_VARS, "USE_FP8", "USE_FP16"):
         monkeypatch.delenv(key, raising=False)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(train_module.HarnessError, match=re.escape(reason)):
-        train_module.pick_device(train_module.read_env()["device"])
+    with pytest.raises(prepare.HarnessError, match=re.escape(reason)):
+        prepare.pick_device(prepare.read_env()["device"])
+
+
+def test_a_step_budget_alone_is_taken_and_echoed_as_an_override(monkeypatch):
+    for key in (*prepare.ENV_VARS, "USE_FP8", "USE_FP16"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AR_STEPS", "12")
+    env = prepare.read_env()
+    assert env["steps"] == 12 and env["overrides"] == {"AR_STEPS": "12"}
+    assert prepare.budget_label(env) == "12steps"
+    monkeypatch.delenv("AR_STEPS")
+    assert prepare.read_env()["steps"] is None and prepare.budget_label(prepare.read_env()) == "300s"
 
 
 def test_an_unknown_command_line_argument_is_refused(tmp_path, corpus):
@@ -76,7 +91,7 @@ def test_an_unknown_command_line_argument_is_refused(tmp_path, corpus):
 @pytest.mark.parametrize("flag", ["USE_FP8", "USE_FP16"])
 def test_a_gpu_precision_flag_off_the_gpu_falls_back_to_fp32_and_says_so(tmp_path, corpus, flag):
     train_py = make_train_copy(tmp_path)
-    env = base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096, **{flag: 1})
+    env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=2, AR_EVAL_BYTES=4096, **{flag: 1})
     code, log = run_train(train_py, env)
     assert code == 0, log
     notices = [line for line in log.splitlines() if line.startswith("notice:") and flag in line]

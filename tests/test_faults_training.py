@@ -1,8 +1,8 @@
 """Faults during a run: out of memory, bad losses, overruns, hangs, signals, a crash in the final
-evaluation. Each is injected the way an agent's edit would cause it, in the editable part of a
-tiny train.py copy, and each run must end with one `crash:` line, no summary for program.md's
-grep, a non-zero exit, and nothing lost: metrics.jsonl stays valid, a finished training keeps
-its checkpoint, and no temporary file survives.
+evaluation. Each is injected the way an agent's edit would cause it, in a tiny train.py copy
+(prepare.py, the harness, is never edited), and each run must end with one `crash:` line, no
+summary for program.md's grep, a non-zero exit, and nothing lost: metrics.jsonl stays valid, a
+finished training keeps its checkpoint, and no temporary file survives.
 """
 
 import contextlib
@@ -18,31 +18,33 @@ from pathlib import Path
 import pytest
 import torch
 from harness import (
-    REPO,
+    TINY,
     TRAIN,
     assert_crashed,
     base_env,
     crash_reason,
-    import_train,
     leftover_parts,
     make_train_copy,
     run_train,
+    train_module,
 )
 
+import prepare
+
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
+# A TransformerWrapper whose forward fails in eval mode, as a too-large evaluation batch would;
+# training (train mode) runs as usual. build_model() builds it, so the harness's fresh build for
+# scoring has the trained model's structure and fails in the final evaluation.
 EXPLODING_NET = f'''
-class ExplodingNet(nn.Module):
-    """Wraps the trained net; its forward fails as a too-large evaluation batch would."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        raise torch.OutOfMemoryError("{OOM_MESSAGE}")
+class ExplodingInEval(TransformerWrapper):
+    def forward(self, x, **kwargs):
+        if not self.training:
+            raise torch.OutOfMemoryError("{OOM_MESSAGE}")
+        return super().forward(x, **kwargs)
 
 
-def main():'''
+def build_model():'''
+LOOP_BODY = "        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)\n"
 
 
 # ---------------------------------------------------------------------------
@@ -74,10 +76,21 @@ def strict_rows(workdir):
     return [json.loads(line, parse_constant=reject_constant) for line in text.splitlines()]
 
 
+def with_torch(source):
+    """The copy imports torch (and time) for the injected code."""
+    return "import time\n\nimport torch\n" + source
+
+
+def in_loop(code):
+    """train.py's text with `code` (lines at loop-body indentation) run before each forward/backward."""
+    lines = "".join(f"        {line}\n" for line in code.splitlines())
+    return with_torch(edited(LOOP_BODY, lines + LOOP_BODY))
+
+
 def run_copy(tmp_path, corpus, source, timeout=300, **env):
     """Run an edited tiny copy to its end; (workdir, exit code, log, wall seconds)."""
     train_py = make_train_copy(tmp_path / "repo", source=source)
-    settings = dict(AR_DATA=corpus, AR_TIME_BUDGET=3, AR_EVAL_BYTES=4096)
+    settings = dict(AR_DATA=corpus, AR_STEPS=3, AR_EVAL_BYTES=4096)
     started = time.time()
     code, log = run_train(train_py, base_env(tmp_path, **{**settings, **env}), timeout=timeout)
     return train_py.parent, code, log, time.time() - started
@@ -120,18 +133,12 @@ def model_size_from_log(log):
 
 
 def oom_in_training():
-    return edited(
-        "        step += 1\n",
-        f'        step += 1\n        if step == 3:\n            raise torch.OutOfMemoryError("{OOM_MESSAGE}")\n',
-    )
+    return in_loop(f'if run.steps == 2:\n    raise torch.OutOfMemoryError("{OOM_MESSAGE}")')
 
 
 def oom_in_evaluation():
-    return edited(
-        "evaluate(run, unwrap(model).net)",
-        "evaluate(run, ExplodingNet(unwrap(model).net))",
-        edited("\ndef main():", EXPLODING_NET),
-    )
+    source = edited("\ndef build_model():", EXPLODING_NET)
+    return with_torch(edited("    net = TransformerWrapper(\n", "    net = ExplodingInEval(\n", source))
 
 
 def assert_out_of_memory_line(log):
@@ -142,7 +149,7 @@ def assert_out_of_memory_line(log):
 
 
 def test_out_of_memory_in_training_names_peak_memory_and_model_size(tmp_path, corpus):
-    workdir, code, log, _ = run_copy(tmp_path, corpus, oom_in_training(), AR_TIME_BUDGET=30)
+    workdir, code, log, _ = run_copy(tmp_path, corpus, oom_in_training(), AR_STEPS=30)
     assert_crashed(code, log)
     assert_out_of_memory_line(log)
     assert OOM_MESSAGE in log, "the original error stays visible above the crash line"
@@ -167,36 +174,19 @@ def test_out_of_memory_in_the_final_evaluation_names_peak_memory_and_model_size(
     assert leftover_parts(workdir) == []
 
 
-def test_a_crash_in_the_final_evaluation_keeps_the_trained_weights(eval_crash, corpus, monkeypatch):
+def test_a_crash_in_the_final_evaluation_keeps_the_trained_weights(eval_crash, corpus):
     workdir, code, log, _ = eval_crash
-    checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=True)
     rows = metrics_rows(workdir)
-    assert checkpoint["summary"]["num_steps"] == rows[-1]["step"]
+    assert checkpoint["summary"]["num_steps"] == rows[-1]["step"] == 3
     assert checkpoint["source"] == (workdir / "train.py").read_text()
-
-    for key, value in base_env(workdir, AR_DATA=corpus, AR_EVAL_BYTES=4096).items():
-        monkeypatch.setenv(key, value)
-    module = import_train(workdir / "train.py", name="eval_crash_copy")
-    model = module.build_model()
+    # the weights load into the stock tiny model (same structure) and score there
+    model = train_module(name="eval_crash_stock", **TINY).build_model()
     model.load_state_dict(checkpoint["model"])
-    expected, _ = module.evaluate(module.setup(), model.net)
-    assert math.isfinite(expected)
-
-    analysis = REPO / "analysis.py"
-    if not analysis.exists():
-        pytest.skip("analysis.py is not in the repository yet: `analysis.py evaluate` cannot be checked")
-    proc = subprocess.run(
-        [sys.executable, str(analysis), "evaluate", "checkpoint.pt"],
-        cwd=workdir,
-        env=base_env(workdir, AR_DATA=corpus, AR_EVAL_BYTES=4096),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    printed = re.search(r"^val_bpc:\s*(\S+)", proc.stdout, flags=re.M)
-    assert printed, proc.stdout
-    assert float(printed.group(1)) == pytest.approx(expected, abs=2e-6)
+    splits, identity, _ = prepare.load_corpus(dict(data=str(corpus), data_url=""))
+    assert identity == checkpoint["summary"]["data"]
+    bpc, _ = prepare.evaluate(model.net, splits["val"][: checkpoint["summary"]["eval_bytes"]], torch.device("cpu"))
+    assert math.isfinite(bpc) and 0 < bpc < 8.5
 
 
 # ---------------------------------------------------------------------------
@@ -205,14 +195,12 @@ def test_a_crash_in_the_final_evaluation_keeps_the_trained_weights(eval_crash, c
 
 
 def loss_times(factor):
-    """An edit that multiplies step 2's loss by `factor` (a bad learning rate, a broken layer)."""
-    source = TRAIN.read_text()
-    backward = re.findall(r"^( *)run\.scaler\.scale\(loss\)\.backward\(\)\n", source, flags=re.M)
-    assert len(backward) == 1, "train.py no longer has one `run.scaler.scale(loss).backward()`: update this injection"
-    indent = backward[0]
-    return source.replace(
-        f"{indent}run.scaler.scale(loss).backward()\n",
-        f"{indent}if step + 1 == 2:\n{indent}    loss = loss * {factor}\n{indent}run.scaler.scale(loss).backward()\n",
+    """An edit that multiplies step 2's loss by `factor` (a bad learning rate, a broken layer),
+    through forward_backward's loss_fn."""
+    return edited(
+        LOOP_BODY,
+        "        scale = " + factor + " if run.steps + 1 == 2 else 1.0\n"
+        "        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN, loss_fn=lambda m, x: m(x) * scale)\n",
     )
 
 
@@ -227,14 +215,14 @@ BAD_LOSSES = [
 def bad_loss_run(request, tmp_path_factory, corpus):
     factor, expected = request.param
     tmp_path = tmp_path_factory.mktemp("bad_loss")
-    return expected, *run_copy(tmp_path, corpus, loss_times(factor), AR_TIME_BUDGET=60)
+    return expected, *run_copy(tmp_path, corpus, loss_times(factor), AR_STEPS=60)
 
 
 def test_a_bad_loss_fails_fast_naming_the_step(bad_loss_run):
     expected, workdir, code, log, seconds = bad_loss_run
     assert_crashed(code, log)
     assert re.fullmatch(expected, crash_reason(log)), crash_reason(log)
-    assert seconds < 30, f"a 60 s budget run should stop within a few steps, took {seconds:.0f} s"
+    assert seconds < 30, f"a 60-step run should stop at the first loss check, took {seconds:.0f} s"
     rows = metrics_rows(workdir)
     assert [row["step"] for row in rows] == [1, 2], "rows up to the bad step, then nothing"
     assert not (workdir / "checkpoint.pt").exists()
@@ -246,54 +234,53 @@ def test_every_metrics_row_of_a_bad_loss_run_is_strict_json(bad_loss_run):
 
 
 # ---------------------------------------------------------------------------
-# Overrun and hang: the FIXED-region watchdog
+# Overrun and hang: the harness's watchdog
 # ---------------------------------------------------------------------------
 
 HARD_LIMIT = 6
-BUDGET_BREAK = (
-    "        if tracker.end_step(step, train_loss, LR * lr_mult, grad_norm, tokens_per_step):\n            break\n"
-)
 
 
-def loop_ignoring_the_budget():
-    return edited(
-        BUDGET_BREAK, "        tracker.end_step(step, train_loss, LR * lr_mult, grad_norm, tokens_per_step)\n"
-    )
+def loop_that_never_steps():
+    """The agent dropped run.step(): run.done never comes, and nothing is ever counted."""
+    return edited("        run.step(optimizer, GRAD_CLIP)\n", "")
 
 
 def loop_hanging_at_step_3():
-    return edited("        step += 1\n", "        step += 1\n        if step == 3:\n            time.sleep(1000)\n")
+    return in_loop("if run.steps == 2:\n    time.sleep(1000)")
 
 
-@pytest.mark.parametrize("runaway", [loop_ignoring_the_budget, loop_hanging_at_step_3], ids=["ignores-budget", "hangs"])
+@pytest.mark.parametrize("runaway", [loop_that_never_steps, loop_hanging_at_step_3], ids=["never-steps", "hangs"])
 def test_the_watchdog_ends_a_runaway_run_at_the_hard_limit(tmp_path, corpus, runaway):
     train_py = make_train_copy(tmp_path / "repo", source=runaway())
     env = base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096, AR_HARD_LIMIT=HARD_LIMIT)
     with started(train_py, env) as (proc, log_path):
-        # setup() prints its `torch ...` line right after run_main starts the watchdog
+        # the watchdog is armed before train.py is imported; setup() prints `torch ...` right after
         armed = wait_for_line(proc, log_path, r"^torch ")
-        wait_for_line(proc, log_path, r"^step ")
+        wait_for_line(proc, log_path, r"^micro_batch: ")
         code = proc.wait(timeout=HARD_LIMIT + 60)
         seconds = time.time() - armed
     log = log_path.read_text()
     assert_crashed(code, log)
     assert crash_reason(log).startswith("exceeded hard time limit")
     assert code == 124
-    assert HARD_LIMIT - 0.5 <= seconds < HARD_LIMIT + 3, f"ended {seconds:.1f} s after the watchdog started"
+    assert HARD_LIMIT - 1 <= seconds < HARD_LIMIT + 3, f"ended {seconds:.1f} s after the watchdog started"
     metrics_rows(train_py.parent)
     assert not (train_py.parent / "checkpoint.pt").exists()
     assert leftover_parts(train_py.parent) == []
 
 
 def test_the_hard_limit_defaults_to_the_budget_plus_a_margin_and_can_be_overridden(monkeypatch):
-    module = import_train(TRAIN, name="watchdog_defaults")
-    for key in module.ENV_VARS:
+    for key in prepare.ENV_VARS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AR_TIME_BUDGET", "20")
-    margin = module.HARD_LIMIT_MARGIN if torch.cuda.is_available() else module.HARD_LIMIT_MARGIN_NO_GPU
-    assert module.read_env()["hard_limit"] == 20 + margin
+    margin = prepare.HARD_LIMIT_MARGIN if torch.cuda.is_available() else prepare.HARD_LIMIT_MARGIN_NO_GPU
+    assert prepare.read_env()["hard_limit"] == 20 + margin
     monkeypatch.setenv("AR_HARD_LIMIT", "7.5")
-    assert module.read_env()["hard_limit"] == 7.5
+    assert prepare.read_env()["hard_limit"] == 7.5
+    monkeypatch.delenv("AR_TIME_BUDGET")
+    monkeypatch.delenv("AR_HARD_LIMIT")
+    monkeypatch.setenv("AR_STEPS", "50")  # a step budget has no seconds to add the margin to
+    assert prepare.read_env()["hard_limit"] == 2 * margin
 
 
 # ---------------------------------------------------------------------------

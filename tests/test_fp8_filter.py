@@ -1,18 +1,21 @@
-"""FP8 only where it pays: which linears train.py hands to torchao float8, and its BF16 fallback.
+"""FP8 only where it pays: which linears prepare's run.prepare_model hands to torchao float8, and
+its BF16 fallback, for the models train.py builds.
 
 Models are built on the meta device, so a 2048-wide one costs nothing to make.
 """
 
 import pytest
 import torch
-from harness import import_train
-from test_bench import import_bench
+from harness import import_bench, train_module
 from torch import nn
+
+import prepare
 
 
 @pytest.fixture(scope="module")
 def train():
-    return import_train(name="train_fp8_filter")
+    """train.py as a private module: the tests change its DIM, HEADS and DEPTH."""
+    return train_module(name="train_fp8_filter")
 
 
 def build(train, monkeypatch, dim, heads, depth=1):
@@ -23,7 +26,7 @@ def build(train, monkeypatch, dim, heads, depth=1):
 
 
 def converted(train, model, keep=None):
-    keep = keep or train.fp8_wants
+    keep = keep or prepare.fp8_wants
     return {name for name, module in model.named_modules() if keep(module, name)}
 
 
@@ -32,7 +35,8 @@ def body_linears(model):
 
 
 def cpu_run(train, precision):
-    return train.Run({}, torch.device("cpu"), precision, {}, "test", 0)
+    env = {"steps": None, "seed": 0}
+    return prepare.Run(env, torch.device("cpu"), precision, {}, "test", data_path=None, eval_bytes=0)
 
 
 def test_the_default_config_converts_nothing(train):
@@ -59,24 +63,24 @@ def test_logits_head_and_embeddings_are_never_converted(train, monkeypatch):
     outside = {name for name, _ in model.named_modules()} - body_linears(model)
     assert "net.to_logits" in outside and "net.token_emb.emb" in outside
     assert converted(train, model) & outside == set()
-    assert not train.fp8_wants(nn.Linear(4096, 4096), "net.to_logits")  # however wide the head
+    assert not prepare.fp8_wants(nn.Linear(4096, 4096), "net.to_logits")  # however wide the head
 
 
 @pytest.mark.parametrize("shape", [(2040, 4096), (4096, 2040), (2040, 2040)])
 def test_a_layer_2040_wide_is_never_converted(train, shape):
     assert 2040 % 16 != 0
-    assert not train.fp8_wants(nn.Linear(*shape), "net.attn_layers.layers.0.1.to_q")
+    assert not prepare.fp8_wants(nn.Linear(*shape), "net.attn_layers.layers.0.1.to_q")
 
 
 def test_a_layer_divisible_by_16_but_narrower_than_the_threshold_stays_bf16(train):
-    narrow = train.FP8_MIN_FEATURES - 16
-    assert not train.fp8_wants(nn.Linear(narrow, 8192), "net.attn_layers.layers.0.1.to_q")
-    assert train.fp8_wants(nn.Linear(train.FP8_MIN_FEATURES, 8192), "net.attn_layers.layers.0.1.to_q")
+    narrow = prepare.FP8_MIN_FEATURES - 16
+    assert not prepare.fp8_wants(nn.Linear(narrow, 8192), "net.attn_layers.layers.0.1.to_q")
+    assert prepare.fp8_wants(nn.Linear(prepare.FP8_MIN_FEATURES, 8192), "net.attn_layers.layers.0.1.to_q")
 
 
 def test_prepare_model_falls_back_to_bf16_with_a_notice_when_nothing_qualifies(train, capsys):
     run = cpu_run(train, "FP8")
-    model = train.prepare_model(run, nn.ModuleDict({"attn_layers": nn.Linear(512, 512)}))
+    model = run.prepare_model(nn.ModuleDict({"attn_layers": nn.Linear(512, 512)}))
     assert run.precision == "BF16"
     out = capsys.readouterr().out
     assert "notice:" in out and "BF16" in out
@@ -93,7 +97,7 @@ def test_prepare_model_converts_exactly_the_wanted_linears(train):
         }
     )
     run = cpu_run(train, "FP8")
-    model = train.prepare_model(run, model)
+    model = run.prepare_model(model)
     assert run.precision == "FP8"
     assert isinstance(model["attn_layers"][0], Float8Linear)
     assert not isinstance(model["attn_layers"][1], Float8Linear)
@@ -102,7 +106,7 @@ def test_prepare_model_converts_exactly_the_wanted_linears(train):
 
 def test_bf16_runs_are_never_converted(train):
     run = cpu_run(train, "BF16")
-    model = train.prepare_model(run, nn.ModuleDict({"attn_layers": nn.Linear(2048, 2048)}))
+    model = run.prepare_model(nn.ModuleDict({"attn_layers": nn.Linear(2048, 2048)}))
     assert type(model["attn_layers"]) is nn.Linear
 
 

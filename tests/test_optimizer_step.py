@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from adam_atan2_pytorch import MuonAdamAtan2
-from test_bench import import_bench
+from harness import import_bench
 
 needs_compiler = pytest.mark.skipif(
     not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on the CPU needs a C++ compiler"
