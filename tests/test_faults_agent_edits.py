@@ -163,11 +163,6 @@ def test_a_train_py_without_a_main_guard_prints_no_summary(unguarded_run):
     assert_crashed(code, log)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness gap: prepare.main() re-entered from the import of train.py recurses until "
-    "RecursionError; the crash line does not say that main() belongs under `if __name__ == '__main__':`",
-)
 def test_a_train_py_without_a_main_guard_is_told_so_in_its_crash_line(unguarded_run):
     _, log = unguarded_run
     assert "__main__" in crash_reason(log), crash_reason(log)
@@ -210,12 +205,6 @@ def test_a_train_that_returns_nothing_is_refused(tmp_path, corpus):
     assert crash_reason(log) == "train(run) must return the trained AutoregressiveWrapper (its .net is scored)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness gap: run_training checks its hook, signals and watchdog after train(run) but not "
-    "its own functions, so a train.py that rebinds prepare.evaluate prints the score it likes "
-    "(only a later `prepare.py rescore` shows the real one)",
-)
 def test_a_train_py_that_replaces_the_harness_evaluation_gets_no_summary(tmp_path, corpus):
     source = edited(
         MAIN_GUARD, "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.125, 0.0)\n\n" + MAIN_GUARD

@@ -169,13 +169,6 @@ def test_seed_override_changes_the_run_but_not_the_fingerprint(tmp_path, corpus,
     assert summary["val_bpc_exact"] != tiny_run[3]["val_bpc_exact"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="harness bug: Run.step clips over optimizer.param_groups in the optimizer's order, and "
-    "MuonAdamAtan2(remove_muon_params_from_params=True) builds its Adam group from a set of tensors "
-    "(hashed by id), so the global grad norm is summed in a different order each process and "
-    "val_bpc_exact drifts in the last digits (e.g. 5.698948000327915 vs 5.69894765632062)",
-)
 def test_the_same_seed_and_step_budget_give_the_same_val_bpc_exactly(tmp_path, corpus, tiny_run):
     train_py = make_train_copy(tmp_path)
     env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=TINY_STEPS, AR_EVAL_BYTES=8192)
