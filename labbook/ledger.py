@@ -601,7 +601,6 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
     if values["status"] == "keep":
         save_keep_artifacts(tsv, checkpoint, values["commit"])
-        warn_if_small_gain(tsv)
     else:
         drop_checkpoint(tsv, checkpoint)
     if problem and status != "crash":
@@ -615,16 +614,6 @@ def read_log(path):
         return Path(path).read_bytes().decode("utf-8", errors="replace")
     except OSError as e:
         raise Refusal(f"cannot read the run log {path}: {e.strerror}") from None
-
-
-def warn_if_small_gain(tsv):
-    from labbook.report import summarize  # the report is built on this module
-
-    report = summarize(read_results(tsv))
-    last = report["kept"][-1] if report["kept"] else None
-    threshold = report["keep_threshold"]
-    if last and last["delta"] is not None and threshold is not None and -last["delta"] < threshold:
-        print(f"warning: this keep gains {-last['delta']:.6f} over the best, below the keep threshold {threshold:.6f}")
 
 
 # Restoring from the backup
