@@ -165,6 +165,7 @@ def full_view(results):
         "rows": [{**r.as_dict(), "kind": k, "flagged": r.line in flagged} for r, k in keeprule.kinds(results.rows)],
         "totals": report["totals"],
         "audit": checks,
+        "header_missing": report["header_missing"],
         "malformed": report["malformed"],
         "rule": keeprule.explain(),
     }

@@ -134,25 +134,23 @@ analysis = SimpleNamespace(
 )
 
 
+def agreeing_rescore(tsv, log_path, log=None, summary=None):
+    """ledger.rescore_run for the fake run logs of these tests (no checkpoint): the re-score
+    agrees with the log."""
+    log = Path(log_path).read_text() if log is None else log
+    summary = ledger.parse_summary(log) if summary is None else summary
+    if problem := runlog.integrity_problem(log):
+        return None, problem, None
+    reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
+    answer = {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary}
+    return answer, None, reported
+
+
 @pytest.fixture(autouse=True)
 def fake_rescore(monkeypatch):
-    """For the fake run logs of these tests (no checkpoint): the re-score agrees with the log.
-    Imported by a test module, it applies to its in-process records; real re-scores are tested in
-    test_rescore_record.py."""
-
-    def agreeing(tsv, log_path, log=None, summary=None):
-        log = Path(log_path).read_text() if log is None else log
-        summary = ledger.parse_summary(log) if summary is None else summary
-        if problem := runlog.integrity_problem(log):
-            return None, problem, None
-        reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
-        return (
-            {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary},
-            None,
-            reported,
-        )
-
-    monkeypatch.setattr(ledger, "rescore_run", agreeing)
+    """Imported by a test module, the agreeing re-score applies to its in-process records; real
+    re-scores are tested in test_rescore_record.py and through the `real_run` fixture."""
+    monkeypatch.setattr(ledger, "rescore_run", agreeing_rescore)
 
 
 def git(repo, *args):
