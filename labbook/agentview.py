@@ -90,9 +90,13 @@ def entry_view(entry):
     }
 
 
-def agent_view(results, max_bytes=MAX_BYTES):
-    """The bounded JSON-ready dict; the digest fills what the budget leaves."""
-    rows = results.rows
+def agent_view(results, max_bytes=MAX_BYTES, rows=None):
+    """The bounded JSON-ready dict; the digest fills what the budget leaves. The keep rule's
+    numbers are over the comparable rows (report.comparable_rows: the audit's flagged rows never
+    become the tip, the reference or the best)."""
+    from labbook.report import comparable_rows
+
+    rows = comparable_rows(results) if rows is None else rows
     now = keeprule.standing(rows)
     kinds = keeprule.kinds(rows)
     view = {
@@ -107,7 +111,8 @@ def agent_view(results, max_bytes=MAX_BYTES):
         "simplifications_kept": len(keeprule.simplifications(rows)),
         **streaks(rows),
         "machine_noise": machine_noise(rows)[:2],
-        "rows": len(rows),
+        "rows": len(results.rows),
+        "flagged_rows": len(results.rows) - len(rows),
         "unreadable_lines": len(results.malformed),
         "tried": [],
         "tried_left_out": 0,
@@ -139,26 +144,28 @@ def dumps(view):
 def full_view(results):
     """Everything, for `--full`: the rule's history (every judged commit with its mean and delta),
     improvements and simplifications apart, every near-miss, every row. No test-split number."""
-    rows = results.rows
     from labbook.report import audit, summarize
 
-    report = summarize(results)
-    found = audit(results, report)  # its comparability findings; the keep numbers are the rule's
-    checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "flagged")}
-    sigma, df = keeprule.pooled_sigma(rows)
+    report = summarize(results)  # the keep rule's numbers over the comparable rows
+    found = audit(results, report)
+    checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "flagged", "small_gains")}
+    flagged = {f["line"] for f in report["flagged_rows"]}
+    rows = [r for r in results.rows if r.line not in flagged]
     return {
         "standing": keeprule.standing(rows),
-        "sigma": sigma,
-        "sigma_df": df,
-        "history": keeprule.history(rows),
-        "improvements": keeprule.improvements(rows),
-        "simplifications": keeprule.simplifications(rows),
-        "near_misses": keeprule.near_misses(rows),
+        "sigma": report["sigma"],
+        "sigma_df": report["sigma_df"],
+        "history": report["history"],
+        "improvements": report["improvements"],
+        "simplifications": report["simplifications"],
+        "near_misses": report["near_misses"],
+        "crashes": report["crashes"],
         "machine_noise": machine_noise(rows),
         "tried": tried_digest(rows),
-        "rows": [{**r.as_dict(), "kind": k} for r, k in keeprule.kinds(rows)],
+        "rows": [{**r.as_dict(), "kind": k, "flagged": r.line in flagged} for r, k in keeprule.kinds(results.rows)],
         "totals": report["totals"],
         "audit": checks,
+        "header_missing": report["header_missing"],
         "malformed": report["malformed"],
         "rule": keeprule.explain(),
     }

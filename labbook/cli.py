@@ -50,7 +50,10 @@ def build_parser():
 
     sub.add_parser("restore", parents=[tsv_option], help="merge rows back from the backup in the git directory")
     sub.add_parser("fix-header", parents=[tsv_option], help="add the missing header line, keeping every row")
-    sub.add_parser("audit", parents=[tsv_option], help="flag rows not comparable with the baseline; exit 1 if any")
+    aud = sub.add_parser(
+        "audit", parents=[tsv_option], help="flag rows not comparable with the baseline; exit 1 if any"
+    )
+    aud.add_argument("--json", dest="audit_json", action="store_true", help="the findings as JSON")
 
     curves = sub.add_parser("curves", parents=[tsv_option], help="training loss against time, one or more runs")
     curves.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files")
@@ -77,7 +80,7 @@ def run_command(args, tsv):
     if args.command == "fix-header":
         return fix_header(tsv)
     if args.command == "audit":
-        return show_audit(tsv)
+        return show_audit(tsv, as_json=args.audit_json)
     if args.command == "curves":
         print(f"wrote {plot_curves(args.metrics, args.out)}")
         return 0

@@ -416,7 +416,8 @@ def history(rows):
             ref = commit_values(before, tip) if tip else []
             entry = entries[row.commit] = dict(
                 commit=row.commit, kind=kind, description=row.description, values=[], status=row.status,
-                reference_commit=tip, reference=statistics.fmean(ref) if ref else None, line=row.line,
+                reference_commit=tip, reference=statistics.fmean(ref) if ref else None,
+                reference_runs=len(ref), line=row.line,
             )  # fmt: skip
             order.append(row.commit)
         if measured(row) and not (kind == "replicate" and entry["kind"] in FIRST_KINDS):
@@ -429,6 +430,7 @@ def history(rows):
         e["runs"] = len(all_values)
         e["mean"] = statistics.fmean(all_values) if all_values else None
         e["decision_mean"] = statistics.fmean(e["values"]) if e["values"] else None
+        e["decision_runs"] = len(e["values"])
         ref = e["reference"]
         e["delta"] = None if ref is None or e["decision_mean"] is None else e["decision_mean"] - ref
         del e["values"]
@@ -584,11 +586,17 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
     )
 
 
-def verdict_for_log(tsv, log_path, description="", simplification=False):
-    """(Candidate, Verdict) for a run.log against the results file `tsv`."""
-    from labbook.ledger import read_results
+def judged_rows(tsv):
+    """The rows a decision rests on: results.tsv minus the audit's flagged rows (labbook/report.py)."""
+    from labbook.ledger import read_results, results_repo
+    from labbook.report import comparable_rows
 
-    rows = read_results(tsv).rows
+    return comparable_rows(read_results(tsv), results_repo(tsv))
+
+
+def verdict_for_log(tsv, log_path, description="", simplification=False):
+    """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`."""
+    rows = judged_rows(tsv)
     candidate = candidate_from_log(tsv, log_path, description, simplification)
     tip = tip_commit(rows)
     reference = {}

@@ -305,6 +305,8 @@ def read_results(path):
     lines = text.split("\n")  # a final "" when the file ends with a newline
     columns = header_columns(lines[0]) if lines[0].strip() else None
     results = Results(path, [], [], header_missing=columns is None and bool(text.strip()), columns=columns or COLUMNS)
+    if results.header_missing:  # the layout fix-header would give it
+        results.columns = headerless_columns(text.encode())
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r")
         if (number == 1 and columns) or not line.strip():
@@ -601,7 +603,6 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
     if values["status"] == "keep":
         save_keep_artifacts(tsv, checkpoint, values["commit"])
-        warn_if_small_gain(tsv)
     else:
         drop_checkpoint(tsv, checkpoint)
     if problem and status != "crash":
@@ -615,16 +616,6 @@ def read_log(path):
         return Path(path).read_bytes().decode("utf-8", errors="replace")
     except OSError as e:
         raise Refusal(f"cannot read the run log {path}: {e.strerror}") from None
-
-
-def warn_if_small_gain(tsv):
-    from labbook.report import summarize  # the report is built on this module
-
-    report = summarize(read_results(tsv))
-    last = report["kept"][-1] if report["kept"] else None
-    threshold = report["keep_threshold"]
-    if last and last["delta"] is not None and threshold is not None and -last["delta"] < threshold:
-        print(f"warning: this keep gains {-last['delta']:.6f} over the best, below the keep threshold {threshold:.6f}")
 
 
 # Restoring from the backup
@@ -705,6 +696,12 @@ def restore(tsv):
     return 0
 
 
+def headerless_columns(data):
+    """The columns of a file without a header: as many of COLUMNS as its widest line has."""
+    widest = max((len(line.split(b"\t")) for line in data.split(b"\n") if line.strip()), default=len(COLUMNS))
+    return COLUMNS if widest >= len(COLUMNS) else COLUMNS[: max(widest, len(BASE_COLUMNS))]
+
+
 def fix_header(tsv):
     """Put the header on top of a headerless file, keeping every byte of its rows."""
     with locked(tsv):
@@ -716,8 +713,7 @@ def fix_header(tsv):
         if header_columns(first):
             print(f"{tsv} already starts with the header line")
             return 0
-        widest = max((len(line.split(b"\t")) for line in data.split(b"\n") if line.strip()), default=len(COLUMNS))
-        columns = COLUMNS if widest >= len(COLUMNS) else COLUMNS[: max(widest, len(BASE_COLUMNS))]
+        columns = headerless_columns(data)
         write_atomically(tsv, "\t".join(columns).encode() + b"\n" + data.lstrip(b"\r\n"))
     print(f"added the header line ({len(columns)} columns) to {tsv}")
     return 0

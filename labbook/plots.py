@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from labbook.ledger import Refusal
-from labbook.report import baseline_row, best_row
+from labbook import keeprule
+from labbook.ledger import Refusal, results_repo
+from labbook.report import baseline_row
 
 
 def new_figure(width=12.0, height=6.0):
@@ -24,20 +25,25 @@ def value_range(rows, baseline, best):
     """y limits that show the kept progress, not the worst discards."""
     values = [r.val_bpc for r in rows if r.measured] or [0.0, 1.0]  # a night of crashes only
     lo, hi = min(values), max(values)
-    if baseline and best and baseline.measured:
-        span = max(baseline.val_bpc - best.val_bpc, 1e-3)
+    if baseline is not None and best is not None and baseline.measured:
+        span = max(baseline.val_bpc - best, 1e-3)
         hi = min(hi, baseline.val_bpc + span)
-        lo = best.val_bpc - 0.15 * span
+        lo = min(lo, best - 0.15 * span)
     pad = max(hi - lo, 1e-3) * 0.05
     return lo - pad, hi + pad
 
 
-def plot_progress(results, path):
+def plot_progress(results, path, comparable=None):
+    """Every run in order; the baseline, the running best and the title's best are the keep
+    rule's over the comparable rows (flagged rows are drawn, never the best)."""
     rows = results.rows
-    baseline, best = baseline_row(rows), best_row(rows)
+    comparable = rows if comparable is None else comparable
+    sound = {id(r) for r in comparable}
+    baseline = baseline_row(comparable, results_repo(results.path))
+    best = keeprule.best_commit(comparable)
     fig = new_figure()
     ax = fig.add_subplot()
-    lo, hi = value_range(rows, baseline, best)
+    lo, hi = value_range(rows, baseline, best["mean"] if best else None)
     x = {id(r): i for i, r in enumerate(rows, start=1)}
     styles = {
         "discard": dict(color="0.6", s=18, label="discarded"),
@@ -53,9 +59,13 @@ def plot_progress(results, path):
     crashes = [x[id(r)] for r in rows if r.status == "crash"]
     if crashes:
         ax.scatter(crashes, [lo + 0.02 * (hi - lo)] * len(crashes), marker="x", color="tab:red", s=40, label="crash")
+    flagged = [r for r in rows if id(r) not in sound and r.measured]
+    if flagged:
+        ax.scatter([x[id(r)] for r in flagged], [min(r.val_bpc, hi) for r in flagged], marker="s",
+                   facecolor="none", edgecolor="tab:orange", s=60, label="flagged by the audit")  # fmt: skip
     steps, running, best_so_far = [], [], None
     for row in rows:
-        if row.status == "keep" and not row.noise:
+        if row.status == "keep" and not row.noise and row.kind != "replicate" and id(row) in sound:
             best_so_far = row.val_bpc if best_so_far is None else min(best_so_far, row.val_bpc)
         if best_so_far is not None:
             steps.append(x[id(row)])
@@ -71,7 +81,8 @@ def plot_progress(results, path):
     ax.set_xlabel("experiment (in the order recorded)")
     ax.set_ylabel("val_bpc (lower is better)")
     kept = sum(r.status == "keep" and not r.noise for r in rows)
-    ax.set_title(f"{len(rows)} runs, {kept} kept" + (f": best {best.val_bpc:.6f} ({best.commit})" if best else ""))
+    title = f": best {best['mean']:.6f} ({best['commit']}, mean of {best['runs']} runs)" if best else ""
+    ax.set_title(f"{len(rows)} runs, {kept} kept" + title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.savefig(path, bbox_inches="tight")
@@ -98,13 +109,14 @@ def plot_memory(results, path):
     return Path(path)
 
 
-def write_plots(results, out_dir):
+def write_plots(results, out_dir, comparable=None):
     """progress.png and memory.png in `out_dir`; nothing for a file without rows."""
     if not results.rows:
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_progress(results, out_dir / "progress.png"), plot_memory(results, out_dir / "memory.png")]
+    progress = plot_progress(results, out_dir / "progress.png", comparable)
+    return [progress, plot_memory(results, out_dir / "memory.png")]
 
 
 def read_metrics(path):

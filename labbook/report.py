@@ -1,82 +1,46 @@
-"""The numbers of a results file (baseline, noise floor, keep threshold, kept progression, near
-misses, streaks), the integrity audit, and the report as text or JSON."""
+"""The report of a results file: the keep rule's numbers (labbook/keeprule.py: tip, reference,
+sigma, best, improvements, simplifications, near-misses) over the rows the integrity audit does
+not flag, the crashes with their reasons, the audit itself, and the report as text or JSON."""
 
 import contextlib
 import hashlib
 import json
+import math
 import re
-import statistics
 from collections import Counter
 from pathlib import Path
 
-from labbook.ledger import FORCED_PREFIX, NOISE_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
+from labbook import keeprule
+from labbook.ledger import FORCED_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
 from labbook.rescore import best_test_bpc, tolerance
 
-TOP_IMPROVEMENTS = 10
 TEST_SPLIT_NOTE = (
     "The test split is for the person reading the results in the morning, never for the agent's "
     "keep/discard decisions: those rest on val_bpc alone."
 )
 
 
-# The numbers: baseline, best, noise floor, near-misses, crash streak
+# The rows the keep rule sees
 #
-# Only rows the audit does not flag count (see "Integrity audit" below). The baseline is the
-# first such kept row that is not a noise replicate. Rows whose description starts with `noise:`
-# rerun the baseline with other seeds; the sample standard deviation of the baseline and its
-# replicates is the noise floor, and a keep should beat the best by twice that (the keep threshold).
+# Only rows the audit does not flag count (see "Integrity audit" below): a flagged row never
+# becomes the baseline, the reference, the tip or the best. `comparable_rows` is the one place
+# that filters them; the report, `decide`, `record` and the agent's JSON all read through it.
 
 
 def baseline_row(rows, repo=None, cache=None):
-    """The first kept, non-replicate row that carries sound provenance (see row_problems)."""
+    """The baseline (keeprule.baseline_commit) among rows with sound provenance (row_problems):
+    its first measured row, or None."""
     cache = {} if cache is None else cache
-    keeps = [r for r in rows if r.status == "keep" and not r.noise and not row_problems(r, repo, cache)]
-    return keeps[0] if keeps else None
+    sound = [r for r in rows if r.measured and not row_problems(r, repo, cache)]
+    commit = keeprule.baseline_commit(sound)
+    return next((r for r in sound if r.commit == commit), None)
 
 
-def noise_floor(rows, baseline):
-    """(sample std of the baseline and its replicates, or None with fewer than 2, replicates)."""
-    replicates = [r.val_bpc for r in rows if r.noise and r.measured]
-    if len(replicates) < 2 or baseline is None or not baseline.measured:
-        return None, len(replicates)
-    return statistics.stdev([baseline.val_bpc, *replicates]), len(replicates)
-
-
-def kept_progression(rows, baseline):
-    """Each kept row with its change against the best before it (None for the first)."""
-    best, kept = None, []
-    for row in rows:
-        if row.status != "keep" or row.noise:
-            continue
-        kept.append(
-            {
-                **row.as_dict(),
-                "delta": None if best is None else row.val_bpc - best.val_bpc,
-                "vs_baseline": row.val_bpc - baseline.val_bpc,
-            }
-        )
-        if best is None or row.val_bpc < best.val_bpc:
-            best = row
-    return kept
-
-
-def best_row(rows):
-    keeps = [r for r in rows if r.status == "keep" and not r.noise]  # rows: the unflagged ones
-    return min(keeps, key=lambda r: r.val_bpc) if keeps else None
-
-
-def near_misses(rows, threshold):
-    """Discarded experiments within the keep threshold of the best at the time they ran (with the
-    threshold unknown: those that beat it)."""
-    best, misses = None, []
-    for row in rows:
-        if row.status == "keep" and not row.noise:
-            best = row.val_bpc if best is None else min(best, row.val_bpc)
-        elif row.status == "discard" and not row.noise and best is not None:
-            margin = row.val_bpc - best
-            if margin < (threshold or 0.0):
-                misses.append({**row.as_dict(), "best_at_the_time": best, "margin": margin})
-    return misses
+def comparable_rows(results, repo=None):
+    """The rows of `results` minus the audit's flagged rows, in file order (crash rows stay)."""
+    repo = results_repo(results.path) if repo is None else repo
+    _, flagged = flag_rows(results.rows, repo)
+    return [r for r in results.rows if r.line not in flagged]
 
 
 def crash_streak(rows):
@@ -88,51 +52,55 @@ def crash_streak(rows):
     return streak
 
 
-def since_last_improvement(rows, best):
-    experiments = [r for r in rows if not r.noise]
-    return len(experiments) - 1 - experiments.index(best) if best else len(experiments)
+def crashes(rows):
+    """Every crash row with the reason its description carries."""
+    out = []
+    for row in rows:
+        if row.status == "crash":
+            head, _, reason = row.description.partition(" (crash: ")
+            out.append({"line": row.line, "commit": row.commit, "description": head, "reason": reason.rstrip(")")})
+    return out
 
 
 def summarize(results, repo=None):
-    """Everything the report shows, as plain data: the JSON the agent reads. Flagged rows (the
-    audit's) are counted in the totals but never become the baseline, a reference or the best."""
+    """Everything the report shows, as plain data. The numbers are the keep rule's over the
+    comparable rows; flagged rows count in the totals only."""
     rows = results.rows
-    experiments = [r for r in rows if not r.noise]
-    counts = Counter(r.status for r in rows)
     repo = results_repo(results.path) if repo is None else repo
     baseline, flagged = flag_rows(rows, repo)
     sound = [r for r in rows if r.line not in flagged]
-    best = best_row(sound)
-    floor, replicates = noise_floor(sound, baseline)
-    threshold = 2 * floor if floor is not None else None
-    kept = kept_progression(sound, baseline) if baseline else []
-    improvement = baseline.val_bpc - best.val_bpc if best and baseline else None
+    tagged = keeprule.kinds(sound)
+    counts = Counter(r.status for r in rows)
+    replicates = sum(k == "replicate" for _, k in tagged)
+    experiments = [r for r, k in tagged if k in keeprule.FIRST_KINDS]
+    now = keeprule.standing(sound)
+    best = now["best"]
+    improvement = baseline.val_bpc - best["mean"] if best and baseline else None
     return {
         "file": str(results.path),
         "totals": {
             "rows": len(rows),
             "experiments": len(experiments),
-            "noise_runs": len(rows) - len(experiments),
+            "replicates": replicates,
+            "flagged": len(flagged),
             **{status: counts[status] for status in STATUSES},
         },
-        "keep_rate": sum(r.status == "keep" for r in experiments) / len(experiments) if experiments else None,
         "baseline": baseline.as_dict() if baseline else None,
-        "best": best.as_dict() if best else None,
-        "best_commit": best.commit if best else None,
-        "best_val_bpc": best.val_bpc if best else None,
+        "tip": now["tip"],
+        "best": best,
+        "best_commit": best["commit"] if best else None,
+        "sigma": now["sigma"],
+        "sigma_df": now["df"],
+        "next": now["next"],
         "improvement": improvement,
         "improvement_pct": 100 * improvement / baseline.val_bpc if improvement is not None else None,
-        "kept": kept,
-        "top_improvements": sorted((k for k in kept if k["delta"] is not None), key=lambda k: k["delta"])[
-            :TOP_IMPROVEMENTS
-        ],
-        "noise_floor": floor,
-        "noise_replicates": replicates,
-        "keep_threshold": threshold,
-        "experiments_since_improvement": since_last_improvement(rows, best),
-        "near_misses": near_misses(sound, threshold),
-        "flagged_rows": [{"line": n, "reasons": why} for n, why in sorted(flagged.items())],
+        "history": keeprule.history(sound),
+        "improvements": keeprule.improvements(sound),
+        "simplifications": keeprule.simplifications(sound),
+        "near_misses": keeprule.near_misses(sound),
+        "crashes": crashes(rows),
         "crash_streak": crash_streak(rows),
+        "flagged_rows": [{"line": n, "reasons": why} for n, why in sorted(flagged.items())],
         "header_missing": results.header_missing,
         "malformed": [{"line": n, "reason": reason} for n, reason in results.malformed],
     }
@@ -145,7 +113,7 @@ def summarize(results, repo=None):
 # other fingerprint parts (libraries, budget, eval bytes, data) must equal the baseline's, a keep
 # or noise replicate must name a commit git knows, and a measured row must carry provenance, not
 # be --force'd, not carry harness flags, and record a re-score that agrees with what it reported.
-# Kept rows that gain less than the keep threshold are a separate note: their gain may be noise.
+# Kept experiments that gain less than the rule's keep bound are a separate note: their gain may be noise.
 
 COMPARED_PARTS = ("libraries", "budget", "eval_bytes", "data")
 
@@ -183,7 +151,7 @@ def row_problems(row, repo, cache):
         if reported and abs(float(reported) - row.val_bpc) > 5.1e-7 + tolerance(extra.get("device", "")):
             problems.append(f"re-score mismatch: val_bpc {row.val_bpc:.6f}, reported {reported}")
     known = commit_known(row.commit, repo, cache)
-    if not known and (row.status == "keep" or row.noise):
+    if not known and (row.status == "keep" or row.noise or row.kind == "replicate"):
         problems.append(f"git does not know commit {row.commit}")
     if known and extra.get("prepare_hash", "").strip():
         at_commit = git_prepare_hash(row.commit, repo, cache)
@@ -221,18 +189,26 @@ def flag_rows(rows, repo):
 
 
 def small_gains(report):
-    """Kept rows that did not beat the best before them by the keep threshold (or at all)."""
-    threshold, flagged = report["keep_threshold"], []
-    for kept in report["kept"]:
-        gain = None if kept["delta"] is None else -kept["delta"]
-        if gain is not None and (gain <= 0 or (threshold is not None and gain < threshold)):
-            flagged.append({"line": kept["line"], "commit": kept["commit"], "gain": gain, "threshold": threshold})
-    return flagged
+    """Kept experiments whose decision mean did not beat the reference by the rule's keep bound
+    (t at sigma's degrees of freedom times the standard error of the difference, with today's
+    sigma), e.g. keeps by --status override: a note, never a flag."""
+    sigma, df, notes = report["sigma"], report["sigma_df"], []
+    for entry in report["history"]:
+        if entry["status"] != "keep" or entry["kind"] != "experiment" or entry["delta"] is None:
+            continue
+        bound = None
+        if sigma is not None and df >= 1 and entry["decision_runs"] and entry["reference_runs"]:
+            se = sigma * math.sqrt(1 / entry["decision_runs"] + 1 / entry["reference_runs"])
+            bound = keeprule.t_quantile(1 - keeprule.FALSE_KEEP_RATE, df) * se
+        gain = -entry["delta"]
+        if gain <= 0 or (bound is not None and gain < bound):
+            notes.append({"line": entry["line"], "commit": entry["commit"], "gain": gain, "bound": bound})
+    return notes
 
 
 def audit(results, report):
     """The flagged rows (comparability and integrity: these make `audit` exit 1) and, apart, the
-    keeps whose gain is below the keep threshold (a note, never an exit code)."""
+    keeps whose gain is below the rule's keep bound (a note, never an exit code)."""
     by_line = {r.line: r for r in results.rows}
     flagged = [
         {"line": f["line"], "commit": by_line[f["line"]].commit, "reason": "; ".join(f["reasons"])}
@@ -249,19 +225,17 @@ def audit(results, report):
 # The report as text
 
 
-def describe_row(row):
-    return f"line {row['line']:>4}  {row['commit']:<8} {row['val_bpc']:.6f}  {row['description']}"
+def num(value, fmt="{:.6f}"):
+    return "-" if value is None else fmt.format(value)
 
 
 def text_header(report):
     totals = report["totals"]
     head = (
-        f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments + "
-        f"{totals['noise_runs']} noise runs | {totals['keep']} keep, {totals['discard']} discard, "
-        f"{totals['crash']} crash"
+        f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments, "
+        f"{totals['replicates']} replicates | {totals['keep']} keep, {totals['discard']} discard, "
+        f"{totals['crash']} crash | {totals['flagged']} flagged"
     )
-    if report["keep_rate"] is not None:
-        head += f" | keep rate {100 * report['keep_rate']:.1f}%"
     lines = [head]
     if report["header_missing"]:
         lines.append("warning: the header line is missing; rows were read in the standard column order")
@@ -270,67 +244,75 @@ def text_header(report):
 
 
 def text_standing(report, test_bpc, test_note):
-    base, best = report["baseline"], report["best"]
-    if best:
-        lines = ["", f"baseline  {base['commit']:<8} {base['val_bpc']:.6f}  (line {base['line']})"]
+    base, tip, best = report["baseline"], report["tip"], report["best"]
+    lines = [""]
+    if base is None:
+        lines.append("baseline  none yet: nothing has been kept")
     else:
-        lines = ["", "baseline  none yet: nothing has been kept"]
+        lines.append(f"baseline  {base['commit']:<8} {base['val_bpc']:.6f}  (line {base['line']})")
+    if tip:
+        lines.append(f"tip       {tip['commit']:<8} {tip['mean']:.6f}  mean of {tip['runs']} runs (the reference)")
     if best:
-        change = f"{-report['improvement']:+.6f} ({-report['improvement_pct']:+.2f}%)" if report["improvement"] else ""
-        lines.append(f"best      {best['commit']:<8} {best['val_bpc']:.6f}  {change}")
+        change = ""
+        if report["improvement"] is not None:
+            change = f"  {-report['improvement']:+.6f} ({-report['improvement_pct']:+.2f}%) vs the baseline"
+        lines.append(f"best      {best['commit']:<8} {best['mean']:.6f}  mean of {best['runs']} runs{change}")
     if test_bpc is not None:
         lines.append(f"          test_bpc {test_bpc:.6f} of the best (held-out, for the person, never for decisions)")
     if test_note:
         lines.append(f"          {test_note}")
-    if report["noise_floor"] is None:
-        lines.append(
-            f"noise floor unknown ({report['noise_replicates']} replicates): rerun the baseline with other "
-            f"AR_SEED values, recorded as discard with a description starting `{NOISE_PREFIX}`, at least twice"
-        )
+    if report["sigma"] is None:
+        lines.append("sigma unknown: setup runs the baseline and its replicates (python analysis.py decide --explain)")
     else:
+        lines.append(f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from unselected runs)")
+    if report["next"]:
+        nxt = report["next"]
         lines.append(
-            f"noise floor {report['noise_floor']:.6f} (sample std of the baseline and {report['noise_replicates']} "
-            f"replicates); keep threshold {report['keep_threshold']:.6f}"
+            f"next      rerun below {nxt['rerun_below']:.6f}, keep a mean of 2 below {nxt['keep_mean_of_2_below']:.6f}, "
+            f"a simplification up to {nxt['simplification_up_to']:.6f}"
         )
-    lines.append(
-        f"{report['experiments_since_improvement']} experiments since the last improvement; "
-        f"crash streak {report['crash_streak']}"
-    )
+    lines.append(f"crash streak {report['crash_streak']}")
     if report["crash_streak"] >= 3:
         lines.append(f"warning: the last {report['crash_streak']} runs crashed: change direction")
     return lines
 
 
-def text_kept(report):
-    if not report["kept"]:
-        return []
-    lines = ["", "kept, in order", f"  {'line':>4}  {'commit':<8} {'val_bpc':>8}  {'delta':>9}  {'vs base':>9}  memory"]
-    for k in report["kept"]:
-        delta = "-" if k["delta"] is None else f"{k['delta']:+.6f}"
-        lines.append(
-            f"  {k['line']:>4}  {k['commit']:<8} {k['val_bpc']:.6f}  {delta:>9}  {k['vs_baseline']:+.6f}  "
-            f"{k['memory_gb']:5.1f} GB  {k['description']}"
-        )
-    if report["top_improvements"]:
-        lines += ["", "top improvements"]
-        for rank, k in enumerate(report["top_improvements"], start=1):
-            lines.append(f"  {rank:>2}. {k['delta']:+.6f}  {k['commit']:<8} {k['description']}")
-    if report["near_misses"]:
-        lines += ["", "near misses (discarded within the keep threshold of the best at the time)"]
-        for m in report["near_misses"]:
-            lines.append(f"  {describe_row(m)}  ({m['margin']:+.6f} vs {m['best_at_the_time']:.6f})")
+def entry_line(e):
+    runs = f"{e['runs']} run{'s' if e['runs'] != 1 else ''}"
+    return (
+        f"  line {e['line']:>4}  {e['commit']:<8} mean {num(e['mean'])} ({runs})  delta {num(e['delta'], '{:+.6f}')} "
+        f"vs {num(e['reference'])} ({e['reference_commit']})  {e['description']}"
+    )
+
+
+def text_lists(report):
+    lines = []
+    sections = (
+        ("improvements", "kept improvements (delta: the decision's mean minus the reference it beat)"),
+        ("simplifications", "kept simplifications (apart: never counted as gains)"),
+        ("near_misses", "near-misses (discarded experiments that beat the reference, not by the bound)"),
+    )
+    for key, title in sections:
+        if report[key]:
+            lines += ["", title] + [entry_line(e) for e in report[key]]
+    if report["crashes"]:
+        lines += ["", "crashes"]
+        for c in report["crashes"]:
+            lines.append(
+                f"  line {c['line']:>4}  {c['commit']:<8} {c['description']}: {c['reason'] or 'no reason given'}"
+            )
     return lines
 
 
 def text_audit(found):
-    lines = ["", f"audit: {found['flagged']} flagged (never the baseline, a reference or the best)"]
+    lines = ["", f"audit: {found['flagged']} flagged (never the baseline, the reference, the tip or the best)"]
     for item in found["not_comparable"]:
         lines.append(f"  line {item['line']} {item['commit']}: flagged: {item['reason']}")
     if found["small_gains"]:
-        lines.append("note: keeps that gained less than the keep threshold (may be noise; not flags)")
+        lines.append("note: keeps that gained less than the rule's keep bound (may be noise; not flags)")
     for item in found["small_gains"]:
-        threshold = "" if item["threshold"] is None else f", below the keep threshold {item['threshold']:.6f}"
-        lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{threshold}")
+        bound = "" if item["bound"] is None else f", below the keep bound {item['bound']:.6f}"
+        lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{bound}")
     return lines
 
 
@@ -340,10 +322,10 @@ def format_report(report, test_bpc=None, test_note=None):
             text_header(report)[1:]
             + [
                 f"No experiments in {report['file']} yet. Record the first run (the baseline) with "
-                '`python analysis.py record --status keep --description "baseline"`.'
+                '`python analysis.py record --description "baseline"`.'
             ]
         )
-    lines = text_header(report) + text_standing(report, test_bpc, test_note) + text_kept(report)
+    lines = text_header(report) + text_standing(report, test_bpc, test_note) + text_lists(report)
     if "audit" in report:
         lines += text_audit(report["audit"])
     if report.get("plots"):
@@ -352,32 +334,35 @@ def format_report(report, test_bpc=None, test_note=None):
 
 
 def build_report(tsv, out_dir=None, plots=True):
-    from labbook.plots import write_plots  # the plots use this module's baseline and best
+    from labbook.plots import write_plots  # the plots use this module's comparable rows
 
     results = read_results(tsv)
     report = summarize(results)
     report["audit"] = audit(results, report)
     if plots:
-        report["plots"] = [str(p) for p in write_plots(results, out_dir or Path(tsv).resolve().parent)]
+        flagged = {f["line"] for f in report["flagged_rows"]}
+        comparable = [r for r in results.rows if r.line not in flagged]
+        report["plots"] = [str(p) for p in write_plots(results, out_dir or Path(tsv).resolve().parent, comparable)]
     return results, report
 
 
 def show_report(args, tsv):
     results, report = build_report(tsv, args.out, plots=not args.no_plots)
-    if args.json:  # the agent's JSON never holds a test-split number
-        print(json.dumps(report, indent=1))
-        return 0
     # The test split only when the person asks (--test): scored fresh, never cached.
     test_bpc, note = best_test_bpc(results, report, compute=getattr(args, "test", False))
     print(format_report(report, test_bpc, note))
     return 0
 
 
-def show_audit(tsv):
+def show_audit(tsv, as_json=False):
+    """`analysis.py audit`: exit 1 only for flagged rows; the small-gain note never changes it."""
     if not Path(tsv).is_file():
         raise Refusal(f"no results file at {tsv}: nothing to audit")
     results = read_results(tsv)
     report = summarize(results)
     found = audit(results, report)
-    print("\n".join(text_header(report) + text_audit(found)))
+    if as_json:
+        print(json.dumps(found, indent=1))
+    else:
+        print("\n".join(text_header(report) + text_audit(found)))
     return 1 if found["flagged"] else 0

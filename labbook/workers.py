@@ -1,9 +1,11 @@
 """Parallel experiments on one machine: one git worktree, one branch and one GPU per worker.
 
 Every worker records into the one results.tsv of the main worktree (analysis.py finds it), so
-the noise floor, keep threshold and near misses are computed over all workers. A worker's row is
-a discard (or a crash): `keep` is reserved for commits on the research branch, where a winner
-is promoted by cherry-pick and a confirming rerun. The commands are in tools/workers.py; the
+the keep rule's sigma, reference and near-misses (labbook/keeprule.py) are computed over all
+workers. A worker's row is a discard (or a crash): `keep` is reserved for commits on the research
+branch. A worker's run that the rule would send to a confirmation (below the rule's `rerun_below`
+bound against the tip) is marked PROMOTE: cherry-pick it onto the research branch, run it there
+and let `python analysis.py record` (the rule) decide. The commands are in tools/workers.py; the
 protocol is in docs/scale-out.md.
 """
 
@@ -148,13 +150,12 @@ def default_status(summary):
     return "discard" if "val_bpc" in summary else "crash"
 
 
-def margin_to_promote(val_bpc, report):
-    """How far `val_bpc` beats the best kept run by more than the keep threshold (> 0: promote
-    it), or None when nothing is kept yet."""
-    best = report.get("best_val_bpc")
-    if best is None:
-        return None
-    return best - (report.get("keep_threshold") or 0.0) - float(val_bpc)
+def margin_to_promote(val_bpc, view):
+    """How far `val_bpc` is below the keep rule's bound for a provisional first run against the
+    tip (the agent view's next.rerun_below, labbook/keeprule.standing): > 0 promote it. None
+    while the rule has no bound (nothing kept, or setup's replicates missing)."""
+    bound = (view.get("next") or {}).get("rerun_below")
+    return None if bound is None else bound - float(val_bpc)
 
 
 def analysis_report(root, cwd):
@@ -288,22 +289,29 @@ def status(args):
     return 0
 
 
-def standing(report):
-    """The line above the workers: what a worker has to beat to be promoted."""
-    if report.get("best_val_bpc") is None:
+def standing(view):
+    """The line above the workers: the best, the tip and the bound a worker has to beat to be promoted."""
+    best, tip = view.get("best"), view.get("tip")
+    if not best or not tip:
         return "nothing kept yet: record the baseline on the research branch first"
-    threshold = report.get("keep_threshold")
-    rule = f"keep threshold {threshold:.6f}" if threshold is not None else "keep threshold unknown (no noise runs)"
-    return f"best kept {report['best_commit']} {report['best_val_bpc']:.6f}, {rule}"
+    bound = (view.get("next") or {}).get("rerun_below")
+    rule = (
+        f"promote below {bound:.6f} (the keep rule's rerun bound against the tip {tip['commit']} {tip['mean']:.6f})"
+        if bound is not None
+        else "no promotion bound yet: setup's replicates of the tip give sigma first (python analysis.py decide)"
+    )
+    return f"best kept {best['commit']} {best['mean']:.6f}, {rule}"
 
 
-def promotion_hint(row, head, report):
-    """`  PROMOTE (...)` when the worker's last row is its current HEAD and beats the best by
-    more than the keep threshold."""
+def promotion_hint(row, head, view):
+    """`  PROMOTE (...)` when the worker's last row is its current HEAD and the keep rule would
+    send it to a confirmation run (below next.rerun_below)."""
     if not row or row.get("status") == "crash" or row.get("commit") != head:
         return ""
-    margin = margin_to_promote(row["val_bpc"], report)
-    return f"  PROMOTE (beats the best by {margin:.6f} beyond the threshold)" if margin and margin > 0 else ""
+    margin = margin_to_promote(row["val_bpc"], view)
+    if margin is None or margin <= 0:
+        return ""
+    return f"  PROMOTE ({margin:.6f} below the rule's rerun bound: cherry-pick, run, record)"
 
 
 def sync(args):

@@ -19,22 +19,104 @@ from labbook import cli, ledger, plots, rescore, runlog
 ANALYSIS = REPO / "analysis.py"
 HEADER5 = "commit\tval_bpc\tmemory_gb\tstatus\tdescription"
 
-# (commit, val_bpc, memory_gb, status, description): a baseline, three noise replicates, then a night
+# (commit, val_bpc, memory_gb, status, description): rows for the reading and appending tests
 NIGHT = [
     ("base000", 1.500000, 2.0, "keep", "baseline"),
     ("nse0001", 1.501000, 2.0, "discard", "noise: AR_SEED=1"),
-    ("nse0002", 1.499000, 2.0, "discard", "noise: AR_SEED=2"),
-    ("nse0003", 1.500600, 2.0, "discard", "noise: AR_SEED=3"),
     ("exp0001", 1.520000, 3.1, "discard", "dim 768"),
     ("exp0002", 1.450000, 2.2, "keep", "SwiGLU"),
     ("exp0003", 0.000000, 0.0, "crash", "depth 24 (crash: out of memory)"),
-    ("exp0004", 1.450500, 2.2, "discard", "rotary base 50000"),
-    ("exp0005", 1.400000, 2.3, "keep", "lr 3e-3"),
-    ("exp0006", 1.399900, 2.3, "keep", "warmdown 50%"),
-    ("exp0007", 1.600000, 2.3, "discard", "no qk norm"),
-    ("exp0008", 0.000000, 0.0, "crash", "fp8 everywhere"),
-    ("exp0009", 0.000000, 0.0, "crash", "batch 256"),
 ]
+
+# A night under the keep rule (labbook/keeprule.py): (name, val_bpc, status, description, kind).
+# Names become real commits of a temporary repository (write_night); `hack` edits prepare.py.
+RULE_NIGHT = [
+    ("base", 1.5000, "keep", "baseline", "baseline"),
+    ("base", 1.5010, "keep", "noise: base, seed 1", "replicate"),
+    ("base", 1.4990, "keep", "noise: base, seed 2", "replicate"),
+    ("base", 1.5006, "keep", "noise: base, seed 3", "replicate"),
+    ("base", 1.4996, "keep", "noise: base, seed 4", "replicate"),
+    ("exp1", 1.5200, "discard", "dim 768", "experiment"),
+    ("exp2", 1.4500, "discard", "SwiGLU", "experiment"),
+    ("exp2", 1.4510, "keep", "SwiGLU", "confirm"),
+    ("exp2", 1.4505, "keep", "noise: exp2, seed 2", "replicate"),
+    ("exp2", 1.4495, "keep", "noise: exp2, seed 3", "replicate"),
+    ("exp3", 0.0, "crash", "depth 24 (crash: out of memory)", "experiment"),
+    ("exp4", 1.4500, "discard", "rotary base 50000", "experiment"),
+    ("exp5", 1.4508, "discard", "drop the bias terms", "simplification"),
+    ("exp5", 1.4502, "keep", "drop the bias terms", "confirm"),
+    ("exp6", 1.4000, "discard", "lr 3e-3", "experiment"),
+    ("exp6", 1.4010, "keep", "lr 3e-3", "confirm"),
+    ("exp6", 1.4005, "keep", "noise: exp6, seed 2", "replicate"),
+    ("exp6", 1.3995, "keep", "noise: exp6, seed 3", "replicate"),
+    ("exp7", 1.4004, "keep", "warmdown 50%", "experiment"),  # kept by --status override
+    ("hack", 1.2000, "keep", "tuned the evaluation", "experiment"),  # prepare.py edited: flagged
+    ("exp8", 0.0, "crash", "fp8 everywhere (crash: float8 needs sm89)", "experiment"),
+    ("exp9", 0.0, "crash", "batch 256", "experiment"),
+]
+PREPARE_STUB = "# prepare.py of the test lab\nEVAL_BYTES = 8192\n"
+
+
+def provenance_values(commit, val_bpc, status, description, kind="", prepare_hash="", **extra):
+    """Every column of a row as `record` writes it: sound provenance, a fresh run_id."""
+    crashed = status == "crash"
+    values = dict(
+        commit=commit,
+        val_bpc="0.000000" if crashed else f"{val_bpc:.6f}",
+        memory_gb="0.0" if crashed else "2.0",
+        status=status,
+        description=description,
+        reported_bpc="" if crashed else repr(float(f"{val_bpc:.6f}")),
+        run_id=uuid.uuid4().hex[:12],
+        prepare_hash=prepare_hash,
+        libraries="334368abb933",
+        budget="300s",
+        eval_bytes="8192",
+        data="custom:0123456789ab",
+        flags="none",
+        fingerprint="f1f2f3f4f5f6",
+        device="cpu",
+        seed="42",
+        tokens_per_sec="1000",
+        kind=kind,
+    )
+    values.update(extra)
+    return values
+
+
+def prepare_hash_of(text):
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_night(directory, rows=RULE_NIGHT, extra=None):
+    """A git repository whose commits are the rows' names (prepare.py committed; `hack` edits
+    it) and its results.tsv with full provenance and checksums. Returns SimpleNamespace(repo, tsv,
+    commits: name -> short hash, lines: name -> [line numbers])."""
+    repo = make_repo(directory)
+    commits, lines = {}, {}
+    for i, (name, *_rest) in enumerate(rows):
+        if name in commits:
+            continue
+        if commits:
+            if name == "hack":
+                (repo / "prepare.py").write_text(PREPARE_STUB + "# tuned\n")
+            commits[name] = commit_change(repo, lr=0.001 + 0.0001 * i, message=name)
+            if name == "hack":
+                (repo / "prepare.py").write_text(PREPARE_STUB)
+                git(repo, "commit", "-q", "-am", "prepare.py back")
+        else:
+            commits[name] = head(repo)
+    hashes = {name: prepare_hash_of(git(repo, "show", f"{c}:prepare.py") + "\n") for name, c in commits.items()}
+    text = "\t".join(ledger.COLUMNS) + "\n"
+    for number, (name, val, status, description, kind) in enumerate(rows, start=2):
+        values = provenance_values(commits[name], val, status, description, kind, hashes[name], **(extra or {}))
+        text += ledger.format_row(values, ledger.COLUMNS)
+        lines.setdefault(name, []).append(number)
+    tsv = repo / "results.tsv"
+    tsv.write_text(text)
+    return SimpleNamespace(repo=repo, tsv=tsv, commits=commits, lines=lines)
 
 
 TRAIN_STUB = """\
@@ -52,25 +134,23 @@ analysis = SimpleNamespace(
 )
 
 
+def agreeing_rescore(tsv, log_path, log=None, summary=None):
+    """ledger.rescore_run for the fake run logs of these tests (no checkpoint): the re-score
+    agrees with the log."""
+    log = Path(log_path).read_text() if log is None else log
+    summary = ledger.parse_summary(log) if summary is None else summary
+    if problem := runlog.integrity_problem(log):
+        return None, problem, None
+    reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
+    answer = {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary}
+    return answer, None, reported
+
+
 @pytest.fixture(autouse=True)
 def fake_rescore(monkeypatch):
-    """For the fake run logs of these tests (no checkpoint): the re-score agrees with the log.
-    Imported by a test module, it applies to its in-process records; real re-scores are tested in
-    test_rescore_record.py."""
-
-    def agreeing(tsv, log_path, log=None, summary=None):
-        log = Path(log_path).read_text() if log is None else log
-        summary = ledger.parse_summary(log) if summary is None else summary
-        if problem := runlog.integrity_problem(log):
-            return None, problem, None
-        reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
-        return (
-            {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary},
-            None,
-            reported,
-        )
-
-    monkeypatch.setattr(ledger, "rescore_run", agreeing)
+    """Imported by a test module, the agreeing re-score applies to its in-process records; real
+    re-scores are tested in test_rescore_record.py and through the `real_run` fixture."""
+    monkeypatch.setattr(ledger, "rescore_run", agreeing_rescore)
 
 
 def git(repo, *args):
@@ -87,7 +167,8 @@ def make_repo(path):
     git(path, "config", "commit.gpgsign", "false")
     shutil.copy(REPO / ".gitignore", path / ".gitignore")
     (path / "train.py").write_text(TRAIN_STUB)
-    git(path, "add", ".gitignore", "train.py")
+    (path / "prepare.py").write_text(PREPARE_STUB)  # what the fake logs' prepare_hash names
+    git(path, "add", ".gitignore", "train.py", "prepare.py")
     git(path, "commit", "-q", "-m", "baseline")
     return path
 
@@ -137,7 +218,7 @@ def summary_block(
         seed=str(seed),
         commit=commit,
         fingerprint=fingerprint,
-        prepare_hash="a1b2c3d4e5f6",
+        prepare_hash=prepare_hash_of(PREPARE_STUB),
         run_id=uuid.uuid4().hex[:12],
         val_bpc_exact=repr(float(f"{val_bpc:.6f}")),
         train_bpc=f"{val_bpc + 0.01:.6f}",
@@ -168,11 +249,11 @@ def results_text(rows, header=True, provenance=False, newline="\n"):
     lines = ["\t".join(columns)] if header else []
     for row in rows:
         commit, val, mem, status, description, *rest = row
-        fields = [commit, f"{val:.6f}", f"{mem:.1f}", status, description]
+        values = dict(commit=commit, val_bpc=f"{val:.6f}", memory_gb=f"{mem:.1f}", status=status)
+        values["description"] = description
         if provenance:
-            extra = dict(zip(ledger.PROVENANCE_COLUMNS, rest or ["f1f2f3f4f5f6"]))
-            fields += [extra.get(name, "") for name in ledger.PROVENANCE_COLUMNS]
-        lines.append("\t".join(fields))
+            values.update(zip(ledger.PROVENANCE_COLUMNS, rest))
+        lines.append(ledger.format_row(values, columns).rstrip("\n"))  # with its crc when the file has one
     return newline.join(lines) + newline
 
 

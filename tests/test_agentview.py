@@ -3,22 +3,32 @@
 import json
 import random
 
+import pytest
+from fixtures_results import PREPARE_STUB, head, make_repo, prepare_hash_of, provenance_values
+
 from labbook import agentview, cli, ledger
 
 
-def night_rows(n=150, seed=3):
-    """A generated results.tsv text: setup, then experiments, confirmations, replicates, crashes."""
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repository whose first commit is the baseline (prepare.py committed)."""
+    return make_repo(tmp_path_factory.mktemp("agentview") / "repo")
+
+
+def night_rows(base, n=150, seed=3):
+    """A generated results.tsv text with sound provenance: setup on `base`, then experiments,
+    confirmations, replicates, crashes (experiments' commits are gone, as after a reset)."""
     rng = random.Random(seed)
     lines = ["\t".join(ledger.COLUMNS)]
 
     def add(commit, value, status, kind, description, seed=42, tps=1_000_000):
-        values = dict(commit=commit, val_bpc=f"{value:.6f}", memory_gb="2.0", status=status, kind=kind, seed=str(seed))
-        values.update(description=description, tokens_per_sec=str(tps))
+        values = provenance_values(commit, value, status, description, kind, prepare_hash_of(PREPARE_STUB))
+        values.update(seed=str(seed), tokens_per_sec=str(tps))
         lines.append(ledger.format_row(values, ledger.COLUMNS).rstrip("\n"))  # with its checksum
 
-    add("base000", 1.3, "keep", "baseline", "baseline")
+    add(base, 1.3, "keep", "baseline", "baseline")
     for s in range(1, 5):
-        add("base000", 1.3 + rng.gauss(0, 0.002), "keep", "replicate", f"noise: seed {s}", s, tps=1_300_000)
+        add(base, 1.3 + rng.gauss(0, 0.002), "keep", "replicate", f"noise: seed {s}", s, tps=1_300_000)
     i = 0
     while len(lines) <= n:
         i += 1
@@ -31,16 +41,17 @@ def night_rows(n=150, seed=3):
     return "\n".join(lines) + "\n"
 
 
-def test_the_agent_json_stays_under_4kb_with_150_rows_and_has_what_the_agent_needs(tmp_path, capsys):
-    tsv = tmp_path / "results.tsv"
-    tsv.write_text(night_rows())
+def test_the_agent_json_stays_under_4kb_with_150_rows_and_has_what_the_agent_needs(repo, capsys):
+    base = head(repo)
+    tsv = repo / "results.tsv"
+    tsv.write_text(night_rows(base))
     assert len(ledger.read_results(tsv).rows) >= 150
     assert cli.main(["--tsv", str(tsv), "--json"]) == 0
     out = capsys.readouterr().out
     assert len(out.encode()) < 4096
     view = json.loads(out)
-    assert view["tip"]["commit"] == "base000" and view["tip"]["runs"] == 5
-    assert view["best"]["commit"] == "base000" and view["sigma_df"] == 4
+    assert view["tip"]["commit"] == base and view["tip"]["runs"] == 5
+    assert view["best"]["commit"] == base and view["sigma_df"] == 4 and view["flagged_rows"] == 0
     assert {"reference", "reference_se", "rerun_below", "keep_mean_of_2_below"} <= view["next"].keys()
     assert len(view["last_rows"]) == agentview.LAST_ROWS and len(view["near_misses"]) <= agentview.TOP_NEAR_MISSES
     assert view["tried"] and view["tried_left_out"] >= 0
@@ -48,12 +59,12 @@ def test_the_agent_json_stays_under_4kb_with_150_rows_and_has_what_the_agent_nee
     assert all(len(line) < agentview.DESCRIPTION_CHARS + 10 for line in view["tried"])
     assert view["experiments_since_keep"] > 100 and view["crashes_in_a_row"] == 0
     assert "test" not in out.replace("tested", "")  # no test-split number, ever
-    assert view["machine_noise"] and "base000" in view["machine_noise"][0]
+    assert view["machine_noise"] and base in view["machine_noise"][0]
 
 
-def test_full_gives_the_rest_without_test_numbers(tmp_path, capsys):
-    tsv = tmp_path / "results.tsv"
-    tsv.write_text(night_rows(40))
+def test_full_gives_the_rest_without_test_numbers(repo, capsys):
+    tsv = repo / "results.tsv"
+    tsv.write_text(night_rows(head(repo), 40))
     assert cli.main(["--tsv", str(tsv), "--full"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert len(full["rows"]) == len(ledger.read_results(tsv).rows)

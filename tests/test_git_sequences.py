@@ -96,7 +96,7 @@ def test_three_crashes_in_a_row_show_as_a_crash_streak_that_says_change_directio
         git(repo, "reset", "--hard", "HEAD~1")
     capsys.readouterr()
     assert cli.main(["--json", "--no-plots"]) == 0
-    assert json.loads(capsys.readouterr().out)["crash_streak"] == 3
+    assert json.loads(capsys.readouterr().out)["crashes_in_a_row"] == 3
     assert cli.main(["--no-plots"]) == 0
     text = capsys.readouterr().out
     assert "crash streak 3" in text and "change direction" in text
@@ -105,4 +105,4 @@ def test_three_crashes_in_a_row_show_as_a_crash_streak_that_says_change_directio
     run_and_record(repo, "discard", "lr 1.5e-3", val_bpc=1.51)
     capsys.readouterr()
     assert cli.main(["--json", "--no-plots"]) == 0
-    assert json.loads(capsys.readouterr().out)["crash_streak"] == 0
+    assert json.loads(capsys.readouterr().out)["crashes_in_a_row"] == 0

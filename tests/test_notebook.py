@@ -11,7 +11,7 @@ import sys
 import jupytext
 import nbformat
 import pytest
-from fixtures_results import ANALYSIS, NIGHT, results_text
+from fixtures_results import ANALYSIS, write_night
 from harness import REPO
 
 NOTEBOOK_COMMAND = "jupytext --to notebook analysis.py"
@@ -48,7 +48,7 @@ def test_the_generated_notebook_runs_top_to_bottom_and_shows_the_report_and_plot
         [sys.executable, "-m", *NOTEBOOK_COMMAND.split()], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    (tmp_path / "results.tsv").write_text(results_text(NIGHT, provenance=True))
+    night = write_night(tmp_path)  # the keep rule's night, its commits in a repository right here
     steps = [
         dict(step=i, time=i * 0.5, loss=3.0 / i**0.3, lr=1e-3, tok_per_sec=1000, grad_norm=1.0) for i in range(1, 80)
     ]
@@ -62,7 +62,8 @@ def test_the_generated_notebook_runs_top_to_bottom_and_shows_the_report_and_plot
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "keep rate 40.0%" in text and "best      exp0006" in text and "noise floor" in text and "audit:" in text
+    assert f"best      {night.commits['exp6']}" in text and "sigma     " in text and "kept improvements" in text
+    assert f"{night.commits['hack']}: flagged" in text and "crashes" in text
     images = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3  # progress, memory, and the curves of ./metrics.jsonl
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000 for png in images)

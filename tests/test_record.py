@@ -7,6 +7,7 @@ import pytest
 from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
     HEADER5,
     commit_change,
+    copy_run,
     data_lines,
     fake_rescore,
     git,
@@ -14,6 +15,7 @@ from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
     make_repo,
     results_text,
     run_cli,
+    tiny_lab,
     write_log,
 )
 
@@ -180,18 +182,25 @@ def test_restore_without_a_backup_says_so(tmp_path, capsys):
     assert code != 0 and "no backup" in capsys.readouterr().err
 
 
-def test_recording_from_a_second_worktree_lands_in_the_main_worktrees_results(repo):
-    worktree = repo.parent / "agent-2"
+def test_recording_from_a_second_worktree_lands_in_the_main_worktrees_results(tmp_path):
+    """A real tiny run (tiny_lab's run A), recorded by `analysis.py record` in a second worktree:
+    the re-score runs in a subprocess and the row lands in the main worktree's results.tsv."""
+    lab = tiny_lab()
+    repo = tmp_path / "repo"
+    git(tmp_path, "clone", "-q", str(lab.repo), str(repo))  # same commits: the log's commit is HEAD
+    worktree = tmp_path / "agent-2"
     git(repo, "worktree", "add", "-q", "-b", "agent-2", str(worktree))
-    commit = commit_change(worktree, lr=0.003)
-    write_log(worktree, commit, val_bpc=1.45)
-    proc = run_cli("record", "--status", "keep", "--description", "lr 3e-3", cwd=worktree)
-    assert proc.returncode == 0, proc.stderr
+    copy_run(lab.run_a, worktree)
+    proc = run_cli("record", "--status", "keep", "--description", "baseline", cwd=worktree)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (worktree / "results.tsv").exists()
     rows = data_lines(repo / "results.tsv")
-    assert [r[:5] for r in rows] == [[commit, "1.450000", "3.0", "keep", "lr 3e-3"]]
-    assert dict(zip(ledger.COLUMNS, rows[0]))["worker"] == "agent-2"
+    summary = ledger.parse_summary((lab.run_a / "run.log").read_text())
+    assert [r[:4] for r in rows] == [[lab.c1, f"{float(summary['val_bpc_exact']):.6f}", rows[0][2], "keep"]]
+    row = dict(zip(ledger.COLUMNS, rows[0]))
+    assert row["worker"] == "agent-2" and row["run_id"] == summary["run_id"] and row["rescore_seconds"] != ""
     assert data_lines(repo / ".git" / "autoresearch" / "results.tsv") == rows
+    assert (repo / "checkpoints" / f"{lab.c1}.pt").is_file(), "a keep's weights are saved next to results.tsv"
 
 
 def test_a_keep_saves_its_checkpoint_and_metrics_under_checkpoints(repo, capsys):
@@ -209,11 +218,12 @@ def test_a_keep_saves_its_checkpoint_and_metrics_under_checkpoints(repo, capsys)
 def test_a_discard_saves_no_checkpoint_and_a_keep_without_one_says_so(repo, capsys):
     write_log(repo, head(repo), val_bpc=1.45)
     (repo / "checkpoint.pt").write_bytes(b"weights")
-    record(capsys, "--status", "discard", "--description", "worse")
-    assert not (repo / "checkpoints").exists()
-    (repo / "checkpoint.pt").unlink()
+    code, _, _ = record(capsys, "--status", "discard", "--description", "worse")
+    assert code == 0 and not (repo / "checkpoints").exists()
+    assert not (repo / "checkpoint.pt").exists(), "a recorded discard's checkpoint is deleted (retention rule)"
+    write_log(repo, head(repo), val_bpc=1.44)  # the next run: a run is recorded once
     code, out, _ = record(capsys, "--status", "keep", "--description", "better")
-    assert code == 0 and "no checkpoint.pt" in out
+    assert code == 0 and "no checkpoint at" in out and "not saved" in out
 
 
 def test_tsv_overrides_the_results_path_before_or_after_the_subcommand(repo, tmp_path, capsys):

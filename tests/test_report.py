@@ -1,28 +1,23 @@
 """`python analysis.py` (text and --json), its plots, metrics curves and the integrity audit."""
 
 import json
+import statistics
 
 import numpy as np
 import pytest
-from fixtures_results import NIGHT, commit_change, head, is_real_png, make_repo, results_text
+from fixtures_results import NIGHT, RULE_NIGHT, is_real_png, results_text, write_night
 
-from labbook import cli, ledger, plots
-
-
-def expected_noise_floor(rows):
-    values = [rows[0][1]] + [r[1] for r in rows if r[4].startswith("noise:")]
-    return float(np.std(values, ddof=1))
+from labbook import cli, keeprule, ledger, plots
 
 
 @pytest.fixture
 def night(tmp_path):
-    path = tmp_path / "results.tsv"
-    path.write_text(results_text(NIGHT, provenance=True))
-    return path
+    """The keep rule's night in a real repository: results.tsv, its commits, its line numbers."""
+    return write_night(tmp_path / "lab")
 
 
 def report_json(capsys, tsv, *extra):
-    assert cli.main(["--tsv", str(tsv), "--json", "--no-plots", *extra]) == 0
+    assert cli.main(["--tsv", str(tsv), "--full", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -31,60 +26,84 @@ def report_text(capsys, tsv, *extra):
     return capsys.readouterr().out
 
 
-def test_the_json_gives_the_agent_best_commit_noise_floor_threshold_and_streaks(night, capsys):
-    report = report_json(capsys, night)
-    floor = expected_noise_floor(NIGHT)
-    assert report["best_commit"] == "exp0006" and report["best_val_bpc"] == pytest.approx(1.3999)
-    assert report["noise_floor"] == pytest.approx(floor) and report["noise_replicates"] == 3
-    assert report["keep_threshold"] == pytest.approx(2 * floor)
-    assert report["experiments_since_improvement"] == 3  # exp0007, exp0008, exp0009
-    assert report["crash_streak"] == 2
-    assert [m["commit"] for m in report["near_misses"]] == ["exp0004"]
-    assert report["near_misses"][0]["margin"] == pytest.approx(1.4505 - 1.45)
-    assert report["totals"] == dict(rows=13, experiments=10, noise_runs=3, keep=4, discard=6, crash=3)
-    assert report["keep_rate"] == pytest.approx(4 / 10)
-    assert report["baseline"]["commit"] == "base000"
-    assert report["improvement"] == pytest.approx(1.5 - 1.3999)
+def rows_of(tsv, drop=()):
+    return [r for r in ledger.read_results(tsv).rows if r.commit not in drop]
 
 
-def test_kept_rows_carry_deltas_and_the_top_improvements_are_ranked(night, capsys):
-    report = report_json(capsys, night)
-    assert [k["commit"] for k in report["kept"]] == ["base000", "exp0002", "exp0005", "exp0006"]
-    assert [k["delta"] for k in report["kept"]] == [None, *map(pytest.approx, [-0.05, -0.05, -0.0001])]
-    assert report["kept"][-1]["vs_baseline"] == pytest.approx(1.3999 - 1.5)
-    ranked = [k["delta"] for k in report["top_improvements"]]
-    assert ranked == sorted(ranked) and report["top_improvements"][-1]["commit"] == "exp0006"
+def test_the_report_shows_the_keep_rules_numbers_never_its_own(night, capsys):
+    rows = rows_of(night.tsv, drop=[night.commits["hack"]])  # the flagged row never counts
+    now = keeprule.standing(rows)
+    text = report_text(capsys, night.tsv)
+    c = night.commits
+    assert now["tip"]["commit"] == c["exp7"] and now["best"]["commit"] == c["exp6"]
+    assert f"tip       {c['exp7']:<8} {now['tip']['mean']:.6f}  mean of 1 runs" in text
+    assert f"best      {c['exp6']:<8} {now['best']['mean']:.6f}  mean of 4 runs" in text
+    assert f"sigma     {now['sigma']:.6f} ({now['df']} df" in text
+    assert f"rerun below {now['next']['rerun_below']:.6f}" in text
+    assert "noise floor" not in text and "keep threshold" not in text
+    assert f"baseline  {c['base']:<8} 1.500000" in text
 
 
-def test_the_text_report_shows_totals_kept_list_noise_floor_and_threshold(night, capsys):
-    text = report_text(capsys, night)
-    floor = expected_noise_floor(NIGHT)
-    assert "13 rows = 10 experiments + 3 noise runs" in text and "keep rate 40.0%" in text
-    assert "baseline  base000" in text and "best      exp0006  1.399900" in text
-    assert f"noise floor {floor:.6f}" in text and f"keep threshold {2 * floor:.6f}" in text
-    kept = text[text.index("kept, in order") : text.index("top improvements")]
-    assert all(commit in kept for commit in ("base000", "exp0002", "exp0005", "exp0006"))
-    assert f"{-0.05:+.6f}" in kept and "exp0001" not in kept
-    assert "top improvements" in text and "near misses" in text and "crash streak 2" in text
+def test_improvements_carry_their_deltas_and_simplifications_are_listed_apart(night, capsys):
+    text = report_text(capsys, night.tsv)
+    c = night.commits
+
+    def listed(start, end):  # the commits a section lists, in order
+        section = text[text.index(start) : text.index(end)].splitlines()[1:]
+        return [line.split()[2] for line in section if line.startswith("  line")]
+
+    improvements = listed("kept improvements", "kept simplifications")
+    assert improvements == [c["exp6"], c["exp2"], c["exp7"]], "best gain first; a flagged row is never listed"
+    delta = statistics.fmean([1.45, 1.451]) - statistics.fmean([1.5, 1.501, 1.499, 1.5006, 1.4996])
+    assert f"{c['exp2']}  mean 1.450250 (4 runs)  delta {delta:+.6f} vs 1.500040 ({c['base']})  SwiGLU" in text
+    assert listed("kept simplifications", "near-misses") == [c["exp5"]]
+    assert listed("near-misses", "\ncrashes") == [c["exp4"]]
 
 
-def test_the_noise_floor_is_unknown_with_fewer_than_two_replicates(tmp_path, capsys):
+def test_crashes_are_listed_with_their_reasons_and_the_streak(night, capsys):
+    text = report_text(capsys, night.tsv)
+    crashes = text[text.index("\ncrashes") : text.index("audit:")]
+    assert "depth 24: out of memory" in crashes and "fp8 everywhere: float8 needs sm89" in crashes
+    assert "batch 256: no reason given" in crashes and "crash streak 2" in text
+
+
+def test_a_flagged_row_is_never_the_tip_or_the_best_for_report_decide_and_the_agent(night, capsys):
+    hack = night.commits["hack"]
+    full = report_json(capsys, night.tsv)
+    assert full["standing"]["tip"]["commit"] == night.commits["exp7"]
+    assert full["standing"]["best"]["commit"] == night.commits["exp6"]
+    assert [f["commit"] for f in full["audit"]["not_comparable"]] == [hack]
+    assert "differs from the baseline's" in full["audit"]["not_comparable"][0]["reason"]
+    assert cli.main(["--tsv", str(night.tsv), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["tip"]["commit"] == night.commits["exp7"] and view["best"]["commit"] == night.commits["exp6"]
+    assert view["flagged_rows"] == 1
+    judged = keeprule.judged_rows(night.tsv)
+    assert hack not in {r.commit for r in judged} and len(judged) == len(rows_of(night.tsv)) - 1
+    verdict = keeprule.decide(judged, keeprule.Candidate("abc1234", 1.3999, "next idea"))
+    assert verdict.reference_commit == night.commits["exp7"]
+
+
+def test_the_audit_exits_1_for_flags_only_and_notes_small_gains_apart(night, tmp_path, capsys):
+    assert cli.main(["audit", "--tsv", str(night.tsv)]) == 1
+    text = capsys.readouterr().out
+    assert f"{night.commits['hack']}: flagged: prepare.py at" in text
+    assert f"{night.commits['exp7']}: kept with a gain of" in text and "not flags" in text
+    assert cli.main(["audit", "--json", "--tsv", str(night.tsv)]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [g["commit"] for g in found["small_gains"]] == [night.commits["exp7"]]
+    assert found["small_gains"][0]["gain"] == pytest.approx(statistics.fmean([1.4, 1.401, 1.4005, 1.3995]) - 1.4004)
+    clean = write_night(tmp_path / "clean", [r for r in RULE_NIGHT if r[0] != "hack"])
+    assert cli.main(["audit", "--tsv", str(clean.tsv)]) == 0, "a small gain is a note, not a flag"
+    assert "kept with a gain of" in capsys.readouterr().out
+
+
+def test_rows_without_provenance_are_flagged_and_never_count(tmp_path, capsys):
     path = tmp_path / "results.tsv"
-    path.write_text(results_text([r for r in NIGHT if r[0] != "nse0002" and r[0] != "nse0003"]))
-    report = report_json(capsys, path)
-    assert report["noise_floor"] is None and report["keep_threshold"] is None and report["noise_replicates"] == 1
-    assert "noise floor unknown" in report_text(capsys, path)
-
-
-def test_rows_with_and_without_provenance_columns_report_the_same_numbers(tmp_path, capsys):
-    plain, rich = tmp_path / "plain.tsv", tmp_path / "rich.tsv"
-    plain.write_text(results_text(NIGHT))
-    rich.write_text(results_text(NIGHT, provenance=True))
-    a, b = report_json(capsys, plain), report_json(capsys, rich)
-    for key in ("best_commit", "noise_floor", "keep_threshold", "totals", "crash_streak", "keep_rate"):
-        assert a[key] == b[key]
-    assert [m["line"] for m in a["near_misses"]] == [m["line"] for m in b["near_misses"]]
-    assert "fingerprint" in b["best"] and "fingerprint" not in a["best"]
+    path.write_text(results_text(NIGHT))
+    text = report_text(capsys, path)
+    assert "baseline  none yet" in text and "audit: 4 flagged" in text and "\ntip " not in text
+    assert "no provenance" in text and "crash streak 1" in text
 
 
 @pytest.mark.parametrize("content", ["", "\t".join(ledger.COLUMNS)])
@@ -95,22 +114,17 @@ def test_an_empty_or_header_only_file_gets_a_friendly_message_and_no_plots(tmp_p
     assert "No experiments" in capsys.readouterr().out
     assert not (tmp_path / "progress.png").exists()
     report = report_json(capsys, path)
-    assert report["totals"]["rows"] == 0 and report["best_commit"] is None and report["noise_floor"] is None
+    assert report["totals"]["rows"] == 0 and report["standing"]["best"] is None and report["sigma"] is None
 
 
-def test_the_report_draws_progress_and_memory_next_to_the_results(night, capsys):
-    assert cli.main(["--tsv", str(night)]) == 0
+def test_the_report_draws_progress_and_memory_next_to_the_results(night, tmp_path, capsys):
+    assert cli.main(["--tsv", str(night.tsv)]) == 0
     out = capsys.readouterr().out
     for name in ("progress.png", "memory.png"):
-        assert is_real_png(night.parent / name) and str(night.parent / name) in out
-
-
-def test_plots_go_to_the_out_directory_when_asked(night, tmp_path, capsys):
-    out_dir = tmp_path / "figures"
-    report = json.loads(_run(capsys, ["--tsv", str(night), "--json", "--out", str(out_dir)]))
-    assert sorted(report["plots"]) == [str(out_dir / "memory.png"), str(out_dir / "progress.png")]
-    assert all(is_real_png(p) for p in report["plots"])
-    assert not (night.parent / "progress.png").exists()
+        assert is_real_png(night.tsv.parent / name) and str(night.tsv.parent / name) in out
+    figures = tmp_path / "figures"
+    assert cli.main(["--tsv", str(night.tsv), "--out", str(figures)]) == 0
+    assert is_real_png(figures / "progress.png") and is_real_png(figures / "memory.png")
 
 
 def _run(capsys, argv):
@@ -148,50 +162,10 @@ def test_curves_refuse_files_without_per_step_rows(tmp_path, capsys):
     assert "per-step" in capsys.readouterr().err
 
 
-def test_the_audit_flags_a_different_fingerprint(tmp_path, capsys):
-    rows = [(*r, "f1f2f3f4f5f6") for r in NIGHT[:6]]
-    rows[4] = (*NIGHT[4], "0badf00d0bad")
-    path = tmp_path / "results.tsv"
-    path.write_text(results_text(rows, provenance=True))
-    assert cli.main(["audit", "--tsv", str(path)]) == 1
-    text = capsys.readouterr().out
-    assert "exp0001: not comparable" in text and "0badf00d0bad" in text
-    report = report_json(capsys, path)
-    assert [f["commit"] for f in report["audit"]["not_comparable"]] == ["exp0001"]
-
-
-def test_the_audit_compares_fixed_regions_in_git_when_rows_have_no_fingerprint(tmp_path, capsys):
-    repo = make_repo(tmp_path / "repo")
-    base = head(repo)
-    editable = commit_change(repo, lr=0.002)
-    fixed = commit_change(repo, eval_bytes=1024, message="shrink the evaluation")
-    path = repo / "results.tsv"
-    rows = [(base, 1.5, 2.0, "keep", "baseline"), (editable, 1.4, 2.0, "keep", "lr 2e-3")]
-    path.write_text(
-        results_text(rows + [(fixed, 1.3, 2.0, "discard", "eval"), ("deadbee", 1.6, 2.0, "discard", "gone")])
-    )
-    assert cli.main(["audit", "--tsv", str(path)]) == 1
-    assert f"{fixed}: not comparable" in capsys.readouterr().out
-    found = report_json(capsys, path)["audit"]
-    assert [f["commit"] for f in found["not_comparable"]] == [fixed]
-    assert [f["commit"] for f in found["unverifiable"]] == ["deadbee"]
-    path.write_text(results_text(rows))
-    assert cli.main(["audit", "--tsv", str(path)]) == 0
-
-
-def test_the_audit_flags_keeps_whose_gain_is_below_the_keep_threshold(night, capsys):
-    assert cli.main(["audit", "--tsv", str(night)]) == 1
-    capsys.readouterr()
-    report = report_json(capsys, night)
-    assert [f["commit"] for f in report["audit"]["small_gains"]] == ["exp0006"]
-    assert report["audit"]["small_gains"][0]["gain"] == pytest.approx(0.0001)
-    assert "kept with a gain of +0.000100" in report_text(capsys, night)
-
-
 def test_a_night_of_crashes_only_still_reports_and_plots(tmp_path, capsys):
     path = tmp_path / "results.tsv"
-    path.write_text(results_text([r for r in NIGHT if r[3] == "crash"]))
+    path.write_text(results_text([(f"c{i:06d}", 0.0, 0.0, "crash", f"try {i} (crash: oom)") for i in range(3)]))
     assert cli.main(["--tsv", str(path)]) == 0
     assert "crash streak 3" in capsys.readouterr().out
     assert is_real_png(tmp_path / "progress.png") and is_real_png(tmp_path / "memory.png")
-    assert report_json(capsys, path)["best_commit"] is None
+    assert report_json(capsys, path)["standing"]["best"] is None

@@ -37,7 +37,8 @@ def repo(tmp_path, monkeypatch):
 
 
 def report(capsys, tsv):
-    assert cli.main(["--tsv", str(tsv), "--json", "--no-plots"]) == 0
+    """`analysis.py --full`: every row, the totals, the unreadable lines."""
+    assert cli.main(["--tsv", str(tsv), "--full"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -57,20 +58,27 @@ def test_malformed_lines_are_reported_with_their_line_numbers_and_skipped(tmp_pa
     result = report(capsys, path)
     assert [m["line"] for m in result["malformed"]] == [3, 4, 5, 6, 7, 8, 9]
     assert "3 columns" in result["malformed"][3]["reason"] and "6 columns" in result["malformed"][4]["reason"]
-    assert result["totals"]["rows"] == 2 and result["best_commit"] == "bbbbbbb"
+    assert result["totals"]["rows"] == 2 and [r["commit"] for r in result["rows"]] == ["aaaaaaa", "bbbbbbb"]
     assert cli.main(["--tsv", str(path), "--no-plots"]) == 0
     text = capsys.readouterr().out
-    assert all(f"skipped line {n}:" in text for n in range(3, 10)) and "best      bbbbbbb" in text
+    assert all(f"skipped line {n}:" in text for n in range(3, 10)) and "2 rows =" in text
 
 
 def test_rows_with_fewer_provenance_columns_than_the_header_are_read_and_more_are_not(tmp_path, capsys):
     path = tmp_path / "results.tsv"
-    header = "\t".join(ledger.COLUMNS)
+    header = "\t".join(ledger.BASE_COLUMNS + ledger.PROVENANCE_COLUMNS)  # an older layout: no crc
     too_many = "\t".join(["kkkkkkk", "1.4", "2.0", "discard", "x"] + ["p"] * (len(ledger.COLUMNS) - 4))
-    path.write_text(f"{header}\naaaaaaa\t1.5\t2.0\tkeep\tbaseline\tf1f2f3f4f5f6\n{too_many}\n")
+    path.write_text(f"{header}\naaaaaaa\t1.5\t2.0\tkeep\tbaseline\t1.5\n{too_many}\n")
     result = report(capsys, path)
-    assert result["totals"]["rows"] == 1 and result["baseline"]["fingerprint"] == "f1f2f3f4f5f6"
+    assert result["totals"]["rows"] == 1 and result["rows"][0]["reported_bpc"] == "1.5"
     assert [m["line"] for m in result["malformed"]] == [3]
+
+
+def test_a_short_row_under_a_checksummed_header_is_unreadable(tmp_path, capsys):
+    path = tmp_path / "results.tsv"
+    path.write_text("\t".join(ledger.COLUMNS) + "\naaaaaaa\t1.5\t2.0\tkeep\tbaseline\n")
+    result = report(capsys, path)
+    assert result["totals"]["rows"] == 0 and "torn or hand-edited" in result["malformed"][0]["reason"]
 
 
 def test_a_missing_header_still_reports_but_recording_refuses_and_says_how_to_fix(repo, capsys):
@@ -100,7 +108,7 @@ def test_crlf_line_endings_read_like_lf_and_appends_keep_every_row(repo, capsys)
     assert cli.main(["record", "--status", "keep", "--description", "appended"]) == 0
     capsys.readouterr()
     assert [r[4] for r in data_lines(crlf)] == [r[4] for r in GOOD] + ["appended"]
-    assert report(capsys, crlf)["best_commit"] == head(repo)
+    assert report(capsys, crlf)["rows"][-1]["commit"] == head(repo)
 
 
 def test_a_torn_last_line_is_reported_and_the_next_row_starts_on_a_line_of_its_own(repo, capsys):
@@ -126,19 +134,24 @@ def test_a_last_row_without_its_newline_is_still_a_row(tmp_path, capsys):
     assert result["totals"]["rows"] == 4 and result["malformed"] == []
 
 
+# Each writer records its own runs (a run is recorded once: distinct run_ids); the re-score is
+# the agreeing fake, since what is under test is the appending, not the re-score.
 APPENDER = """
 import sys
-sys.path.insert(0, {repo!r})
-from labbook import cli
+sys.path[:0] = [{repo!r}, {tests!r}]
+import fixtures_results
+from labbook import cli, ledger
+ledger.rescore_run = fixtures_results.agreeing_rescore
+commit = fixtures_results.head(".")
 for i in range({rows}):
-    code = cli.main(["record", "--status", "discard", "--description", f"writer {{sys.argv[1]}} row {{i}}"])
+    log = fixtures_results.write_log(".", commit, val_bpc=1.44, name=f"run-{{sys.argv[1]}}-{{i}}.log")
+    code = cli.main(["record", "--status", "discard", "--description", f"writer {{sys.argv[1]}} row {{i}}", str(log)])
     assert code == 0, code
 """
 
 
 def test_four_processes_appending_fifty_rows_each_lose_and_interleave_nothing(repo):
-    write_log(repo, head(repo), val_bpc=1.44)
-    script = APPENDER.format(repo=str(REPO), rows=50)
+    script = APPENDER.format(repo=str(REPO), tests=str(REPO / "tests"), rows=50)
     writers = [
         subprocess.Popen([sys.executable, "-c", script, str(w)], cwd=repo, stdout=subprocess.DEVNULL) for w in range(4)
     ]

@@ -14,15 +14,17 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from harness import REPO, TRAIN, base_env, make_train_copy, parse_summary
+from fixtures_results import TINY_CONSTANTS, prepare_hash_of, provenance_values
+from harness import REPO, TRAIN, base_env, edit_constants, parse_summary
 
+from labbook import ledger
 from labbook import workers as workers_module
 
 BASELINE_BPC = 9.5  # above what a tiny run reaches, so both workers beat it and show as candidates
 
-# The copy says which GPU and worker it was given, the way an agent would add a print to main().
-SETUP_CALL = "    run = setup()\n"
-ENV_REPORT = "    print0(f\"visible devices: {os.environ.get('CUDA_VISIBLE_DEVICES')}\")\n"
+# The copy says which GPU and worker it was given, the way an agent would add a print to train().
+SETUP_CALL = "def train(run):\n"
+ENV_REPORT = "    import os\n\n    print(f\"visible devices: {os.environ.get('CUDA_VISIBLE_DEVICES')}\", flush=True)\n"
 
 
 def git(cwd, *args):
@@ -37,8 +39,11 @@ def make_research_repo(path, gitignore=None):
     git(path, "config", "user.email", "test@example.invalid")
     git(path, "config", "commit.gpgsign", "false")
     source = TRAIN.read_text()
-    assert SETUP_CALL in source, "main() no longer starts with `run = setup()`: update the anchor"
-    make_train_copy(path, source=source.replace(SETUP_CALL, SETUP_CALL + ENV_REPORT))
+    assert SETUP_CALL in source, "train.py has no `def train(run):`: update the anchor"
+    (path / "train.py").write_text(
+        edit_constants(source.replace(SETUP_CALL, SETUP_CALL + ENV_REPORT), **TINY_CONSTANTS)
+    )
+    shutil.copy(REPO / "prepare.py", path / "prepare.py")  # the harness that trains and re-scores
     shutil.copy(REPO / "analysis.py", path / "analysis.py")
     shutil.copytree(REPO / "labbook", path / "labbook", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "tools").mkdir()
@@ -63,18 +68,23 @@ def commit_lr(worktree, lr):
     return git(worktree, "rev-parse", "HEAD")
 
 
-def record_baseline(root, val_bpc):
-    """A kept baseline row for the research branch's HEAD, from a hand-written run.log."""
-    (root / "run.log").write_text(
-        f"---\nval_bpc:          {val_bpc:.6f}\ncommit:           {git(root, 'rev-parse', '--short=7', 'HEAD')}\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "analysis.py", "record", "--status", "keep", "--description", "baseline"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+SETUP_VALUES = (0.0, 0.001, -0.001, 0.0005, -0.0005)  # the baseline and 4 replicates: mean BASELINE_BPC
+
+
+def record_baseline(root, val_bpc, commit=None, parts=None):
+    """Setup on the research branch's HEAD, as `record` writes it: the baseline and its replicates
+    (full provenance, checksums), so the keep rule has a tip and a sigma. `parts`: fingerprint
+    parts (libraries, budget, data...) of the machine's real runs; rows after setup are kept."""
+    commit = commit or git(root, "rev-parse", "--short=7", "HEAD")
+    prepare_hash = prepare_hash_of((root / "prepare.py").read_text())
+    tsv = root / "results.tsv"
+    later = tsv.read_text().splitlines(keepends=True)[1 + len(SETUP_VALUES) :] if tsv.exists() else []
+    text = "\t".join(ledger.COLUMNS) + "\n"
+    for i, offset in enumerate(SETUP_VALUES):
+        kind, description = ("baseline", "baseline") if i == 0 else ("replicate", f"noise: seed {i}")
+        values = provenance_values(commit, val_bpc + offset, "keep", description, kind, prepare_hash, seed=str(i or 42))
+        text += ledger.format_row({**values, **(parts or {})}, ledger.COLUMNS)
+    tsv.write_text(text + "".join(later))
 
 
 def read_rows(tsv):
@@ -93,7 +103,7 @@ def night(tmp_path_factory, corpus):
     setup = workers(root, "setup", "--tag", "night", "--gpus", "0,1")
     assert setup.returncode == 0, setup.stderr
     commits = {gpu: commit_lr(root / "worktrees" / f"gpu{gpu}", lr) for gpu, lr in (("0", 0.003), ("1", 0.001))}
-    env = base_env(tmp, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096)
+    env = base_env(tmp, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=8192)
     runs = {
         gpu: subprocess.Popen(
             [sys.executable, "tools/workers.py", "run", "--gpu", gpu],
@@ -107,6 +117,10 @@ def night(tmp_path_factory, corpus):
     }
     outputs = {gpu: proc.communicate(timeout=300)[0] for gpu, proc in runs.items()}
     codes = {gpu: proc.returncode for gpu, proc in runs.items()}
+    # the baseline ran on this machine too: its rows carry the real runs' fingerprint parts
+    summary = parse_summary((root / "worktrees" / "gpu0" / "run.log").read_text())
+    parts = {k: summary[k] for k in ("libraries", "budget", "eval_bytes", "data", "device", "fingerprint")}
+    record_baseline(root, BASELINE_BPC, main_before[:7], parts)
     return SimpleNamespace(root=root, main_before=main_before, commits=commits, outputs=outputs, codes=codes, env=env)
 
 
@@ -120,7 +134,7 @@ def test_setup_gives_each_gpu_a_worktree_on_its_own_branch_tracking_the_research
 
 def test_concurrent_workers_all_record_into_the_main_worktrees_results_with_their_commit_and_name(night):
     assert night.codes == {"0": 0, "1": 0}, night.outputs
-    rows = read_rows(night.root / "results.tsv")[1:]
+    rows = read_rows(night.root / "results.tsv")[len(SETUP_VALUES) :]
     assert sorted((row["worker"], row["commit"]) for row in rows) == [
         ("gpu0", night.commits["0"][:7]),
         ("gpu1", night.commits["1"][:7]),
@@ -132,12 +146,14 @@ def test_concurrent_workers_all_record_into_the_main_worktrees_results_with_thei
 
 def test_worker_rows_are_discards_that_the_report_ranks_against_the_research_branch_best(night):
     baseline, *rows = read_rows(night.root / "results.tsv")
+    rows = rows[len(SETUP_VALUES) - 1 :]
     assert [row["status"] for row in rows] == ["discard", "discard"], "keep is for commits on the research branch"
+    assert all(row["kind"] == "experiment" and row["rescore_seconds"] for row in rows), "judged and re-scored"
     proc = subprocess.run(
         [sys.executable, "analysis.py", "--json", "--no-plots"], cwd=night.root, capture_output=True, text=True
     )
     report = json.loads(proc.stdout)
-    assert report["best_commit"] == baseline["commit"] == night.main_before[:7]
+    assert report["best"]["commit"] == baseline["commit"] == night.main_before[:7]
     beating = sorted(row["commit"] for row in rows if float(row["val_bpc"]) < BASELINE_BPC)
     assert sorted(miss["commit"] for miss in report["near_misses"]) == beating
 
@@ -164,13 +180,18 @@ def test_status_lists_each_worker_with_branch_head_and_last_result(night):
     listing = workers(night.root, "status")
     assert listing.returncode == 0, listing.stderr
     standing, *lines = listing.stdout.splitlines()
+    view = json.loads(
+        subprocess.run([sys.executable, "analysis.py", "--json"], cwd=night.root, capture_output=True).stdout
+    )
+    bound = view["next"]["rerun_below"]
+    assert bound < BASELINE_BPC and f"promote below {bound:.6f}" in standing
     assert standing.startswith(f"best kept {night.main_before[:7]} {BASELINE_BPC:.6f}")
     assert len(lines) == 2
     for line, (gpu, commit) in zip(lines, sorted(night.commits.items())):
         val_bpc = parse_summary((night.root / "worktrees" / f"gpu{gpu}" / "run.log").read_text())["val_bpc"]
         assert line.startswith(f"gpu{gpu}  autoresearch/night-gpu{gpu}  {commit[:7]}")
         assert "+1 on main" in line and "idle" in line and f"val_bpc {val_bpc}" in line
-        assert ("PROMOTE" in line) == (float(val_bpc) < BASELINE_BPC)
+        assert ("PROMOTE" in line) == (float(val_bpc) < bound)
 
 
 @pytest.fixture
@@ -231,18 +252,19 @@ def test_a_worker_row_defaults_to_discard_or_crash():
 
 
 @pytest.mark.parametrize(
-    "val_bpc, report, promote",
+    "val_bpc, view, promote",
     [
-        ("1.4985", {"best_val_bpc": 1.5, "keep_threshold": 0.001}, True),
-        ("1.4995", {"best_val_bpc": 1.5, "keep_threshold": 0.001}, False),
-        ("1.4999", {"best_val_bpc": 1.5, "keep_threshold": None}, True),
-        ("1.5", {"best_val_bpc": 1.5, "keep_threshold": None}, False),
-        ("1.0", {"best_val_bpc": None, "keep_threshold": None}, False),
+        ("1.4985", {"next": {"rerun_below": 1.499}}, True),
+        ("1.4995", {"next": {"rerun_below": 1.499}}, False),
+        ("1.499", {"next": {"rerun_below": 1.499}}, False),
+        ("1.0", {"best": None, "next": None}, False),  # no bound before setup's replicates
     ],
 )
-def test_a_worker_is_promoted_only_when_it_beats_the_best_by_more_than_the_threshold(val_bpc, report, promote):
-    margin = workers_module.margin_to_promote(val_bpc, report)
+def test_a_worker_is_promoted_only_below_the_keep_rules_rerun_bound(val_bpc, view, promote):
+    margin = workers_module.margin_to_promote(val_bpc, view)
     assert (margin is not None and margin > 0) == promote
+    row = {"status": "discard", "commit": "abc1234", "val_bpc": val_bpc}
+    assert ("PROMOTE" in workers_module.promotion_hint(row, "abc1234", view)) == promote
 
 
 def test_worker_tags_keep_noise_replicates_recognisable():
