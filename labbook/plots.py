@@ -192,7 +192,8 @@ def plot_progress(results, path, flagged=None):
     integer_ticks(ax, len(rows))
     ax.set_xlabel("run (in the order recorded)")
     ax.set_ylabel("val_bpc (lower is better)")
-    kept_commits = {p["commit"] for p in data["points"] if p["kept"] and p["kind"] != "baseline"}
+    base = {p["commit"] for p in data["points"] if p["kind"] == "baseline"}
+    kept_commits = {p["commit"] for p in data["points"] if p["kept"]} - base
     title = f"{len(rows)} runs, {len(kept_commits)} commits kept"
     if data["best"]:
         title += f"; best mean {data['best'][-1][1]:.6f}"
