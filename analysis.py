@@ -1,11 +1,18 @@
 # %% [markdown]
 # # Autoresearch: what happened overnight
 #
+<<<<<<< HEAD
 # `results.tsv` holds one row per experiment: the commit, its `val_bpc`, peak memory, whether the
 # agent kept it, and what it tried. This notebook reads the `results.tsv` in its working
 # directory and shows the report the command line prints: totals, the kept changes and their
 # gains (the keep rule's: tip, sigma, improvements, simplifications), near-misses, crashes, the
 # integrity audit, and the progress and memory plots.
+=======
+# Read top to bottom: what the night was, where it stands, what was kept and why, what broke,
+# and the runs' memory, timing and loss curves. Everything comes from `results.tsv` in this
+# directory and from git; checkpoints are optional (a missing one is said, not an error).
+# The machinery is `labbook/morning.py` and `labbook/plots.py`.
+>>>>>>> notebook
 
 # %%
 """Record experiments in results.tsv and report on them: the night's memory and the morning's view.
@@ -33,48 +40,135 @@ results.tsv sits at the top of the main worktree, with a backup in the git direc
 labbook/ledger.py. The machinery is the labbook package next to this file.
 
 As a notebook: `jupytext --to notebook analysis.py` writes analysis.ipynb, which runs top to
-bottom on the results.tsv in its working directory.
+bottom on the results.tsv in its working directory; `jupytext --to notebook --execute analysis.py`
+runs it, `jupyter nbconvert --to html analysis.ipynb` makes a page with the plots embedded.
+Test scores are computed only when asked: AR_TEST=1 jupytext --to notebook --execute analysis.py.
 """
 
 import sys
 from pathlib import Path
 
 import labbook.cli
-from labbook.plots import plot_curves
-from labbook.report import build_report, format_report
-from labbook.rescore import best_test_bpc
 
 if __name__ == "__main__" and "ipykernel" not in sys.modules:
     sys.exit(labbook.cli.main())
 
 IN_NOTEBOOK = __name__ == "__main__"  # not when tools/machine.py or bench/bench.py load this file
 
-# %% [markdown]
-# ## The report for ./results.tsv
-
-# %%
-if IN_NOTEBOOK:
-    NOTEBOOK_TSV = Path("results.tsv")
-    notebook_results, notebook_report = build_report(NOTEBOOK_TSV, Path("."))
-    notebook_test, notebook_note = best_test_bpc(notebook_results, notebook_report, compute=True)
-
-# %%
-if IN_NOTEBOOK:
-    print(format_report(notebook_report, notebook_test, notebook_note))
-
-# %% [markdown]
-# Progress (running best, kept, discarded and crashed runs) and peak memory per experiment.
-
 # %%
 if IN_NOTEBOOK:
     from IPython.display import Image, display
 
-    for png in notebook_report.get("plots", []):
-        display(Image(filename=png))
+    from labbook import morning, plots
+    from labbook.ledger import read_results
+
+    night = morning.load(Path("results.tsv"))
+    results = read_results(night.tsv)
+    OUT = Path(".")
+
+    def show(png):
+        display(Image(filename=str(png)))
 
 # %% [markdown]
-# Training loss of the last run (`metrics.jsonl`), when there is one.
+# ## The night
+# Experiments are first runs of new commits; replicates rerun a kept commit with another seed,
+# confirmations rerun a provisional one. Flagged rows (the audit's) are shown but never count.
 
 # %%
-if IN_NOTEBOOK and Path("metrics.jsonl").exists():
-    display(Image(filename=str(plot_curves([Path("metrics.jsonl")], Path("curves.png")))))
+if IN_NOTEBOOK:
+    print(morning.overview_text(night))
+    if night.flagged:
+        print(morning.flagged_table(night))
+
+# %% [markdown]
+# ## Best and tip
+# The best is the kept commit with the lowest mean; the tip is what the branch stands on (the
+# last keep). They differ when a simplification was kept at a small cost.
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.standing_text(night))
+
+# %% [markdown]
+# ## Progress
+# Every run; the step lines are the running best and the reference (the tip's mean). Runs far
+# above the range are drawn at the top edge with their value; a thin line joins a commit's runs.
+
+# %%
+if IN_NOTEBOOK and night.rows:
+    show(plots.plot_progress(results, OUT / "progress.png", night.flagged))
+
+# %% [markdown]
+# ## Kept changes
+# Each kept experiment: the mean its decision used, its delta against the reference it was
+# judged against, and what it changed in train.py (`git diff <reference> <commit> -- train.py`).
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.kept_table(night, "experiment"))
+
+# %% [markdown]
+# ## Simplifications
+# Kept because simpler and not worse by more than the bound: never counted as gains.
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.kept_table(night, "simplification"))
+
+# %% [markdown]
+# ## Crashes and their reasons
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.crashes_table(night))
+
+# %% [markdown]
+# ## Near-misses and confirmations
+# Near-misses beat their reference, but not by the threshold. Confirmations: commits whose first
+# run was provisional, the confirmation run(s), and how the mean came out.
+
+# %%
+if IN_NOTEBOOK:
+    print("near-misses\n" + morning.near_misses_table(night))
+    print("\nconfirmations\n" + morning.confirmations_table(night))
+
+# %% [markdown]
+# ## Validation against test
+# Test scores are for the person, never for decisions, and are computed only when asked: run
+# `AR_TEST=1 jupytext --to notebook --execute analysis.py` (or set `AR_TEST=1` before this cell).
+# Each kept checkpoint (`checkpoints/<commit>.pt`) is scored by the baseline's prepare.py with
+# the run's own settings; a score whose device or data differ from the run's row is marked NOT comparable.
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.test_table(night))
+
+# %% [markdown]
+# ## Memory per run
+
+# %%
+if IN_NOTEBOOK and night.rows:
+    show(plots.plot_memory(results, OUT / "memory.png", night.flagged))
+
+# %% [markdown]
+# ## Timeline
+# Runs per clock hour and the idle gaps (no run recorded for more than a run and 15 minutes).
+
+# %%
+if IN_NOTEBOOK:
+    print(morning.timeline_text(night))
+    if (line := morning.timeline(night)) is not None:
+        show(plots.plot_timeline(line, OUT / "timeline.png"))
+
+# %% [markdown]
+# ## Loss curves: the best run against the baseline
+# From `checkpoints/<commit>.metrics.jsonl`, saved for the baseline and every keep.
+
+# %%
+if IN_NOTEBOOK:
+    found, missing = morning.curve_files(night)
+    for what in missing:
+        print(f"missing: {what}")
+    if found:
+        labels, paths = zip(*found)
+        show(plots.plot_curves(list(paths), OUT / "curves.png", labels=list(labels)))

@@ -3,12 +3,11 @@
 matplotlib is imported inside new_figure: the report without plots, and `record`, never load it."""
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
-from labbook import keeprule
-from labbook.ledger import Refusal, results_repo
-from labbook.report import baseline_row
+from labbook.ledger import Refusal
 
 
 def new_figure(width=12.0, height=6.0):
@@ -21,108 +20,302 @@ def new_figure(width=12.0, height=6.0):
     return fig
 
 
-def value_range(rows, baseline, best):
-    """y limits that show the kept progress, not the worst discards."""
-    values = [r.val_bpc for r in rows if r.measured] or [0.0, 1.0]  # a night of crashes only
-    lo, hi = min(values), max(values)
-    if baseline is not None and best is not None and baseline.measured:
-        span = max(baseline.val_bpc - best, 1e-3)
-        hi = min(hi, baseline.val_bpc + span)
-        lo = min(lo, best - 0.15 * span)
-    pad = max(hi - lo, 1e-3) * 0.05
+KIND_STYLE = {  # (marker, face colour, legend label); kept first runs are green, flagged rows ringed red
+    "baseline": ("s", "black", "baseline"),
+    "replicate": ("o", "none", "replicate (same commit, new seed)"),
+    "experiment": ("o", "0.65", "experiment, discarded"),
+    "simplification": ("v", "tab:purple", "simplification"),
+    "confirm": ("D", "0.65", "confirmation run"),
+}
+KEPT_COLOR = "tab:green"
+
+
+def commit_means(rows):
+    """{commit: mean of its measured rows so far} over `rows`."""
+    values = {}
+    for row in rows:
+        if row.measured:
+            values.setdefault(row.commit, []).append(row.val_bpc)
+    return {c: sum(v) / len(v) for c, v in values.items()}
+
+
+def steps_of(rows, flagged):
+    """(running best, reference) as [(x, value)] after each row: the best kept commit's mean and
+    the tip's mean, over the rows the audit did not flag."""
+    from labbook import keeprule
+
+    best, reference, sound = [], [], []
+    for x, row in enumerate(rows, start=1):
+        if row.line not in flagged:
+            sound.append(row)
+        tip = keeprule.tip_commit(sound)
+        if tip is None:
+            continue
+        means = commit_means(sound)
+        kept = {r.commit for r in sound if r.status == "keep"}
+        best.append((x, min(means[c] for c in kept if c in means)))
+        reference.append((x, means.get(tip)))
+    return best, reference
+
+
+def y_range(rows, flagged, best, reference):
+    """y limits from the data: the baseline, references, replicates and confirmations set the
+    core; discards far above it (and flagged rows far off) are drawn at the edge, off-scale."""
+    measured = [r.val_bpc for r in rows if r.measured and r.line not in flagged]
+    if not measured:
+        return 0.0, 1.0
+    core = [v for _, v in best + reference if v is not None] or measured
+    lo = min(min(measured), min(core))
+    span = max(max(core) - min(core), 0.002 * statistics.median(measured), 1e-4)
+    hi = max(core) + 1.5 * span
+    ordered = sorted(measured)
+    hi = max(hi, min(ordered[int(0.75 * (len(ordered) - 1))], max(core) + 4 * span))  # most runs stay on the plot
+    pad = 0.06 * (hi - lo)
     return lo - pad, hi + pad
 
 
-def plot_progress(results, path, comparable=None):
-    """Every run in order; the baseline, the running best and the title's best are the keep
-    rule's over the comparable rows (flagged rows are drawn, never the best)."""
+def progress_data(rows, flagged=()):
+    """What plot_progress draws, as data: every non-crash row is a point (its y, the y it is drawn
+    at, and whether that is the edge: off-scale), crashes on the floor, the running best and the
+    reference as steps, the kept commits' labels, and the y limits."""
+    from labbook import keeprule
+
+    flagged = set(flagged)
+    kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
+    best, reference = steps_of(rows, flagged)
+    lo, hi = y_range(rows, flagged, best, reference)
+    kept = {e["commit"] for e in keeprule.history([r for r in rows if r.line not in flagged]) if e["status"] == "keep"}
+    points, crashes, labels = [], [], []
+    for x, row in enumerate(rows, start=1):
+        if not row.measured:
+            crashes.append(x)
+            continue
+        shown = min(max(row.val_bpc, lo), hi)
+        points.append(dict(x=x, y=row.val_bpc, shown=shown, offscale=shown != row.val_bpc, line=row.line,
+                           kind=kinds[row.line], status=row.status, commit=row.commit,
+                           kept=row.commit in kept and row.line not in flagged, flagged=row.line in flagged))  # fmt: skip
+    deciding = {}
+    for p in points:  # a kept commit is labelled at its last first/confirm run: where it was decided
+        if p["kept"] and p["kind"] in ("experiment", "simplification", "confirm", "baseline"):
+            deciding[p["commit"]] = p
+    for p in deciding.values():
+        row = next(r for r in rows if r.line == p["line"])
+        labels.append(dict(x=p["x"], y=p["shown"], text=shorten(row.description.split(" (crash")[0], 28)))
+    return dict(points=points, crashes=crashes, best=best, reference=reference, labels=labels, ylim=(lo, hi))
+
+
+def shorten(text, width):
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def integer_ticks(ax, n):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(max(n, 1), 20)))
+    margin = max(0.7, 0.012 * n)
+    ax.set_xlim(1 - margin, n + margin)
+
+
+def plot_progress(results, path, flagged=None):
     rows = results.rows
-    comparable = rows if comparable is None else comparable
-    sound = {id(r) for r in comparable}
-    baseline = baseline_row(comparable, results_repo(results.path))
-    best = keeprule.best_commit(comparable)
-    fig = new_figure()
+    flagged = set(flagged_lines(results) if flagged is None else flagged)
+    data = progress_data(rows, flagged)
+    lo, hi = data["ylim"]
+    fig = new_figure(13.0, 6.5)
     ax = fig.add_subplot()
-    lo, hi = value_range(rows, baseline, best["mean"] if best else None)
-    x = {id(r): i for i, r in enumerate(rows, start=1)}
-    styles = {
-        "discard": dict(color="0.6", s=18, label="discarded"),
-        "keep": dict(color="tab:green", s=50, zorder=3, edgecolor="black", label="kept"),
-    }
-    for status, style in styles.items():
-        chosen = [r for r in rows if r.status == status and not r.noise]
-        ax.scatter([x[id(r)] for r in chosen], [min(r.val_bpc, hi) for r in chosen], **style)
-    noise = [r for r in rows if r.noise and r.measured]
-    if noise:
-        ax.scatter([x[id(r)] for r in noise], [r.val_bpc for r in noise], facecolor="none", edgecolor="tab:blue", s=30)
-        ax.scatter([], [], facecolor="none", edgecolor="tab:blue", label="noise replicates")
-    crashes = [x[id(r)] for r in rows if r.status == "crash"]
-    if crashes:
-        ax.scatter(crashes, [lo + 0.02 * (hi - lo)] * len(crashes), marker="x", color="tab:red", s=40, label="crash")
-    flagged = [r for r in rows if id(r) not in sound and r.measured]
-    if flagged:
-        ax.scatter([x[id(r)] for r in flagged], [min(r.val_bpc, hi) for r in flagged], marker="s",
-                   facecolor="none", edgecolor="tab:orange", s=60, label="flagged by the audit")  # fmt: skip
-    steps, running, best_so_far = [], [], None
-    for row in rows:
-        if row.status == "keep" and not row.noise and row.kind != "replicate" and id(row) in sound:
-            best_so_far = row.val_bpc if best_so_far is None else min(best_so_far, row.val_bpc)
-        if best_so_far is not None:
-            steps.append(x[id(row)])
-            running.append(best_so_far)
-    ax.step(steps, running, where="post", color="tab:green", alpha=0.7, label="running best")
-    for row in rows:
-        if row.status == "keep" and not row.noise:
-            label = row.description if len(row.description) <= 40 else row.description[:37] + "..."
-            ax.annotate(
-                label, (x[id(row)], row.val_bpc), xytext=(4, 6), textcoords="offset points", rotation=25, fontsize=7
-            )
+    by_commit = {}
+    for p in data["points"]:
+        by_commit.setdefault(p["commit"], []).append(p)
+    for runs in by_commit.values():  # a commit's runs, joined by a thin line
+        if len(runs) > 1:
+            ax.plot([p["x"] for p in runs], [p["shown"] for p in runs], color="0.75", linewidth=0.6, zorder=1)
+    for kind, (marker, face, label) in KIND_STYLE.items():
+        for kept in (False, True):
+            chosen = [p for p in data["points"] if p["kind"] == kind and p["kept"] == kept and not p["offscale"]]
+            if not chosen:
+                continue
+            color = KEPT_COLOR if kept and kind not in ("baseline", "replicate") else face
+            edge = "tab:blue" if kind == "replicate" else "black"
+            text = label if not kept or kind in ("baseline", "replicate") else f"{kind}, kept"
+            text = text.replace("experiment, kept", "experiment, kept (first run)")
+            ax.scatter([p["x"] for p in chosen], [p["shown"] for p in chosen], marker=marker, s=46 if kept else 26,
+                       facecolor=color, edgecolor=edge, linewidth=0.7, zorder=3, label=text)  # fmt: skip
+    off = [p for p in data["points"] if p["offscale"]]
+    if off:
+        up = [p for p in off if p["y"] > hi]
+        down = [p for p in off if p["y"] < lo]
+        for chosen, marker, va, dy in ((up, "^", "top", -9), (down, "v", "bottom", 9)):
+            if chosen:
+                ax.scatter(
+                    [p["x"] for p in chosen],
+                    [p["shown"] for p in chosen],
+                    marker=marker,
+                    s=40,
+                    color="0.4",
+                    zorder=4,
+                    clip_on=False,
+                    label="off-scale (value written)" if chosen is up or not up else None,
+                )
+            for p in chosen:
+                ax.annotate(f"{p['y']:.3f}", (p["x"], p["shown"]), xytext=(0, dy), textcoords="offset points",
+                            ha="center", va=va, fontsize=6, color="0.3", rotation=90)  # fmt: skip
+    flagged_points = [p for p in data["points"] if p["flagged"]]
+    if flagged_points:
+        ax.scatter(
+            [p["x"] for p in flagged_points],
+            [p["shown"] for p in flagged_points],
+            marker="o",
+            s=150,
+            facecolor="none",
+            edgecolor="tab:red",
+            linewidth=1.5,
+            zorder=5,
+            label="flagged by the audit (never counts)",
+        )
+    if data["crashes"]:
+        ax.scatter(data["crashes"], [lo + 0.03 * (hi - lo)] * len(data["crashes"]), marker="x", color="tab:red",
+                   s=40, zorder=3, label="crash (no value)")  # fmt: skip
+    if data["best"]:
+        xs, ys = zip(*data["best"])
+        ax.step(xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.8, label="running best (commit mean)")
+    if data["reference"]:
+        xs, ys = zip(*data["reference"])
+        ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.0, linestyle="--", label="reference (tip mean)")
+        ax.annotate(f"tip {ys[-1]:.4f}", (xs[-1], ys[-1]), xytext=(6, 6), textcoords="offset points",
+                    fontsize=8, color="tab:blue")  # fmt: skip
+    for i, lab in enumerate(data["labels"]):
+        ax.annotate(lab["text"], (lab["x"], lab["y"]), xytext=(4, 8 + 10 * (i % 3)), textcoords="offset points",
+                    rotation=20, fontsize=7, color="darkgreen",
+                    arrowprops=dict(arrowstyle="-", color="darkgreen", linewidth=0.4))  # fmt: skip
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("experiment (in the order recorded)")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    integer_ticks(ax, len(rows))
+    ax.set_xlabel("run (in the order recorded)")
     ax.set_ylabel("val_bpc (lower is better)")
-    kept = sum(r.status == "keep" and not r.noise for r in rows)
-    title = f": best {best['mean']:.6f} ({best['commit']}, mean of {best['runs']} runs)" if best else ""
-    ax.set_title(f"{len(rows)} runs, {kept} kept" + title)
+    base = {p["commit"] for p in data["points"] if p["kind"] == "baseline"}
+    kept_commits = {p["commit"] for p in data["points"] if p["kept"]} - base
+    title = f"{len(rows)} runs, {len(kept_commits)} commits kept"
+    if data["best"]:
+        title += f"; best mean {data['best'][-1][1]:.6f}"
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.savefig(path, bbox_inches="tight")
     return Path(path)
 
 
-def plot_memory(results, path):
+def memory_data(rows, flagged=()):
+    """[(x, memory_gb, status, kind, commit, flagged)] for every row (crashes record 0)."""
+    from labbook import keeprule
+
+    kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
+    return [dict(x=x, memory=r.memory_gb, status=r.status, kind=kinds[r.line], commit=r.commit,
+                 flagged=r.line in set(flagged)) for x, r in enumerate(rows, start=1)]  # fmt: skip
+
+
+def plot_memory(results, path, flagged=None):
     rows = results.rows
-    fig = new_figure(12.0, 4.0)
+    data = memory_data(rows, flagged_lines(results) if flagged is None else flagged)
+    fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
-    colors = {"keep": "tab:green", "discard": "0.6", "crash": "tab:red"}
-    ax.bar(range(1, len(rows) + 1), [r.memory_gb for r in rows], color=[colors[r.status] for r in rows])
-    crashes = [i for i, r in enumerate(rows, start=1) if r.status == "crash"]
-    ax.scatter(crashes, [0] * len(crashes), marker="x", color="tab:red", s=40, zorder=3)
-    for status, color in colors.items():
-        ax.bar([0], [0], color=color, label=status)
-    ax.set_xlim(0.3, len(rows) + 0.7)
-    ax.set_xlabel("experiment (in the order recorded)")
+    colors = {"keep": KEPT_COLOR, "discard": "0.6", "crash": "tab:red"}
+    for status, label in (("keep", "kept commit's run"), ("discard", "discarded"), ("crash", "crash (0 recorded)")):
+        chosen = [d for d in data if d["status"] == status]
+        if chosen:
+            ax.bar([d["x"] for d in chosen], [d["memory"] for d in chosen], color=colors[status], label=label,
+                   hatch=None, width=0.8)  # fmt: skip
+    flagged_bars = [d for d in data if d["flagged"]]
+    if flagged_bars:
+        ax.bar([d["x"] for d in flagged_bars], [d["memory"] for d in flagged_bars], fill=False, hatch="///",
+               edgecolor="tab:red", width=0.8, label="flagged by the audit")  # fmt: skip
+    crashes = [d["x"] for d in data if d["status"] == "crash"]
+    if crashes:
+        ax.scatter(crashes, [0] * len(crashes), marker="x", color="tab:red", s=40, zorder=3, clip_on=False)
+    top = max([d["memory"] for d in data] + [1.0])
+    shown = set()
+    for d in data:  # each commit named once, at its first run
+        if d["commit"] not in shown and d["status"] != "crash":
+            shown.add(d["commit"])
+            ax.annotate(d["commit"], (d["x"], d["memory"]), xytext=(0, 2), textcoords="offset points", rotation=90,
+                        ha="center", va="bottom", fontsize=6 if len(data) > 40 else 7)  # fmt: skip
+    ax.set_ylim(0, top * 1.25)
+    integer_ticks(ax, len(rows))
+    ax.set_xlabel("run (in the order recorded); each commit named at its first run")
     ax.set_ylabel("peak memory (GB)")
-    ax.set_title("peak memory per experiment (crashes record 0)")
-    ax.legend(fontsize=8)
+    ax.set_title("peak memory per run")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3, axis="y")
     fig.savefig(path, bbox_inches="tight")
     return Path(path)
 
 
-def write_plots(results, out_dir, comparable=None):
+def plot_timeline(line, path):
+    """Runs per clock hour (stacked by outcome) and the idle gaps, from morning.timeline()."""
+    from datetime import timedelta
+
+    fig = new_figure(13.0, 4.0)
+    ax = fig.add_subplot()
+    hours = [h for h, *_ in line["per_hour"]]
+    bottom = [0] * len(hours)
+    for i, (status, color) in enumerate((("keep", KEPT_COLOR), ("discard", "0.6"), ("crash", "tab:red"))):
+        counts = [p[1 + i] for p in line["per_hour"]]
+        if any(counts):
+            ax.bar(
+                [h + 0.5 for h in hours],
+                counts,
+                bottom=bottom,
+                width=0.9,
+                color=color,
+                label="keep (replicates included)" if status == "keep" else status,
+            )
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    ax.scatter([a for a, _ in line["runs"]], [-0.4] * len(line["runs"]), marker="|", color="black", s=60,
+               label="a recorded run", clip_on=False)  # fmt: skip
+    for i, (a, b, minutes) in enumerate(line["gaps"]):
+        ax.axvspan(a, b, color="tab:orange", alpha=0.25, label="idle gap" if i == 0 else None)
+        ax.annotate(f"idle {minutes} min", ((a + b) / 2, max(bottom) * 0.9 + 0.5), ha="center", fontsize=8)
+    ax.set_xticks(hours + [len(hours)])
+    ax.set_xticklabels([f"{line['start'] + timedelta(hours=h):%H:%M}" for h in hours + [len(hours)]], fontsize=8)
+    ax.set_xlim(0, len(hours))
+    ax.set_ylim(-0.8, max(bottom) * 1.2 + 1)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("runs in the hour")
+    ax.set_title("the night, hour by hour")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+def flagged_lines(results):
+    """The lines the report's audit flags (never the baseline, a reference or the best)."""
+    from labbook.report import summarize
+
+    return [f["line"] for f in summarize(results)["flagged_rows"]] if results.rows else []
+
+
+def write_plots(results, out_dir, flagged=None):
     """progress.png and memory.png in `out_dir`; nothing for a file without rows."""
     if not results.rows:
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = plot_progress(results, out_dir / "progress.png", comparable)
-    return [progress, plot_memory(results, out_dir / "memory.png")]
+    flagged = flagged_lines(results) if flagged is None else flagged
+    return [
+        plot_progress(results, out_dir / "progress.png", flagged),
+        plot_memory(results, out_dir / "memory.png", flagged),
+    ]
 
 
 def read_metrics(path):
-    """(per-step rows, summary dict or None) of a metrics.jsonl; unreadable lines are skipped."""
+    """(per-step rows, summary dict or None) of a metrics.jsonl; unreadable lines are skipped.
+    A missing or unreadable file is a Refusal (one `error:` line from the command line)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise Refusal(f"cannot read {path}: {e.strerror or e}") from None
     steps, summary = [], None
-    for line in Path(path).read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -130,40 +323,78 @@ def read_metrics(path):
         if isinstance(row, dict) and isinstance(row.get("summary"), dict):
             summary = row["summary"]
         elif isinstance(row, dict) and {"time", "loss"} <= row.keys():
-            steps.append(row)
+            try:
+                steps.append({**row, "time": float(row["time"]), "loss": float(row["loss"])})
+            except (TypeError, ValueError):
+                continue
     return steps, summary
 
 
-def smoothed(values, beta=0.9):
-    """Bias-corrected exponential moving average, as most training dashboards draw it."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
+def smoothed(values, window=None):
+    """A centred moving average whose window shrinks at both ends, so the curve starts at the
+    first loss and ends at the real final loss (a trailing EMA lags behind it)."""
+    n = len(values)
+    half = max(1, n // 40) if window is None else window // 2
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out.append((prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1))
     return out
 
 
-def plot_curves(paths, out):
-    """Training loss against training time for one run, or several overlaid."""
-    fig = new_figure(10.0, 6.0)
-    ax = fig.add_subplot()
-    drawn = 0
-    for path in paths:
+def curve_data(paths, labels=None):
+    """[(label, times, raw losses, smoothed losses)] of the metrics files with per-step rows, and
+    the warnings for those without."""
+    curves, warnings = [], []
+    for i, path in enumerate(paths):
         steps, summary = read_metrics(path)
         if not steps:
-            print(f"warning: {path} has no per-step rows: left out of the plot", file=sys.stderr)
+            warnings.append(f"{path} has no per-step rows: left out of the plot")
             continue
-        label = str(path) + (f" ({summary['commit']})" if summary and summary.get("commit") else "")
-        times, losses = [s["time"] for s in steps], [s["loss"] for s in steps]
-        (line,) = ax.plot(times, smoothed(losses), label=label)
-        ax.plot(times, losses, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        drawn += 1
-    if not drawn:
+        label = labels[i] if labels else str(path)
+        if summary and summary.get("commit") and not labels:
+            label += f" ({summary['commit']})"
+        losses = [s["loss"] for s in steps]
+        curves.append((label, [s["time"] for s in steps], losses, smoothed(losses)))
+    return curves, warnings
+
+
+def plot_curves(paths, out, labels=None):
+    """Training loss against training time for one run, or several overlaid (the best against
+    the baseline in the notebook). Refusal for missing inputs, no steps, or an unwritable `out`."""
+    curves, warnings = curve_data(paths, labels)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not curves:
         raise Refusal("none of the metrics files has per-step rows: nothing to plot")
+    try:
+        fig = new_figure(11.0, 5.5)
+    except ImportError:
+        raise Refusal("matplotlib is not installed: pip install -e '.[analysis]'") from None
+    ax = fig.add_subplot()
+    tail = []
+    for label, times, losses, smooth in curves:
+        final = f"final {losses[-1]:.4f}"
+        (line,) = ax.plot(times, smooth, label=f"{label}: {final}", linewidth=1.6)
+        ax.plot(times, losses, color=line.get_color(), alpha=0.2, linewidth=0.7)
+        ax.scatter([times[-1]], [losses[-1]], color=line.get_color(), zorder=3, s=20)
+        tail += losses[len(losses) // 5 :]
+    if tail:  # the early, steep part would squash the end of training into a line
+        lo, hi = min(tail), max(tail)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("training loss (nats per byte)")
-    ax.set_title("training loss (smoothed; raw values faint)")
+    ax.set_title(
+        "training loss: centred moving average ending at the final loss, raw values faint; y zoomed to the last 80%"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(out, bbox_inches="tight")
+    try:
+        fig.savefig(out, bbox_inches="tight")
+    except OSError as e:
+        raise Refusal(f"cannot write {out}: {e.strerror or e}") from None
     return Path(out)

@@ -334,15 +334,14 @@ def format_report(report, test_bpc=None, test_note=None):
 
 
 def build_report(tsv, out_dir=None, plots=True):
-    from labbook.plots import write_plots  # the plots use this module's comparable rows
+    from labbook.plots import write_plots  # the plots mark this module's flagged rows
 
     results = read_results(tsv)
     report = summarize(results)
     report["audit"] = audit(results, report)
     if plots:
-        flagged = {f["line"] for f in report["flagged_rows"]}
-        comparable = [r for r in results.rows if r.line not in flagged]
-        report["plots"] = [str(p) for p in write_plots(results, out_dir or Path(tsv).resolve().parent, comparable)]
+        flagged = [f["line"] for f in report["flagged_rows"]]
+        report["plots"] = [str(p) for p in write_plots(results, out_dir or Path(tsv).resolve().parent, flagged)]
     return results, report
 
 

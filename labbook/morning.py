@@ -1,0 +1,303 @@
+"""The morning notebook's helpers (analysis.py): what the night was, its tables, its timeline and
+a one-line summary of each kept change's diff. Everything reads results.tsv and git; checkpoints
+and metrics files are optional, and a missing one is said, never raised.
+
+The numbers come from the keep rule (labbook/keeprule.py: kinds, history, improvements, ...) and
+the report's audit (labbook/report.py: flagged rows), never recomputed here."""
+
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from labbook import keeprule
+from labbook.ledger import checkpoints_dir, git, read_results, results_repo
+from labbook.report import summarize
+
+IDLE_MINUTES = 15  # a gap between two recorded runs longer than a run and this: the agent was idle
+RUN_MINUTES = 6  # about one run: 5 minutes of training, start-up and the re-score
+
+
+@dataclass
+class Night:
+    tsv: Path
+    repo: Path
+    rows: list  # every readable row
+    kinds: dict  # line -> kind
+    flagged: dict  # line -> [reasons] (the report's audit): never a reference, a keep or the best
+    report: dict = field(default_factory=dict)
+
+    @property
+    def sound(self):
+        return [r for r in self.rows if r.line not in self.flagged]
+
+
+def load(tsv="results.tsv"):
+    tsv = Path(tsv)
+    results = read_results(tsv)
+    repo = results_repo(tsv)
+    report = summarize(results, repo) if results.rows else {}
+    flagged = {f["line"]: f["reasons"] for f in report.get("flagged_rows", [])}
+    kinds = {row.line: kind for row, kind in keeprule.kinds(results.rows)}
+    return Night(tsv, repo, results.rows, kinds, flagged, report)
+
+
+def when(row):
+    try:
+        return datetime.fromisoformat(row.extra.get("recorded_at", "").strip())
+    except ValueError:
+        return None
+
+
+def short(text, width=40):
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(rows, columns):
+    """A plain-text table of dicts; `columns` are (key, title) pairs. Floats get 6 decimals."""
+    if not rows:
+        return "(none)"
+
+    def cell(value):
+        if value is None:
+            return "-"
+        return f"{value:+.6f}" if isinstance(value, float) and abs(value) < 0.5 else (
+            f"{value:.6f}" if isinstance(value, float) else str(value))  # fmt: skip
+
+    cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(t), *(len(c[i]) for c in cells)) for i, (_, t) in enumerate(columns)]
+    lines = ["  ".join(t.ljust(w) for (_, t), w in zip(columns, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+# What the night was
+
+
+def overview(night):
+    rows = night.rows
+    times = [t for t in map(when, rows) if t is not None]
+    first_runs = [r for r in rows if night.kinds[r.line] in keeprule.FIRST_KINDS]
+    history = keeprule.history(night.sound)
+    kept = [e for e in history if e["status"] == "keep" and e["kind"] != "baseline"]
+    hours = (max(times) - min(times)).total_seconds() / 3600 + RUN_MINUTES / 60 if times else None
+    return dict(
+        rows=len(rows), experiments=len(first_runs), hours=hours, start=min(times) if times else None,
+        end=max(times) if times else None, keeps=len(kept), crashes=sum(r.status == "crash" for r in rows),
+        replicates=sum(night.kinds[r.line] == "replicate" for r in rows),
+        confirmations=sum(night.kinds[r.line] == "confirm" for r in rows), flagged=len(night.flagged),
+    )  # fmt: skip
+
+
+def overview_text(night):
+    if not night.rows:
+        return f"No rows in {night.tsv}: nothing ran yet (or the file is elsewhere: python analysis.py --tsv PATH)."
+    o = overview(night)
+    span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
+    return (
+        f"{o['rows']} runs {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed; "
+        f"{o['replicates']} replicates, {o['confirmations']} confirmation runs; {o['flagged']} rows flagged by the "
+        "audit (they never count)."
+    )
+
+
+def standing_text(night):
+    s = keeprule.standing(night.sound)
+    if not s["tip"]:
+        return "Nothing kept yet: no baseline."
+    base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
+    lines = []
+    for name in ("best", "tip"):
+        e = s[name]
+        vs = f", {e['mean'] - base['mean']:+.6f} vs the baseline {base['mean']:.6f}" if base else ""
+        lines.append(f"{name:<4} {e['commit']}  mean val_bpc {e['mean']:.6f} of {e['runs']} runs{vs}")
+    if s["sigma"] is not None:
+        lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from unselected runs")
+    return "\n".join(lines)
+
+
+# Tables: keeps with their diffs, simplifications, crashes, near-misses, confirmations
+
+
+ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*[:=]\s*(.+?)\s*(#.*)?$")
+
+
+def diff_summary(repo, commit, parent=None):
+    """train.py's change from `parent` (default commit^) to `commit`, condensed: `NAME a -> b`
+    for changed assignments, then a count of the other changed lines."""
+    parent = parent or f"{commit}^"
+    diff = git(["diff", "--unified=0", parent, commit, "--", "train.py"], repo)
+    if diff is None:
+        return f"(git does not know {commit} or {parent} here)"
+    removed, added, other = {}, {}, 0
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---", "@@", "diff ", "index ")):
+            continue
+        if line[:1] in "+-" and line[1:].strip() and not line[1:].strip().startswith("#"):
+            match = ASSIGN.match(line[1:])
+            if match and "(" not in match.group(1):
+                (added if line[0] == "+" else removed)[match.group(1)] = short(match.group(2), 24)
+            else:
+                other += 1
+    parts = [f"{k} {removed.get(k, '∅')} → {added.get(k, '∅')}" for k in dict.fromkeys([*removed, *added])]
+    parts = [p for p in parts if removed.get(p.split()[0]) != added.get(p.split()[0])]
+    if other:
+        parts.append(f"{other} other line{'s' * (other != 1)}")
+    return "; ".join(parts) or "no change to train.py"
+
+
+def kept_changes(night):
+    """Kept experiments in the order they were kept, with delta, runs and the diff's summary."""
+    out = []
+    for e in keeprule.history(night.sound):
+        if e["status"] == "keep" and e["kind"] in keeprule.FIRST_KINDS:
+            diff = diff_summary(night.repo, e["commit"], e["reference_commit"])
+            out.append({**e, "description": short(e["description"]), "diff": diff})
+    return out
+
+
+def kept_table(night, kind="experiment"):
+    rows = [e for e in kept_changes(night) if e["kind"] == kind]
+    columns = [("commit", "commit"), ("decision_mean", "mean"), ("delta", "delta"), ("runs", "runs")]
+    return table(rows, columns + [("description", "description"), ("diff", "train.py change")])
+
+
+def crash_reason(row):
+    match = re.search(r"\(crash: (.*)\)\s*$", row.description)
+    return match.group(1) if match else "no reason recorded (see the run's log)"
+
+
+def crashes_table(night):
+    rows = [dict(line=r.line, commit=r.commit, description=short(re.sub(r"\s*\(crash: .*\)\s*$", "", r.description)),
+                 reason=short(crash_reason(r), 70)) for r in night.rows if r.status == "crash"]  # fmt: skip
+    return table(rows, [("line", "line"), ("commit", "commit"), ("description", "tried"), ("reason", "reason")])
+
+
+def near_misses_table(night):
+    rows = [{**e, "description": short(e["description"])} for e in keeprule.near_misses(night.sound)]
+    return table(rows, [("commit", "commit"), ("decision_mean", "mean"), ("delta", "delta"), ("description", "tried")])
+
+
+def confirmations_table(night):
+    """Commits whose first run was provisional: the first run, the confirmation(s), the outcome."""
+    out = []
+    for e in keeprule.history(night.sound):
+        runs = [r for r in night.sound if r.commit == e["commit"]]
+        confirms = [r for r in runs if night.kinds[r.line] == "confirm"]
+        if confirms:
+            out.append(dict(commit=e["commit"], first=runs[0].val_bpc,
+                            confirm=", ".join(f"{r.val_bpc:.6f}" for r in confirms), delta=e["delta"],
+                            outcome=e["status"], description=short(e["description"])))  # fmt: skip
+    columns = [("commit", "commit"), ("first", "first run"), ("confirm", "confirmation"), ("delta", "delta of mean")]
+    return table(out, columns + [("outcome", "outcome"), ("description", "tried")])
+
+
+def flagged_table(night):
+    by_line = {r.line: r for r in night.rows}
+    rows = [
+        dict(line=n, commit=by_line[n].commit, reasons=short("; ".join(why), 90)) for n, why in night.flagged.items()
+    ]
+    return table(rows, [("line", "line"), ("commit", "commit"), ("reasons", "why it does not count")])
+
+
+# Val against test: only when the person asks (AR_TEST=1)
+
+
+def test_requested():
+    return os.environ.get("AR_TEST", "") == "1"
+
+
+def test_gaps(night, compute=None):
+    """Each kept commit's val mean and, when asked, its checkpoint's test_bpc (scored by the
+    baseline's prepare.py with the checkpoint's own settings, never cached) and the gap. A score
+    whose device or data differ from the run's row is labelled not comparable."""
+    from labbook.rescore import RescoreError, harness_text, rescore_subprocess
+
+    compute = test_requested() if compute is None else compute
+    base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
+    out = []
+    for e in keeprule.history(night.sound):
+        if e["status"] != "keep" or e["mean"] is None:
+            continue
+        row = next(r for r in night.sound if r.commit == e["commit"] and r.measured)
+        item = dict(commit=e["commit"], val=e["mean"], test=None, gap=None, note="not requested (AR_TEST=1)")
+        checkpoint = checkpoints_dir(night.tsv) / f"{e['commit']}.pt"
+        if compute and not checkpoint.is_file():
+            item["note"] = f"no checkpoint {checkpoint.name}"
+        elif compute:
+            try:
+                answer = rescore_subprocess(checkpoint, harness_text(base and base["commit"], night.repo), "test")
+            except RescoreError as err:
+                item["note"] = short(str(err), 70)
+            else:
+                item.update(test=answer["bpc"], gap=answer["bpc"] - e["mean"], note="comparable")
+                saved = answer.get("summary", {})
+                differ = [k for k in ("device", "data", "eval_bytes") if saved.get(k) and row.extra.get(k)
+                          and str(saved[k]).strip() != row.extra[k].strip()]  # fmt: skip
+                if differ:
+                    item["note"] = "NOT comparable: " + ", ".join(f"{k} {saved[k]} vs {row.extra[k]}" for k in differ)
+        out.append(item)
+    return out
+
+
+def test_table(night, compute=None):
+    rows = test_gaps(night, compute)
+    return table(rows, [("commit", "commit"), ("val", "val mean"), ("test", "test_bpc"), ("gap", "test - val"),
+                        ("note", "note")])  # fmt: skip
+
+
+# The timeline
+
+
+def timeline(night):
+    """{"start", "runs": [(hours since start, row)], "per_hour": [(hour index, keep, discard, crash)],
+    "gaps": [(from hours, to hours, minutes)]}; None without recorded times."""
+    timed = [(when(r), r) for r in night.rows if when(r) is not None]
+    if not timed:
+        return None
+    start = min(t for t, _ in timed).replace(minute=0, second=0, microsecond=0)
+    runs = sorted(((t - start).total_seconds() / 3600, r) for t, r in timed)
+    hours = int(runs[-1][0]) + 1
+    per_hour = [[h, 0, 0, 0] for h in range(hours)]
+    for at, row in runs:
+        per_hour[int(at)][1 + ("keep", "discard", "crash").index(row.status)] += 1
+    gaps = [
+        (a, b, round((b - a) * 60))
+        for (a, _), (b, _) in zip(runs, runs[1:])
+        if (b - a) * 60 > RUN_MINUTES + IDLE_MINUTES
+    ]
+    return dict(start=start, runs=runs, per_hour=[tuple(p) for p in per_hour], gaps=gaps)
+
+
+def timeline_text(night):
+    t = timeline(night)
+    if t is None:
+        return "No recorded_at times in the rows: no timeline."
+    rate = statistics.fmean(sum(p[1:]) for p in t["per_hour"])
+    gaps = ", ".join(f"{m} min from {t['start'] + timedelta(hours=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
+    return f"{rate:.1f} runs an hour on average; idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+
+
+# Loss curves: the best run against the baseline
+
+
+def curve_files(night):
+    """[(label, path)] of the baseline's and the best commit's saved metrics, and what is missing."""
+    history = keeprule.history(night.sound)
+    base = next((e for e in history if e["kind"] == "baseline"), None)
+    best = keeprule.best_commit(night.sound)
+    found, missing = [], []
+    for label, e in (("baseline", base), ("best", best)):
+        if e is None:
+            missing.append(f"no {label} commit")
+            continue
+        path = checkpoints_dir(night.tsv) / f"{e['commit']}.metrics.jsonl"
+        if path.is_file():
+            found.append((f"{label} {e['commit']}", path))
+        else:
+            missing.append(f"no {path.relative_to(night.tsv.resolve().parent)} ({label})")
+    unique = list(dict((p, (lab, p)) for lab, p in found).values())
+    return unique, missing

@@ -1,0 +1,128 @@
+"""The plots that show the night (labbook/plots.py), checked on generated 12- and 100-row nights
+through the data each plot draws: every non-crash run is a point (on the axes or marked
+off-scale), crashes are marked, the steps and labels come from the keep rule, ticks are integers,
+and the loss curve ends at the real final loss. `curves` refuses bad inputs with one error line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from fixtures_results import ANALYSIS, is_real_png
+from nights import write_night
+
+from labbook import cli, ledger, morning, plots
+
+
+@pytest.fixture(scope="module", params=[12, 100])
+def night(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"night{request.param}")
+    write_night(directory, request.param, seed=request.param)
+    return morning.load(directory / "results.tsv")
+
+
+def test_the_generated_night_has_every_kind_of_row(night):
+    kinds = {(night.kinds[r.line], r.status) for r in night.rows}
+    assert {"baseline", "replicate", "experiment", "simplification", "confirm"} <= {k for k, _ in kinds}
+    assert {"keep", "discard", "crash"} <= {s for _, s in kinds}
+    assert any("weights_edited" in " ".join(why) for why in night.flagged.values())
+
+
+def test_every_non_crash_row_is_a_point_on_the_axes_or_marked_off_scale(night):
+    data = plots.progress_data(night.rows, night.flagged)
+    lo, hi = data["ylim"]
+    measured = [r.line for r in night.rows if r.measured]
+    assert sorted(p["line"] for p in data["points"]) == sorted(measured)
+    assert len(data["crashes"]) == sum(not r.measured for r in night.rows)
+    for p in data["points"]:
+        assert lo <= p["shown"] <= hi
+        assert p["offscale"] == (not lo <= p["y"] <= hi)
+    assert hi - lo > 0.004  # never a 0.001-wide range under an offset label
+    flagged = [p for p in data["points"] if p["flagged"]]
+    assert flagged and not any(p["kept"] for p in flagged)
+
+
+def test_a_wild_run_is_drawn_at_the_edge_with_its_value(night):
+    wild = ledger.Row(9999, "wild000", night.rows[-1].val_bpc + 3.0, 20.0, "discard", "lr 1", {}, "experiment")
+    data = plots.progress_data([*night.rows, wild], night.flagged)
+    point = next(p for p in data["points"] if p["line"] == 9999)
+    assert point["offscale"] and point["shown"] == data["ylim"][1] and point["y"] == wild.val_bpc
+
+
+def test_the_running_best_is_the_best_kept_mean_so_far_and_every_kept_commit_is_labelled(night):
+    data = plots.progress_data(night.rows, night.flagged)
+    # a commit's mean moves as its replicates come in, so the step can rise: it is never one lucky run
+    assert data["best"][-1][1] == pytest.approx(morning.keeprule.best_commit(night.sound)["mean"])
+    kept = {e["commit"] for e in morning.keeprule.history(night.sound) if e["status"] == "keep"}
+    assert len(data["labels"]) == len(kept)
+    assert data["reference"][-1][1] == pytest.approx(morning.keeprule.standing(night.sound)["tip"]["mean"])
+
+
+def test_memory_has_every_row_with_its_commit(night):
+    data = plots.memory_data(night.rows, night.flagged)
+    assert [(d["x"], d["commit"]) for d in data] == [(i, r.commit) for i, r in enumerate(night.rows, start=1)]
+
+
+def test_the_plots_are_written(night, tmp_path):
+    results = ledger.read_results(night.tsv)
+    paths = plots.write_plots(results, tmp_path, night.flagged)
+    paths.append(plots.plot_timeline(morning.timeline(night), tmp_path / "timeline.png"))
+    assert [p.name for p in paths] == ["progress.png", "memory.png", "timeline.png"]
+    assert all(is_real_png(p) for p in paths)
+
+
+@pytest.mark.parametrize("n", [3, 12, 100])
+def test_ticks_are_integers(n):
+    fig = plots.new_figure()
+    ax = fig.add_subplot()
+    ax.plot(range(1, n + 1), range(n))
+    plots.integer_ticks(ax, n)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_the_smoothed_curve_ends_at_the_real_final_loss(tmp_path):
+    losses = [3.0, 2.5, 2.7, 2.2, 2.4, 1.9, 2.05]
+    for window in (None, 3, 5, 21):
+        curve = plots.smoothed(losses, window)
+        assert abs(curve[-1] - losses[-1]) < 1e-6 and abs(curve[0] - losses[0]) < 1e-6
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("".join(json.dumps(dict(step=i, time=i, loss=v)) + "\n" for i, v in enumerate(losses)))
+    (_, _, raw, smooth), *_ = plots.curve_data([metrics])[0]
+    assert abs(smooth[-1] - raw[-1]) < 1e-6
+    assert is_real_png(plots.plot_curves([metrics, metrics], tmp_path / "c.png", labels=["baseline", "best"]))
+
+
+def test_the_notebook_finds_the_best_and_baseline_curves_or_says_they_are_missing(night):
+    found, missing = morning.curve_files(night)
+    assert not found and len(missing) == 2 and all("metrics.jsonl" in m for m in missing)
+
+
+def test_a_kept_change_is_summarized_from_its_diff(night):
+    changes = morning.kept_changes(night)
+    assert changes and changes[0]["diff"] == "LR 0.001 → 0.003"
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "no_steps", "unwritable_out"])
+def test_curves_refuses_bad_inputs_with_one_error_line(case, tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(dict(step=1, time=0.5, loss=2.0)) + "\n")
+    (tmp_path / "empty.jsonl").write_text('{"summary": {"commit": "abc"}}\n')
+    args = {
+        "missing": [str(tmp_path / "missing.jsonl")],
+        "directory": [str(tmp_path)],
+        "no_steps": [str(tmp_path / "empty.jsonl")],
+        "unwritable_out": [str(good), "--out", str(tmp_path / "no" / "such" / "dir.png")],
+    }[case]
+    assert cli.main(["curves", *args]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_the_command_line_says_one_error_line_for_a_missing_metrics_file(tmp_path):
+    proc = subprocess.run([sys.executable, str(ANALYSIS), "curves", "missing.jsonl"], cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: cannot read missing.jsonl: No such file or directory"
+    ]
