@@ -1,40 +1,30 @@
 # %% [markdown]
 # # Autoresearch: what happened overnight
 #
-<<<<<<< HEAD
-# `results.tsv` holds one row per experiment: the commit, its `val_bpc`, peak memory, whether the
-# agent kept it, and what it tried. This notebook reads the `results.tsv` in its working
-# directory and shows the report the command line prints: totals, the kept changes and their
-# gains (the keep rule's: tip, sigma, improvements, simplifications), near-misses, crashes, the
-# integrity audit, and the progress and memory plots.
-=======
 # Read top to bottom: what the night was, where it stands, what was kept and why, what broke,
 # and the runs' memory, timing and loss curves. Everything comes from `results.tsv` in this
 # directory and from git; checkpoints are optional (a missing one is said, not an error).
 # The machinery is `labbook/morning.py` and `labbook/plots.py`.
->>>>>>> notebook
 
 # %%
 """Record experiments in results.tsv and report on them: the night's memory and the morning's view.
 
 Usage:
-  python analysis.py decide           # the keep rule's verdict on ./run.log and what to run next
-  python analysis.py record --description "SwiGLU feed-forward"   # the rule decides; reads ./run.log
+  python analysis.py record --status keep --description "SwiGLU feed-forward"   # reads ./run.log
   python analysis.py record --status crash --description "depth 16" path/to/run.log
-  python analysis.py                  # report: totals, tip, best, sigma, kept changes, audit; writes
+  python analysis.py                  # report: totals, kept changes, noise floor, audit; writes
                                       # progress.png and memory.png next to results.tsv (or --out DIR)
-  python analysis.py --json           # the agent's bounded view (never evaluates the test split)
-  python analysis.py --full           # everything as JSON
-  python analysis.py audit [--json]   # rows not comparable with the baseline; exit 1 if any
+  python analysis.py --json           # the same for the agent (never evaluates the test split)
+  python analysis.py audit            # rows not comparable with the baseline; exit 1 if any
   python analysis.py curves metrics.jsonl checkpoints/abc1234.metrics.jsonl --out curves.png
   python analysis.py evaluate checkpoints/abc1234.pt --split test   # for the person, in the morning
   python analysis.py restore          # bring back rows lost from results.tsv, from the backup
   python analysis.py fix-header       # put the header line back on top of a headerless results.tsv
   python analysis.py --tsv other.tsv audit    # --tsv works with every subcommand
 
-The keep rule (labbook/keeprule.py, `python analysis.py decide --explain`): setup runs the
-baseline and its replicates with AR_SEED=1, 2, ...; sigma is pooled from runs nobody selected.
-Rows the audit flags never count.
+Noise floor: rerun the baseline with AR_SEED=1, 2, ... and record each as
+  python analysis.py record --status discard --description "noise: AR_SEED=1"
+Twice the sample std of the baseline and its replicates is the keep threshold the report uses.
 
 results.tsv sits at the top of the main worktree, with a backup in the git directory: see
 labbook/ledger.py. The machinery is the labbook package next to this file.
