@@ -481,7 +481,7 @@ class Run:
             else:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
-        check_checkpoint_fits(self.env["checkpoint"], model)
+        check_checkpoint_fits(self.env.get("checkpoint", "checkpoint.pt"), model)
         if compile and self.device.type == "cuda":
             self.compile_options = dict(compile) if isinstance(compile, dict) else {}
         return model

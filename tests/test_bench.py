@@ -219,7 +219,9 @@ def cpu_run(corpus, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(prepare.gc, "freeze", lambda: None)  # keep the test process's heap collectable
     with contextlib.redirect_stdout(io.StringIO()):
-        return prepare.setup(prepare.read_env())
+        run, _ = prepare.setup(prepare.read_env())
+        run.tracker = prepare.Tracker(run)  # every batch drawn is counted by the Run's tracker
+        return run
 
 
 def test_bench_steps_through_the_run_and_removes_its_step_counter(bench, cpu_run):
@@ -248,11 +250,11 @@ def test_bench_steps_through_the_run_and_removes_its_step_counter(bench, cpu_run
 
 def test_get_batch_returns_contiguous_windows_of_the_train_split_on_the_runs_device(cpu_run):
     run, seq_len = cpu_run, 64
-    train = run.splits["train"]
+    train = run.train_data
     state = run.generator.get_state()
-    run.splits["train"] = torch.arange(len(train), device=run.device)  # every byte replaced by its position
+    run.train_data = torch.arange(len(train), device=run.device)  # every byte replaced by its position
     positions = run.get_batch(8, seq_len)
-    run.splits["train"] = train
+    run.train_data = train
     run.generator.set_state(state)
     batch = run.get_batch(8, seq_len)
     assert batch.shape == (8, seq_len + 1) and batch.dtype == torch.long  # inputs and targets

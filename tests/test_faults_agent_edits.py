@@ -140,7 +140,7 @@ def test_a_train_py_that_trains_when_imported_is_refused_naming_it(tmp_path, cor
     )
     code, log = run_edit(tmp_path, corpus, "import torch\n" + source(TRAIN.read_text()))
     assert_crashed(code, log)
-    assert crash_reason(log) == "train.py took 1 optimizer steps when imported: train in train(run)"
+    assert crash_reason(log) == "train.py took 1 optimizer steps when imported: train inside train(run)"
     assert not re.search(r"^step ", log, flags=re.M)
 
 
