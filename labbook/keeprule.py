@@ -254,7 +254,7 @@ def record_command(description, simplification=False):
 
 
 def run_command(seed):
-    return f"AR_SEED={seed} python train.py > run.log 2>&1"
+    return f"AR_SEED={seed} timeout -k 30 600 python train.py > run.log 2>&1"
 
 
 RESET = "git reset --hard HEAD~1"

@@ -57,7 +57,7 @@ def test_the_reference_is_the_tips_mean_and_a_first_run_only_earns_a_confirmatio
     first = decide(rows, Candidate("exp1", 1.3 - 4 * S, "lr 3e-3", seed=42))
     assert first.verdict == "rerun" and first.status == "discard" and first.kind == "experiment"
     assert first.reference == pytest.approx(1.3) and first.reference_runs == 5 and first.next_seed == 1
-    assert first.commands[0] == "AR_SEED=1 python train.py > run.log 2>&1"
+    assert first.commands[0] == "AR_SEED=1 timeout -k 30 600 python train.py > run.log 2>&1"
     assert first.commands[1] == 'python analysis.py record --description "lr 3e-3"'
     rows.append(row("exp1", 1.3 - 4 * S, "discard", "experiment"))
     confirm = decide(rows, Candidate("exp1", 1.3 - 3 * S, "lr 3e-3", seed=1))
@@ -132,7 +132,7 @@ def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
     base = head(repo)
     write_log(repo, base, val_bpc=1.3)
     code, out, _ = main(capsys, "decide")
-    assert code == 0 and out.splitlines()[0] == "keep" and "AR_SEED=1 python train.py" in out
+    assert code == 0 and out.splitlines()[0] == "keep" and "AR_SEED=1 timeout -k 30 600 python train.py" in out
     assert main(capsys, "record", "--description", "baseline")[0] == 0
     for seed, value in enumerate([1.302, 1.298, 1.301, 1.299], start=1):
         write_log(repo, base, val_bpc=value, seed=seed)
