@@ -147,7 +147,7 @@ def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
     main(capsys, "record", "--description", "lr 3e-3")
     write_log(repo, exp, val_bpc=1.291, seed=1)
     code, out, _ = main(capsys, "record", "--description", "lr 3e-3")
-    assert code == 0 and "AR_SEED=2 python train.py" in out and "confirmed improvement" in out
+    assert code == 0 and "AR_SEED=2 timeout -k 30 600 python train.py" in out and "confirmed improvement" in out
     last = rows_of(repo)[-1]
     assert last["status"] == "keep" and last["kind"] == "confirm"
     assert "mean 1.290500 of 2" in last["note"]
