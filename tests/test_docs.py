@@ -666,3 +666,23 @@ def test_the_checker_catches_dead_commands_missing_files_and_unknown_variables(t
     assert path_problems([("broken.md", t, s.text) for s in snippets for t in path_candidates(s)]) == [
         "broken.md: `docs/nonexistent.md`: docs/nonexistent.md does not exist"
     ]
+
+
+def test_every_test_the_integrity_threat_model_cites_exists():
+    text = (REPO / "docs" / "integrity.md").read_text()
+    cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?", text)
+    assert len(cited) > 20
+    missing = []
+    for module, name in cited:
+        source = REPO / "tests" / module
+        if not source.exists() or (name and f"def {name}(" not in source.read_text()):
+            missing.append(f"{module}::{name}")
+    assert not missing, missing
+
+
+def test_program_md_and_agents_md_quote_the_keep_rule_as_the_code_renders_it():
+    from labbook import keeprule
+
+    quote = "> " + keeprule.explain()
+    for doc in ("program.md", "AGENTS.md"):
+        assert quote in documents()[doc].splitlines(), f"{doc} does not quote decide --explain verbatim"
