@@ -1,0 +1,93 @@
+"""The micro-batch fits itself: a model that runs out of memory above a size trains at a size that
+fits, with the same batch and a normal summary; out of memory at a micro-batch of 1, or after the
+first step, is still the one-line crash."""
+
+import pytest
+import torch
+from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_copy, parse_summary, run_train
+
+import prepare
+
+# build_model returns a wrapper whose training forward raises CUDA's out-of-memory error above
+# FITS sequences (after FAIL_AFTER successful training forwards, when that is set).
+FITTING_MODEL = """
+
+class Fits(AutoregressiveWrapper):
+    calls = 0
+
+    def forward(self, x, **kwargs):
+        if self.training:
+            Fits.calls += 1
+            if len(x) > FITS or (FAIL_AFTER and Fits.calls > FAIL_AFTER):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().forward(x, **kwargs)
+"""
+
+
+def fitting_source(fits, fail_after=0):
+    source = TRAIN.read_text().replace("    return AutoregressiveWrapper(net)\n", "    return Fits(net)\n")
+    source = source.replace(
+        "\n\n# ---------------------------------------------------------------------------\n# Model",
+        FITTING_MODEL + "\n\n# ---------------------------------------------------------------------------\n# Model",
+        1,
+    )
+    header = f"import torch\n\nFITS = {fits}\nFAIL_AFTER = {fail_after}\n"
+    return source.replace("from prepare import", header + "from prepare import", 1)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory, corpus):
+    workdir = tmp_path_factory.mktemp("fitted")
+    train_py = make_train_copy(workdir, source=fitting_source(fits=2), BATCH_SIZE=8)
+    return run_train(train_py, base_env(workdir, AR_DATA=corpus, AR_STEPS=3, AR_EVAL_BYTES=4096))
+
+
+def test_a_model_that_runs_out_of_memory_above_two_sequences_trains_at_two(fitted_run):
+    code, log = fitted_run
+    assert code == 0, log[-2000:]
+    summary = parse_summary(log)
+    assert int(summary["micro_batch"]) == 2
+    assert summary["num_steps"] == "3" and 0 < float(summary["val_bpc"]) < 9
+    assert "notice: a micro-batch of 8 sequences does not fit" in log
+    assert "notice: a micro-batch of 4 sequences does not fit" in log
+    assert "micro_batch: 2 sequences per forward/backward (8 per step per rank)" in log
+
+
+def test_out_of_memory_at_a_micro_batch_of_one_is_the_one_line_crash(tmp_path, corpus):
+    train_py = make_train_copy(tmp_path, source=fitting_source(fits=0), BATCH_SIZE=4)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=3, AR_EVAL_BYTES=4096))
+    assert_crashed(code, log)
+    assert code == 4 and crash_reason(log).startswith("out of memory (peak ")
+
+
+def test_out_of_memory_after_the_first_step_is_the_one_line_crash(tmp_path, corpus):
+    train_py = make_train_copy(tmp_path, source=fitting_source(fits=8, fail_after=3), BATCH_SIZE=4)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=5, AR_EVAL_BYTES=4096))
+    assert_crashed(code, log)
+    assert code == 4 and "out of memory" in crash_reason(log)
+
+
+def test_the_retried_step_sees_the_same_batch(tmp_path):
+    """fit_micro_batch tries sizes on the step's own batch; forward_backward then uses that batch."""
+    seen = []
+
+    class Records(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(x.clone())
+            if len(x) > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return self.w * x.float().mean()
+
+    env = dict(prepare.read_env(), steps=2, metrics=str(tmp_path / "metrics.jsonl"))
+    data = torch.arange(5000).remainder(256).to(torch.uint8)
+    run = prepare.Run(env, torch.device("cpu"), "FP32", data, "x", "p", 10)
+    run.tracker = prepare.Tracker(run)
+    model = run.prepare_model(Records())
+    run.forward_backward(model, 4, 16)
+    assert run.micro_batch == 2
+    batch = seen[0]
+    assert all(torch.equal(s, batch[: len(s)]) or torch.equal(s, batch[2:]) for s in seen)
