@@ -5,7 +5,7 @@ the keep rule's sigma, reference and near-misses (labbook/keeprule.py) are compu
 workers. A worker's row is a discard (or a crash): `keep` is reserved for commits on the research
 branch. A worker's run that the rule would send to a confirmation (below the rule's `rerun_below`
 bound against the tip) is marked PROMOTE: cherry-pick it onto the research branch, run it there
-and let `python analysis.py record` (the rule) decide. The commands are in tools/workers.py; the
+and follow `python analysis.py decide` (the rule). The commands are in tools/workers.py; the
 protocol is in docs/scale-out.md.
 """
 
@@ -218,14 +218,14 @@ def setup(args):
         first = worker_dir(root, args.gpus[0])
         print(
             "note: worktrees have no x-transformers submodule checkout, and enwik8 is not in the shared cache "
-            f"yet: fill it once with `(cd {first} && python train.py --prepare-data)`, or export AR_DATA=<enwik8 file>"
+            f"yet: fill it once with `(cd {first} && python prepare.py)`, or export AR_DATA=<enwik8 file>"
         )
     return 0
 
 
 def workers_find_data():
     """Whether train.py in a worktree (no submodule checkout) finds enwik8 without downloading it:
-    AR_DATA, or the cache that train.py --prepare-data fills."""
+    AR_DATA, or the cache that python prepare.py fills."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-xt" / "enwik8"
     return bool(os.environ.get("AR_DATA")) or cache.exists()
 

@@ -7,9 +7,10 @@
     python tools/workers.py result-line run.log --id exp1    # the RESULT line that sky/experiment.yaml prints
 
 Every worker records into the one results.tsv of the main worktree (analysis.py finds it), so
-the noise floor, keep threshold and near misses are computed over all workers. A worker's row is
-a discard (or a crash): `keep` is reserved for commits on the research branch, where a winner
-is promoted by cherry-pick and a confirming rerun. The protocol is in docs/scale-out.md.
+the keep rule's sigma, tip and near-misses are computed over all workers. A worker's row is a
+discard (or a crash): `keep` is reserved for commits on the research branch, where a winner
+(marked PROMOTE by `status`: below the rule's rerun bound) is cherry-picked, run, and judged by
+`python analysis.py decide`. The protocol is in docs/scale-out.md.
 """
 
 import sys
