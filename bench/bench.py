@@ -76,7 +76,10 @@ TARGETS = dict(
 )
 
 KEYED_SECTIONS = ("throughput", "fp8")  # one result per config; the others hold one result
-SECTION_ORDER = ("ceilings", "throughput", "baseline", "eval", "launch", "optimizer", "fp8")
+SECTION_ORDER = ("ceilings", "throughput", "memcap", "tolerance", "baseline", "eval", "launch", "optimizer", "fp8")
+MEMORY_CAPS_GB = (8, 12)  # the small cards the default model must run on: the process is capped to act as one
+CAPPED_STEPS = 12  # steps per capped measurement: the fitting step, then timed ones
+TOLERANCE_BUDGET = 30  # AR_TIME_BUDGET of the run whose checkpoint is re-scored for the tolerance
 WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which but".split()
 
 
@@ -163,7 +166,8 @@ def section_plan(args):
     if unknown:
         raise SystemExit(f"unknown sections {sorted(unknown)}: choose from {','.join(SECTION_ORDER)},quality")
     plan = [("quality", None)] if "quality" in wanted else []
-    plan += [("ceilings", None), ("throughput", "default"), ("throughput", "fork"), ("baseline", "fork")]
+    plan += [("ceilings", None), ("throughput", "default"), ("memcap", "default"), ("tolerance", "default")]
+    plan += [("throughput", "fork"), ("baseline", "fork")]
     plan += [("eval", "default"), ("throughput", "dim1024")]
     plan += [("launch", "default")] if "quality" not in wanted else []
     plan += [("optimizer", "default"), ("fp8", "default"), ("fp8", "dim1024")]
@@ -823,8 +827,9 @@ def parse_summary(log):
     return summary
 
 
-def run_train_copy(b, config, budget):
-    """Run a copy of train.py for `config` in its own folder; its summary plus a few facts."""
+def run_train_copy(b, config, budget, keep_folder=False):
+    """Run a copy of train.py for `config` in its own folder; its summary plus a few facts (and,
+    with keep_folder, the folder, whose run.log and checkpoint.pt stay there)."""
     folder = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=b.workdir))
     (folder / "train.py").write_text(train_source(config, b.args.tiny))
     start = time.time()
@@ -837,8 +842,11 @@ def run_train_copy(b, config, budget):
         text=True,
         timeout=budget + 900,
     )
+    (folder / "run.log").write_text(proc.stdout)
     summary = parse_summary(proc.stdout)
     result = dict(config=config, budget_s=budget, returncode=proc.returncode, wall_seconds=time.time() - start)
+    if keep_folder:
+        result["folder"] = str(folder)
     if proc.returncode != 0 or not summary:
         result["log_tail"] = proc.stdout.splitlines()[-20:]
         return result
@@ -874,9 +882,72 @@ def section_quality(b, _):
     return runs
 
 
+def capped_measurement(b, cfg, cap_gb):
+    """micro_batch, peak memory and tokens/s of `cfg` with the process capped to `cap_gb` GB."""
+    total = torch.cuda.get_device_properties(b.device).total_memory
+    fresh_device_state(b.device)
+    torch.cuda.set_per_process_memory_fraction(min(cap_gb * 2**30 / total, 1.0), b.device)
+    try:
+        run, model, optimizer = training_setup(b, cfg)
+        free = Phases(b.device, on=False)
+        with tracked(run):
+            loop_step(b, run, model, optimizer, cfg, free)  # fits the micro-batch, then compiles
+            loop_step(b, run, model, optimizer, cfg, free)  # the compiled graph's first use
+            seconds = elapsed(
+                b.device, lambda: [loop_step(b, run, model, optimizer, cfg, free) for _ in range(CAPPED_STEPS)]
+            )
+        return dict(
+            micro_batch=run.micro_batch,
+            peak_memory_mb=prepare.peak_memory_mb(b.device),
+            tokens_per_s=CAPPED_STEPS * cfg.batch * cfg.seq_len / seconds,
+        )
+    except torch.OutOfMemoryError as e:
+        return dict(error=f"out of memory: {str(e).splitlines()[0]}")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, b.device)
+        fresh_device_state(b.device)
+
+
+def section_memcap(b, name):
+    """The default model on a card capped to 8 and 12 GB (torch.cuda.set_per_process_memory_fraction):
+    the micro-batch the harness fits, the allocator's peak and tokens/s at each cap."""
+    if not b.cuda:
+        return dict(config=name, timed=False, reason="memory caps need CUDA")
+    caps = {f"{cap}GB": capped_measurement(b, b.configs[name], cap) for cap in MEMORY_CAPS_GB}
+    return dict(config=name, timed=True, caps=caps)
+
+
+def section_tolerance(b, name):
+    """The run's own val_bpc_exact against `python prepare.py rescore` of its checkpoint in a fresh
+    process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py stands for."""
+    run = run_train_copy(b, name, TOLERANCE_BUDGET, keep_folder=True)
+    folder = Path(run.pop("folder"))
+    log = (folder / "run.log").read_text()
+    exact = parse_summary(log).get("val_bpc_exact")
+    if run["returncode"] != 0 or exact is None:
+        return dict(config=name, error="the training run failed", log_tail=run.get("log_tail"))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, prepare; prepare.rescore_main(sys.argv[1:])", str(folder / "checkpoint.pt")],
+        cwd=folder, env=train_env(b, folder, TOLERANCE_BUDGET), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return dict(config=name, error="the re-score failed", log_tail=proc.stdout.splitlines()[-5:])
+    rescored = json.loads(proc.stdout.splitlines()[-1])
+    return dict(
+        config=name,
+        val_bpc_exact=exact,
+        rescored=rescored["bpc"],
+        abs_difference=abs(rescored["bpc"] - exact),
+        rescore_seconds=rescored["seconds"],
+        eval_bytes=run.get("eval_bytes"),
+    )
+
+
 SECTIONS = dict(
     ceilings=section_ceilings,
     throughput=section_throughput,
+    memcap=section_memcap,
+    tolerance=section_tolerance,
     baseline=section_baseline,
     eval=section_eval,
     launch=section_launch,
@@ -972,8 +1043,28 @@ def quality_rows(_, q):
     ]
 
 
+def memcap_rows(_, m):
+    if not m.get("timed"):
+        return [("memory caps", f"not measured: {m.get('reason')}", "")]
+    rows = []
+    for cap, r in m["caps"].items():
+        value = r.get("error") or (
+            f"micro_batch {r['micro_batch']}, peak {r['peak_memory_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
+        )
+        rows.append((f"default model capped to {cap}", value, "fits"))
+    return rows
+
+
+def tolerance_rows(_, t):
+    if "error" in t:
+        return [("re-score tolerance", t["error"], "")]
+    return [("re-score |val_bpc_exact - rescore|", f"{t['abs_difference']:.2e}", "<= RESCORE_TOLERANCE_GPU")]
+
+
 ROWS = dict(
     ceilings=ceiling_rows,
+    memcap=memcap_rows,
+    tolerance=tolerance_rows,
     throughput=throughput_rows,
     baseline=baseline_rows,
     fp8=fp8_rows,

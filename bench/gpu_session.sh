@@ -9,9 +9,12 @@
 # then bring the checkout with that folder to the GPU box (BENCH_WHEELS=<folder> points at another one)
 # and run `bash bench/gpu_session.sh` there under a 600 s limit. Nothing is installed from an
 # index: the wheels go into /tmp/site with --no-index --no-deps, and PYTHONPATH=<checkout>:/tmp/site
-# makes `import prepare` and `import labbook` find this checkout. It then runs
-# `bench/bench.py --quality` under a 530 s timeout; any arguments replace `--quality`
-# (e.g. `--sections optimizer,fp8 --optimizer-variants eager,newton_schulz,step`).
+# makes `import prepare` and `import labbook` find this checkout. It then runs bench/bench.py under
+# a 450 s timeout, so the whole call stays within 8 minutes: by default the sections a first look at
+# a card needs (ceilings, the default model's throughput, the default model capped to 8 and 12 GB
+# with its fitted micro-batch, peak memory and tokens/s, the re-score tolerance, the evaluation's
+# time, FP8); any arguments replace them (e.g. `--quality`, or
+# `--sections optimizer,fp8 --optimizer-variants eager,newton_schulz,step`).
 # The JSON and the log go to $OUT when the machine provides it, else to bench/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +35,12 @@ python3 -c "import torch, x_transformers, torchao, prepare, labbook; print('torc
 
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
-    args=(--quality)
+    args=(--sections ceilings,throughput,memcap,tolerance,eval,fp8)
 fi
 export PYTHONUNBUFFERED=1
-timeout --kill-after=10 530 python3 bench/bench.py --out "$dest/bench-$(date +%F).json" "${args[@]}" 2>&1 | tee "$dest/bench.log"
+timeout --kill-after=10 450 python3 bench/bench.py --out "$dest/bench-$(date +%F).json" "${args[@]}" 2>&1 | tee "$dest/bench.log"
 status=${PIPESTATUS[0]}
 if [ "$status" -eq 124 ]; then
-    echo "bench stopped at its 530 s limit: $dest/bench-$(date +%F).json holds every section that finished"
+    echo "bench stopped at its 450 s limit: $dest/bench-$(date +%F).json holds every section that finished"
 fi
 exit "$status"
