@@ -53,6 +53,7 @@ EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the trainin
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
 METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budget decision
+ALLOC_CONF = "expandable_segments:True"  # CUDA allocator setting for the run, unless the person set one
 HEARTBEAT_S = 30.0  # a progress line at least this often, whatever phase the run is in
 STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
 LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
@@ -826,6 +827,18 @@ def eval_autocast(device):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def eval_numerics(device):
+    """The evaluation's dtype and attention kernels on this device, per compute capability: part of
+    the fingerprint, and a re-score on other numerics is refused. Ampere and newer: BF16 with the
+    flash kernel first; older cards (no BF16 tensor cores, no flash): FP16 with the memory-efficient
+    kernel; CPU and MPS: FP32 with the math kernel."""
+    if device.type != "cuda":
+        return f"{device.type}-fp32-math"
+    major, minor = torch.cuda.get_device_capability(device)
+    kernels = "bf16-flash" if major >= 8 else "fp16-efficient"
+    return f"cuda{major}.{minor}-{kernels}"
+
+
 def eval_windows(data, device):
     """(inputs, targets, valid) windows of MAX_SEQ_LEN over `data`: window i holds bytes
     [i*T, i*T + T] and predicts bytes i*T+1 .. i*T+T, so every byte but the first is predicted
@@ -968,9 +981,11 @@ def budget_label(env):
     return f"{env['steps']}steps" if env["steps"] else f"{env['budget']:g}s"
 
 
-def fingerprint(run, libraries):
-    """Equal fingerprints mean comparable numbers: same harness, libraries, budget, scored bytes and data."""
-    parts = f"{prepare_hash()}|{libraries}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}"
+def fingerprint(run, libraries, numerics):
+    """Equal fingerprints mean comparable numbers: same harness, libraries, budget, scored bytes, data
+    and evaluation numerics (the family: CUDA cards of every capability share one)."""
+    family = "cuda" if numerics.startswith("cuda") and "bf16" in numerics else numerics
+    parts = f"{prepare_hash()}|{libraries}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}|{family}"
     return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
 
@@ -1057,6 +1072,7 @@ SUMMARY_FORMAT = {
     "train_bpc": "{:.6f}",
     "flags": "{}",
     "libraries": "{}",
+    "eval_numerics": "{}",
 }
 
 
@@ -1094,7 +1110,7 @@ def make_summary(run, stats, identity):
         x_transformers=version("x-transformers"),
         seed=run.env["seed"],
         commit=identity["commit"],
-        fingerprint=fingerprint(run, identity["libraries"]),
+        fingerprint=fingerprint(run, identity["libraries"], eval_numerics(run.device)),
         world_size=run.world_size,
         data=run.data_identity,
         data_path=str(run.data_path),
@@ -1106,6 +1122,7 @@ def make_summary(run, stats, identity):
         prepare_hash=prepare_hash(),
         run_id=identity["run_id"],
         libraries=identity["libraries"],
+        eval_numerics=eval_numerics(run.device),
     )
 
 
@@ -1434,6 +1451,9 @@ def rescore(checkpoint, split="val"):
     device = torch.device(summary["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise HarnessError("the run trained on a CUDA GPU and this machine has none: re-score it there")
+    here, then = eval_numerics(device), summary.get("eval_numerics", "")
+    if then and here.split("-", 1)[1] != then.split("-", 1)[1]:
+        raise HarnessError(f"the run was scored with {then} numerics and this machine gives {here}: re-score it there")
     data = run_data(summary, split)
     import_libraries(saved["source"])
     before = attribute_snapshot()
@@ -1491,6 +1511,10 @@ def main():
             2,
         )
     ENTERED.append(True)
+
+    # before CUDA's allocator starts: freed blocks are reused across micro-batch sizes, less fragmentation
+    if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
+        os.environ.setdefault("PYTORCH_ALLOC_CONF", ALLOC_CONF)
 
     def body():
         if sys.argv[1:]:

@@ -175,7 +175,8 @@ def test_an_edited_library_file_ends_the_run_naming_the_file(tmp_path, monkeypat
 
 def test_the_installed_libraries_are_hashed_into_the_fingerprint():
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": None}, eval_bytes=10, data_identity="a")
-    assert prepare.fingerprint(run, prepare.library_digest()) != prepare.fingerprint(run, "edited")
+    numerics = prepare.eval_numerics(CPU)
+    assert prepare.fingerprint(run, prepare.library_digest(), numerics) != prepare.fingerprint(run, "edited", numerics)
 
 
 def git(repo, *args):

@@ -91,3 +91,46 @@ def test_the_retried_step_sees_the_same_batch(tmp_path):
     assert run.micro_batch == 2
     batch = seen[0]
     assert all(torch.equal(s, batch[: len(s)]) or torch.equal(s, batch[2:]) for s in seen)
+
+
+def test_steps_that_fp16s_scaler_skips_still_count(tmp_path):
+    """An FP16 step with inf gradients is skipped by the scaler, never by the clock."""
+
+    class Overflows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.w * float("inf") * x.float().mean()
+
+    env = dict(prepare.read_env(), steps=3, metrics=str(tmp_path / "metrics.jsonl"))
+    data = torch.arange(5000).remainder(256).to(torch.uint8)
+    run = prepare.Run(env, torch.device("cpu"), "FP16", data, "x", "p", 10)
+    assert run.scaler.is_enabled()
+    run.tracker = prepare.Tracker(run)
+    counter = prepare.StepCounter()
+    counter.tracker = run.tracker
+    try:
+        model = run.prepare_model(Overflows())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.forward_backward(model, 2, 8)
+        run.step(optimizer)
+    finally:
+        counter.remove()
+    assert run.tracker.steps == 1  # counted once, though optimizer.step() never ran
+    assert model.w.item() == 1.0
+
+
+def test_the_cuda_allocator_gets_expandable_segments_before_the_run(tmp_path, corpus):
+    source = TRAIN.read_text().replace(
+        "def train(run):\n",
+        "def train(run):\n    import os\n\n    print('alloc:', os.environ.get('PYTORCH_ALLOC_CONF'))\n",
+    )
+    train_py = make_train_copy(tmp_path, source=source)
+    env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=1, AR_EVAL_BYTES=4096)
+    env.pop("PYTORCH_ALLOC_CONF", None)
+    env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+    code, log = run_train(train_py, env)
+    assert code == 0, log[-2000:]
+    assert f"alloc: {prepare.ALLOC_CONF}" in log

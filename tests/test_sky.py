@@ -128,7 +128,7 @@ def test_skypilot_parses_the_task_one_h100_with_the_experiment_envs(task):
     assert task["accelerators"] == {"H100": 1}
     assert {"EXPERIMENT_ID", "DESCRIPTION", "COMMIT"} <= set(task["envs"])
     assert task["workdir"] == "."
-    assert "pip install -e ." in task["setup"] and "python train.py --prepare-data" in task["setup"]
+    assert "pip install -e ." in task["setup"] and "python prepare.py" in task["setup"]
     assert 'tools/workers.py" result-line' in task["run"]
 
 

@@ -61,6 +61,7 @@ LAST_KEYS = [
     "train_bpc",
     "flags",
     "libraries",
+    "eval_numerics",
 ]
 NUMERIC = FORK_KEYS[:-1] + ["startup_seconds", "eval_seconds", "tokens_per_sec", "eval_bytes", "seed"]
 
@@ -183,11 +184,11 @@ def test_the_same_seed_and_step_budget_give_the_same_val_bpc_exactly(tmp_path, c
     assert again["fingerprint"] == first["fingerprint"] and again["run_id"] != first["run_id"]
 
 
-def fingerprint_of(libraries="lib", **change):
+def fingerprint_of(libraries="lib", numerics="cpu-fp32-math", **change):
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": None}, eval_bytes=10, data_identity="a")
     for key, value in change.items():
         setattr(run, key, value)
-    return prepare.fingerprint(run, libraries)
+    return prepare.fingerprint(run, libraries, numerics)
 
 
 def test_fingerprint_covers_the_harness_budget_or_steps_eval_bytes_and_data(monkeypatch):
@@ -201,6 +202,8 @@ def test_fingerprint_covers_the_harness_budget_or_steps_eval_bytes_and_data(monk
     for change in changes:
         assert fingerprint_of(**change) != base, change
     assert fingerprint_of(libraries="an edited x-transformers") != base
+    assert fingerprint_of(numerics="cuda7.5-fp16-efficient") != base  # an older card's evaluation
+    assert fingerprint_of(numerics="cuda8.0-bf16-flash") == fingerprint_of(numerics="cuda9.0-bf16-flash")
     assert fingerprint_of(env={"budget": 300.0, "steps": 20}) != fingerprint_of(env={"budget": 300.0, "steps": 21})
     # any edit of prepare.py's text changes its hash, and the hash is part of the fingerprint
     text = PREPARE.read_text()
@@ -219,7 +222,7 @@ def test_editing_train_py_keeps_the_fingerprint(tmp_path, corpus, tiny_run):
     assert two_steps != tiny_run[3]["fingerprint"]  # a different step budget is a different experiment
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": 2}, eval_bytes=8192, data_identity=tiny_run[3]["data"])
     libraries = tiny_run[3]["libraries"]
-    assert two_steps == prepare.fingerprint(run, libraries)  # prepare.py, libraries, budget, scored bytes, data
+    assert two_steps == prepare.fingerprint(run, libraries, "cpu-fp32-math")  # prepare.py, libraries, budget, scored bytes, data
 
 
 def test_train_py_holds_only_the_agents_part_and_prepare_py_the_harness():

@@ -277,5 +277,5 @@ def test_setup_says_how_workers_get_the_data_only_when_they_would_not_find_it(tm
     bare = workers(root, "setup", "--tag", "a", "--gpus", "0", env=base_env(tmp_path))
     with_data = workers(root, "setup", "--tag", "b", "--gpus", "1", env=base_env(tmp_path, AR_DATA=corpus))
     assert bare.returncode == with_data.returncode == 0
-    assert "python train.py --prepare-data" in bare.stdout and "AR_DATA" in bare.stdout
+    assert "python prepare.py" in bare.stdout and "AR_DATA" in bare.stdout
     assert "prepare-data" not in with_data.stdout
