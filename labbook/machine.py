@@ -11,6 +11,16 @@ each model size would see in the 300 s budget. The table holds train.py's own si
 parameters counted by building its model on the meta device) and a few sizes around it. On a
 CPU machine it says so and measures nothing (--cpu measures there anyway: minutes at real sizes).
 A measurement that cannot be taken is one line, never a traceback.
+
+The table also predicts each size's peak memory and the micro-batch the harness would fit
+(prepare.Run.fit_micro_batch: the largest divisor of the per-GPU batch whose forward and backward
+leave room for three more copies of the weights, under 95% of the card). Peak = FIXED_BYTES_PER_PARAM
+x params (FP32 weights and gradients, BF16 weight copies, the optimizer's three copies) plus
+activations x micro-batch. Activations per sequence are measured on a GPU (one forward and backward
+of one and of two sequences of TRAIN_SEQ_LEN at train.py's size under autocast: the difference in
+torch.cuda.max_memory_allocated), or off the GPU estimated from the bytes autograd saves in one
+forward at a short length under CPU BF16 autocast, scaled to TRAIN_SEQ_LEN. Other sizes scale
+train.py's figure by dim x depth.
 """
 
 import argparse
@@ -33,6 +43,10 @@ BEGIN = "<!-- BEGIN MACHINE (written by python tools/machine.py) -->"
 END = "<!-- END MACHINE -->"
 WIDTHS = {0.5: (0.75, 1.0), 0.75: (1.0,), 1.0: (0.75, 1.0, 1.5), 1.5: (1.0, 1.5), 2.0: (1.0, 1.5)}  # x DIM: x DEPTH
 MEASURE_TIMEOUT = 600
+FIXED_BYTES_PER_PARAM = 4 + 4 + 2 + 3 * 4  # FP32 weights, FP32 gradients, BF16 copies, optimizer (harness rule)
+CARD_FILL = 0.95  # prepare.Run.leaves_room_for_optimizer: the peak plus the optimizer under 95% of the card
+REFERENCE_CARDS_GB = (8, 12, 24, 80)  # off the GPU: the micro-batch on cards of these sizes (GiB)
+ESTIMATE_SEQ_LEN = 32  # the short length the CPU count runs at (activations scale linearly in length)
 
 
 class MeasureError(Exception):
@@ -157,17 +171,213 @@ def flops_per_token(params, dim, depth):
     return 6 * params + 12 * depth * dim * prepare.MAX_SEQ_LEN
 
 
-def sizing_table(train, measured):
-    """Markdown rows: each size's FLOPs/token and, from the measured rate, its tokens in the budget."""
+class ActivationMemory:
+    """Bytes of activations one sequence of TRAIN_SEQ_LEN keeps at train.py's size, and whence."""
+
+    def __init__(self, per_sequence, measured, source, attention=0):
+        self.per_sequence = per_sequence  # bytes at train.py's DIM, DEPTH and TRAIN_SEQ_LEN
+        self.measured = measured  # True: on this GPU; False: a CPU estimate
+        self.source = source  # one phrase for the table's note
+        self.attention = attention  # bytes of attention-probability matrices left out (CPU count)
+
+    def for_size(self, train, dim, depth):
+        """Scaled to another size: activations grow with dim x depth (x seq_len, fixed here)."""
+        return self.per_sequence * (dim * depth) / (train.DIM * train.DEPTH)
+
+
+def zeroed_model(train, device="cpu"):
+    """train.py's model on `device` with every weight and buffer zero: built on the meta device and
+    materialised empty, so no initialisation runs (memory does not depend on the values)."""
+    with torch.device("meta"):
+        model = train.build_model()
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.zero_()
+    return model
+
+
+def saved_bytes(model, batch, length, mode=None):
+    """(bytes autograd saves for one forward of `batch` sequences of `length` inputs under CPU BF16
+    autocast, of which those in attention-probability matrices: the last two dims both `length`).
+    Each storage is counted once, the weights not at all. `mode`: the FakeTensorMode the model was
+    built in (shapes and dtypes only, nothing computed), or None for real tensors."""
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved, attention = {}, {}
+
+    def pack(x):
+        storage = x.untyped_storage()
+        key = storage._cdata
+        if key not in weights:
+            saved[key] = max(saved.get(key, 0), storage.nbytes())
+            if x.dim() >= 2 and x.shape[-1] == x.shape[-2] == length:
+                attention[key] = saved[key]
+        return x
+
+    with mode or contextlib.nullcontext():
+        x = torch.zeros((batch, length), dtype=torch.long)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+    return sum(saved.values()), sum(attention.values())
+
+
+def estimate_activations(train, short=ESTIMATE_SEQ_LEN):
+    """Off the GPU: the saved-tensor count per sequence (two sequences minus one, so the weights'
+    BF16 copies and other per-step tensors drop out) under CPU BF16 autocast. Counted on fake tensors
+    at TRAIN_SEQ_LEN itself (nothing is computed); where the model does not run on fake tensors,
+    on a real zeroed model at `short` bytes, scaled to TRAIN_SEQ_LEN (linearly; attention matrices
+    quadratically). Attention-probability matrices are left out: a flash kernel keeps none."""
+    full = train.TRAIN_SEQ_LEN + 1  # the harness hands the wrapper seq_len + 1 bytes
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode()
+        with mode:
+            model = train.build_model()
+        counts = [saved_bytes(model, batch, full, mode) for batch in (1, 2)]
+        n = full
+    except Exception:  # an op without a fake kernel: real tensors, at a short length
+        model, n = zeroed_model(train), min(short + 1, full)
+        counts = [saved_bytes(model, batch, n) for batch in (1, 2)]
+    (one, one_attn), (two, two_attn) = counts
+    attention = two_attn - one_attn
+    kept = (two - one - attention) * full / n
+    dropped = attention * (full / n) ** 2
+    return ActivationMemory(kept, False, "an estimate (saved-tensor count on a CPU), not measured", dropped)
+
+
+def measure_activations(train):
+    """On the GPU: the rise in torch.cuda.max_memory_allocated from one to two sequences of
+    TRAIN_SEQ_LEN (forward and backward under autocast), the harness's own kind of step."""
+    device = torch.device("cuda")
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model = zeroed_model(train, device)
+    peaks = []
+    for batch in (1, 2):
+        x = torch.zeros((batch, train.TRAIN_SEQ_LEN + 1), dtype=torch.long, device=device)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda", dtype=dtype):
+            loss = model(x)
+        loss.backward()
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+        loss = None
+        model.zero_grad(set_to_none=True)
+    del model
+    torch.cuda.empty_cache()
+    per_sequence = peaks[1] - peaks[0]
+    if per_sequence <= 0:
+        raise RuntimeError(f"no rise in peak memory from one sequence to two ({peaks[0]} then {peaks[1]} bytes)")
+    name = torch.cuda.get_device_name(0)
+    return ActivationMemory(per_sequence, True, f"measured on this GPU ({name}, eager, as the harness fits)")
+
+
+def activation_memory(train, gpu=None):
+    """Measured on the GPU when there is one (gpu=None: whether CUDA is available), else the CPU
+    estimate; a failed measurement falls back to the estimate and says why in its source."""
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    if gpu:
+        try:
+            return measure_activations(train)
+        except Exception as e:  # one line in the note, never a traceback
+            memory = estimate_activations(train)
+            memory.source += f" (the GPU measurement failed: {type(e).__name__}: {one_line(str(e), 120)})"
+            return memory
+    return estimate_activations(train)
+
+
+def card_bytes():
+    """The GPU's total memory, or None off the GPU."""
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def fixed_bytes(params):
+    return FIXED_BYTES_PER_PARAM * params
+
+
+def fit_micro_batch(params, per_sequence, batch, card):
+    """The harness's rule on predicted figures: the largest divisor of `batch` whose peak stays under
+    CARD_FILL of `card` bytes, or None if one sequence does not fit."""
+    for size in range(batch, 0, -1):
+        if batch % size == 0 and fixed_bytes(params) + per_sequence * size < CARD_FILL * card:
+            return size
+    return None
+
+
+def gb(n):
+    return f"{n / 2**30:.1f} GB"
+
+
+def memory_cells(train, memory, dim, depth, params, cards):
+    """The table's memory cells for one size: activations per sequence, then on one card the
+    micro-batch and the peak at it, on several the peak at full batch and the micro-batch per card."""
+    act = memory.for_size(train, dim, depth)
+    batch = train.BATCH_SIZE
+    cells = [f"{act / 2**20:,.0f} MB"]
+    if len(cards) == 1:
+        size = fit_micro_batch(params, act, batch, cards[0])
+        if size is None:
+            return cells + ["does not fit", gb(fixed_bytes(params) + act)]
+        return cells + [str(size), gb(fixed_bytes(params) + act * size)]
+    sizes = [fit_micro_batch(params, act, batch, card) for card in cards]
+    return cells + [gb(fixed_bytes(params) + act * batch), " · ".join("no" if s is None else str(s) for s in sizes)]
+
+
+def memory_header(train, memory, cards):
+    act = "act./seq" if memory.measured else "act./seq (CPU est.)"
+    batch = train.BATCH_SIZE
+    if len(cards) == 1:
+        return f"{act} | micro-batch (of {batch}) | predicted peak"
+    names = "/".join(f"{c / 2**30:g}" for c in cards)
+    return f"{act} | peak at {batch} | micro-batch, {names} GB"
+
+
+def memory_note(train, memory, cards):
+    """The lines under the table that say what its memory columns are and whence they come."""
+    seq = train.TRAIN_SEQ_LEN
+    first = (
+        f"Memory: activations per {seq}-byte sequence at the default size, {memory.per_sequence / 2**20:,.0f} MB: "
+        f"{memory.source}; other sizes scaled by dim × depth (activations grow with dim × depth × seq_len)."
+    )
+    if not memory.measured:
+        first += (
+            f" Left out: {memory.attention / 2**20:,.0f} MB of attention-probability matrices that the CPU kernel "
+            "kept and a flash kernel does not."
+            if memory.attention
+            else " No attention-probability matrices among them (this CPU's kernel, like flash, keeps none)."
+        )
+    if len(cards) == 1:
+        where, fail = f"this card's {cards[0] / 2**30:.1f} GB", "does not fit"
+    else:
+        where, fail = "cards of " + " / ".join(f"{c / 2**30:g}" for c in cards) + " GB", "no"
+    second = (
+        f"Predicted peak = {FIXED_BYTES_PER_PARAM} bytes per parameter (FP32 weights and gradients, BF16 copies, "
+        f"the optimizer's 3 weight copies) + activations × micro-batch. The micro-batch is what the harness "
+        f"would fit: the largest divisor of BATCH_SIZE={train.BATCH_SIZE} whose peak stays under "
+        f"{CARD_FILL:.0%} of {where}; `{fail}`: not even one sequence fits (`crash: out of memory`)."
+    )
+    return [first, second]
+
+
+def sizing_table(train, measured, memory=None, cards=None):
+    """Markdown rows: each size's FLOPs/token and, from the measured rate, its tokens in the budget;
+    with `memory` (an ActivationMemory), its predicted peak and micro-batch on `cards` (bytes each:
+    one card, this GPU's; several, reference cards)."""
     rows = model_sizes(train)
     own_params = next(p for d, L, p in rows if (d, L) == (train.DIM, train.DEPTH))
     rate = None  # achieved FLOP/s of train.py's size, assumed to carry over to other sizes
     if measured:
         rate = float(measured["tokens_per_sec"]) * flops_per_token(own_params, train.DIM, train.DEPTH)
-    lines = [
-        "| dim | depth | params | GFLOP/token | est. tokens/s | tokens in 300 s | tokens/param |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    cards = list(cards) if cards else None
+    head = "| dim | depth | params | GFLOP/token | est. tokens/s | tokens in 300 s | tokens/param |"
+    rule = "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if memory is not None:
+        head += f" {memory_header(train, memory, cards)} |"
+        rule += " ---: | ---: | ---: |"
+    lines = [head, rule]
     for dim, depth, params in rows:
         fpt = flops_per_token(params, dim, depth)
         marker = " (default)" if (dim, depth) == (train.DIM, train.DEPTH) else ""
@@ -177,11 +387,12 @@ def sizing_table(train, measured):
             est = f"{tps:,.0f} | {tokens / 1e6:,.0f}M | {tokens / params:.1f}"
         else:
             est = "not measured | - | -"
-        lines.append(f"| {dim}{marker} | {depth} | {params / 1e6:.1f}M | {fpt / 1e9:.3f} | {est} |")
+        mem = "".join(f" {c} |" for c in memory_cells(train, memory, dim, depth, params, cards)) if memory else ""
+        lines.append(f"| {dim}{marker} | {depth} | {params / 1e6:.1f}M | {fpt / 1e9:.3f} | {est} |{mem}")
     return lines
 
 
-def render(train, facts, measured, note):
+def render(train, facts, measured, note, memory=None, cards=None):
     lines = [BEGIN, "", "| fact | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in facts.items()]
     if measured:
@@ -192,7 +403,9 @@ def render(train, facts, measured, note):
             f"{measured['data']} |",
         ]
     lines += ["", note, "", "Model sizes with the default architecture (params counted by building it):", ""]
-    lines += sizing_table(train, measured)
+    lines += sizing_table(train, measured, memory, cards)
+    if memory is not None:
+        lines += ["", *memory_note(train, memory, cards)]
     if measured:
         lines += [
             "",
@@ -244,6 +457,20 @@ def measurement(args, facts):
     return measured, f"Measured on {where} with `python tools/machine.py --seconds {args.seconds:g}`.", 0
 
 
+def memory_figures(args, train):
+    """(ActivationMemory or None, card sizes in bytes): measured on this GPU unless --no-measure
+    (then the CPU estimate, on this card's size); off the GPU the estimate on the reference cards.
+    A model whose memory cannot be counted prints one line and the table goes without it."""
+    gpu = torch.cuda.is_available()
+    try:
+        memory = activation_memory(train, gpu=gpu and not args.no_measure)
+    except Exception as e:
+        print(f"memory not predicted: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return None, None
+    cards = [card_bytes()] if gpu else [gb * 2**30 for gb in REFERENCE_CARDS_GB]
+    return memory, cards
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -254,7 +481,8 @@ def main(argv=None):
         return 2
     facts = machine_facts(train)
     measured, note, code = measurement(args, facts)
-    block = render(train, facts, measured, note)
+    memory, cards = memory_figures(args, train)
+    block = render(train, facts, measured, note, memory, cards)
     if args.print:
         print(block)
     else:
