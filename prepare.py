@@ -54,6 +54,7 @@ CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU 
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
 METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budget decision
 ALLOC_CONF = "expandable_segments:True"  # CUDA allocator setting for the run, unless the person set one
+GPU_SIZED_PARAMS = 5_000_000  # off the GPU, a model above this says at once that it is sized for a GPU
 HEARTBEAT_S = 30.0  # a progress line at least this often, whatever phase the run is in
 STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
 LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
@@ -482,6 +483,12 @@ class Run:
             else:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
+        if self.device.type != "cuda" and self.num_params > GPU_SIZED_PARAMS:
+            print0(
+                f"notice: a {self.num_params / 1e6:.0f}M-parameter model is sized for a GPU (a step on a CPU takes "
+                "minutes): for a run of about a minute on a laptop, follow README's 'CPU rehearsal' (small "
+                "constants and AR_STEPS)"
+            )
         check_checkpoint_fits(self.env.get("checkpoint", "checkpoint.pt"), model)
         if compile and self.device.type == "cuda":
             self.compile_options = dict(compile) if isinstance(compile, dict) else {}
@@ -1232,10 +1239,6 @@ def setup(env):
         print0(f"override: {key}={value}")
     if device.type != "cuda":
         print0(f"warning: no CUDA GPU; running on {device.type}, so results are not comparable with GPU runs")
-        print0(
-            "notice: the default train.py is sized for a GPU (a CPU step takes minutes): for a run of about a "
-            "minute on a laptop, follow README's 'CPU rehearsal' (small constants and AR_STEPS)"
-        )
     else:
         free, total = torch.cuda.mem_get_info(device)
         env["gpu_busy_mb"] = (total - free) / 2**20

@@ -50,6 +50,7 @@ import ast
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SETUP_REPLICATES = 4  # setup: the baseline, then this many replicates with AR_SEED=1, 2, ...
 REPLICATES_AFTER_KEEP = 2  # replicates of every newly kept commit, before the next experiment
@@ -111,9 +112,9 @@ def t_quantile(p, df):
 
 
 def statement_count(source):
-    """Statements in a Python source's syntax tree: comments, blank lines and formatting do not
-    count, a removed `if` with its body does."""
-    return sum(isinstance(node, ast.stmt) for node in ast.walk(ast.parse(source)))
+    """Nodes of a Python source's syntax tree: comments, blank lines and formatting do not count;
+    a removed statement, call argument or keyword (`attn_qk_norm=True`) does."""
+    return sum(1 for _ in ast.walk(ast.parse(source)))
 
 
 # Kinds, commits, the tip, sigma
@@ -200,6 +201,7 @@ class Candidate:
     statements: int | None = None  # statement_count of this commit's train.py
     seed: int | None = None
     tokens_per_sec: float | None = None
+    explicit: bool = True  # the description was given (--description), not the commit's subject
 
 
 @dataclass
@@ -261,7 +263,7 @@ RESET = "git reset --hard HEAD~1"
 
 
 def is_simpler(candidate, reference_params=None, reference_statements=None):
-    """(simpler?, why): fewer parameters than the tip's run, or fewer train.py statements."""
+    """(simpler?, why): fewer parameters than the tip's run, or a smaller train.py syntax tree."""
     if candidate.params is not None and reference_params is not None and candidate.params < reference_params:
         return True, f"{candidate.params:g}M parameters < {reference_params:g}M"
     if (
@@ -269,10 +271,10 @@ def is_simpler(candidate, reference_params=None, reference_statements=None):
         and reference_statements is not None
         and candidate.statements < reference_statements
     ):
-        return True, f"{candidate.statements} train.py statements < {reference_statements}"
+        return True, f"{candidate.statements} train.py syntax-tree nodes < {reference_statements}"
     known = [
         f"params {candidate.params} vs {reference_params}",
-        f"statements {candidate.statements} vs {reference_statements}",
+        f"syntax-tree nodes {candidate.statements} vs {reference_statements}",
     ]
     return False, "not simpler (" + ", ".join(known) + ")"
 
@@ -287,7 +289,7 @@ def replicate_verdict(rows, candidate, tip):
     tip_kinds = [k for r, k in kinds(rows) if r.commit == tip]
     replicates = tip_kinds.count("replicate") + 1
     wanted = SETUP_REPLICATES if "baseline" in tip_kinds else REPLICATES_AFTER_KEEP
-    description = candidate.description
+    description = candidate.description if candidate.explicit else f"{tip}, seed {candidate.seed}"
     if not description.startswith(NOISE_PREFIX):
         description = f"{NOISE_PREFIX} {description}"
     verdict = Verdict("keep", "replicate", "keep", "", tip, candidate.val_bpc, len(values), statistics.fmean(values))
@@ -300,7 +302,7 @@ def replicate_verdict(rows, candidate, tip):
     else:
         verdict.reason = f"replicate {replicates} of {tip}: the reference is now the mean of {len(values)} runs"
         verdict.commands = [
-            "# the next experiment: edit train.py, git commit -am '...', python train.py > run.log 2>&1"
+            "# the next experiment: edit train.py, git commit -am '...', timeout -k 30 600 python train.py > run.log 2>&1"
         ]
     return verdict
 
@@ -324,7 +326,7 @@ def decide(rows, candidate, reference_params=None, reference_statements=None):
         verdict = Verdict("keep", "baseline", "keep", "the first run: the baseline", candidate.commit)
         verdict.value = verdict.mean = candidate.val_bpc
         verdict.runs, verdict.next_seed = 1, 1
-        verdict.record_command = record_command(candidate.description or "baseline")
+        verdict.record_command = record_command(candidate.description if candidate.explicit else "baseline")
         verdict.commands = [run_command(1), record_command(f"{NOISE_PREFIX} {candidate.commit}, seed 1")]
         return verdict
     if candidate.commit == tip:
@@ -503,8 +505,8 @@ def explain():
         "(verdict rerun): one confirmation run with a fresh AR_SEED follows, and the commit is kept only if "
         f"the mean of its runs beats the reference by more than the t {1 - FALSE_KEEP_RATE:.0%} quantile "
         "times the standard error; otherwise it is discarded. "
-        "A simplification is declared with --simplification and must have fewer parameters or fewer "
-        f"train.py statements than the tip; it is kept when its first run and the mean of its runs are no "
+        "A simplification is declared with --simplification and must have fewer parameters or a smaller "
+        f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
         f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma. "
         f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
         "A run without val_bpc is a crash. "
@@ -526,6 +528,17 @@ def statements_at(commit, repo="."):
     try:
         return statement_count(source) if source is not None else None
     except SyntaxError:
+        return None
+
+
+def exact_params(run_dir):
+    """num_params_M with every digit, from the summary line of a run's metrics.jsonl (the log prints one decimal)."""
+    import json
+
+    try:
+        lines = [line for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return float(json.loads(lines[-1])["summary"]["num_params_M"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
 
@@ -572,6 +585,7 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         value = None
     if value is not None and not (math.isfinite(value) and value > 0):
         value = None
+    explicit = bool(description)
     if not description:
         description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
     return Candidate(
@@ -579,10 +593,11 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         val_bpc=value,
         description=description,
         simplification=simplification,
-        params=number(summary.get("num_params_M")),
+        params=exact_params(Path(log_path).resolve().parent) or number(summary.get("num_params_M")),
         statements=statements_at(commit),
         seed=number(summary.get("seed"), int),
         tokens_per_sec=number(summary.get("tokens_per_sec")),
+        explicit=explicit,
     )
 
 

@@ -601,9 +601,10 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
     if "fingerprint" not in columns:
         print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
-    if values["status"] == "keep":
+    saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
+    if values["status"] == "keep" and not (values.get("kind") == "replicate" and saved):
         save_keep_artifacts(tsv, checkpoint, values["commit"])
-    else:
+    else:  # a replicate keeps the commit's first saved weights: the baseline's stay the baseline's
         drop_checkpoint(tsv, checkpoint)
     if problem and status != "crash":
         print(f"crash: recorded as a crash, not a {status}: {problem}. Reset this commit and move on.")

@@ -380,7 +380,7 @@ def sizing_table(train, measured, memory=None, cards=None):
     lines = [head, rule]
     for dim, depth, params in rows:
         fpt = flops_per_token(params, dim, depth)
-        marker = " (default)" if (dim, depth) == (train.DIM, train.DEPTH) else ""
+        marker = " (train.py now)" if (dim, depth) == (train.DIM, train.DEPTH) else ""
         if rate:
             tps = rate / fpt
             tokens = tps * prepare.TIME_BUDGET

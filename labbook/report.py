@@ -82,6 +82,8 @@ def summarize(results, repo=None):
             "rows": len(rows),
             "experiments": len(experiments),
             "replicates": replicates,
+            "baselines": sum(k == "baseline" for _, k in tagged),
+            "confirmations": sum(k == "confirm" for _, k in tagged),
             "flagged": len(flagged),
             **{status: counts[status] for status in STATUSES},
         },
@@ -232,9 +234,9 @@ def num(value, fmt="{:.6f}"):
 def text_header(report):
     totals = report["totals"]
     head = (
-        f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments, "
-        f"{totals['replicates']} replicates | {totals['keep']} keep, {totals['discard']} discard, "
-        f"{totals['crash']} crash | {totals['flagged']} flagged"
+        f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments + {totals['baselines']} "
+        f"baseline + {totals['replicates']} replicates + {totals['confirmations']} confirmation runs + "
+        f"{totals['flagged']} flagged | {totals['keep']} keep, {totals['discard']} discard, {totals['crash']} crash"
     )
     lines = [head]
     if report["header_missing"]:

@@ -27,11 +27,13 @@ def setup_rows(base=1.3, spread=(0.0, S, -S, S / 2, -S / 2)):
     return rows
 
 
-def test_statement_count_ignores_comments_and_formatting_but_counts_statements():
+def test_the_syntax_tree_size_ignores_comments_and_formatting_but_counts_removed_code():
     source = "x = 1\nif x:\n    y = 2\n"
-    assert keeprule.statement_count(source) == 3
-    assert keeprule.statement_count("# a comment\nx = (\n    1\n)\n\n\nif x:\n    y = 2  # note\n") == 3
-    assert keeprule.statement_count("x = 1\n") == 1
+    formatted = "# a comment\nx = (\n    1\n)\n\n\nif x:\n    y = 2  # note\n"
+    assert keeprule.statement_count(formatted) == keeprule.statement_count(source)
+    assert keeprule.statement_count("x = 1\n") < keeprule.statement_count(source)
+    call = "f(a, qk_norm=True, flash=True)\n"
+    assert keeprule.statement_count("f(a, flash=True)\n") < keeprule.statement_count(call)  # a removed keyword
 
 
 def test_t_quantiles_match_the_tables():

@@ -65,7 +65,7 @@ def test_sizing_table_turns_measured_throughput_into_tokens_per_budget():
     train = machine.load_train()
     rows = table_rows(machine.sizing_table(train, {"tokens_per_sec": "1000000"}))
     default = rows[(train.DIM, train.DEPTH)]
-    assert default[0] == f"{train.DIM} (default)"
+    assert default[0] == f"{train.DIM} (train.py now)"
     assert default[4] == "1,000,000"  # train.py's own rate comes back unchanged
     assert default[5] == f"{1_000_000 * machine.prepare.TIME_BUDGET / 1e6:,.0f}M"
     # a bigger model at the same FLOP rate sees proportionally fewer tokens
@@ -80,9 +80,9 @@ def test_sizing_works_for_a_size_outside_the_old_table(tmp_path):
     with torch.device("meta"):
         expected = sum(p.numel() for p in train.build_model().parameters())
     rows = table_rows(machine.sizing_table(train, None))
-    assert rows[(96, 3)][0] == "96 (default)" and rows[(96, 3)][2] == f"{expected / 1e6:.1f}M"
+    assert rows[(96, 3)][0] == "96 (train.py now)" and rows[(96, 3)][2] == f"{expected / 1e6:.1f}M"
     assert {48, 72, 144, 192} <= {dim for dim, _ in rows} and {2, 4} <= {depth for _, depth in rows}
-    assert [c[0] for c in rows.values()].count("96 (default)") == 1
+    assert [c[0] for c in rows.values()].count("96 (train.py now)") == 1
     proc = run_machine(tmp_path, "--train", path, "--print", "--no-measure")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"| 96 (default) | 3 | {expected / 1e6:.1f}M |" in proc.stdout
