@@ -222,7 +222,8 @@ def test_editing_train_py_keeps_the_fingerprint(tmp_path, corpus, tiny_run):
     assert two_steps != tiny_run[3]["fingerprint"]  # a different step budget is a different experiment
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": 2}, eval_bytes=8192, data_identity=tiny_run[3]["data"])
     libraries = tiny_run[3]["libraries"]
-    assert two_steps == prepare.fingerprint(run, libraries, "cpu-fp32-math")  # prepare.py, libraries, budget, scored bytes, data
+    # prepare.py, the libraries, the budget, the scored bytes, the data and the numerics only
+    assert two_steps == prepare.fingerprint(run, libraries, "cpu-fp32-math")
 
 
 def test_train_py_holds_only_the_agents_part_and_prepare_py_the_harness():
