@@ -1,0 +1,427 @@
+"""A scripted night: a deterministic fake agent follows program.md's commands as written.
+
+A temporary research repository holds a copy of train.py, prepare.py, analysis.py, labbook/,
+tools/, AGENTS.md, program.md and .gitignore. The CPU rehearsal (README's sed line, with smaller
+constants) is committed with a learning rate that barely trains; then the agent runs the setup
+(branch, dependency check, data, machine facts, baseline and the replicates `decide` asks for)
+and a night of the loop, taking every command string from program.md, docs/scale-out.md or from
+what `python analysis.py decide` prints under `next:`:
+
+1. an improvement (a learning rate that trains): rerun, confirmation keep, two replicates;
+2. a typo crash, recorded, fixed with `git commit -a --amend --no-edit`, run again: discard, reset;
+3. a declared simplification (the schedule dropped, `decide --simplification`): rerun, keep,
+   its two replicates run on two workers at once (docs/scale-out.md's parallel replicates);
+4. a run killed mid-way: decide says crash, it is recorded, the session "ends" before the
+   reset and results.tsv is lost; Resume restores it and finds the reset that did not happen;
+5. two workers (tools/workers.py) each try a change; the winner (PROMOTE) is cherry-picked,
+   run on the research branch and promoted through decide (rerun, keep), its replicates on the
+   synced workers.
+
+Then it checks the branch, every row, every verdict's first line and the report.
+Select it with `-k scripted_night`.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness import REPO, base_env, edit_constants
+
+TAG = "night1"
+STEPS = 3
+EVAL_BYTES = 4096
+SIZES = {"DIM": "32", "DEPTH": "2", "HEADS": "2", "BATCH_SIZE": "4", "TRAIN_SEQ_LEN": "64"}  # README's sed, smaller
+SLOW_LR, GOOD_LR = 1e-5, 1e-2  # the rehearsal's baseline barely trains; the first experiment's LR does
+
+PROGRAM = (REPO / "program.md").read_text()
+SCALE_OUT = (REPO / "docs" / "scale-out.md").read_text()
+README = (REPO / "README.md").read_text()
+
+
+def spans(text):
+    """Every `inline code` span of a markdown text."""
+    return re.findall(r"`([^`\n]+)`", text)
+
+
+def command(text, starts):
+    """The one inline command of `text` that starts with `starts`, as written there."""
+    found = sorted({s for s in spans(text) if s.startswith(starts)})
+    if starts in found:  # the command itself, not a variant with more options
+        return starts
+    assert len(found) == 1, f"expected one command starting {starts!r}, found {found}"
+    return found[0]
+
+
+def block_line(text, starts):
+    """The one line of a fenced code block (or anywhere) that starts with `starts`."""
+    found = sorted({line.strip() for line in text.splitlines() if line.strip().startswith(starts)})
+    assert len(found) == 1, f"expected one line starting {starts!r}, found {found}"
+    return found[0]
+
+
+# program.md's commands, exactly as written there
+BRANCHES = command(PROGRAM, "git branch --list")
+CREATE_BRANCH = command(PROGRAM, "git checkout -b autoresearch/<tag>")
+CHECKOUT = command(PROGRAM, "git checkout autoresearch/<tag>")
+DEPS = command(PROGRAM, "python -c ")
+PREPARE = command(PROGRAM, "python prepare.py")
+MACHINE = command(PROGRAM, "python tools/machine.py")
+MACHINE_COMMIT = command(PROGRAM, 'git commit -am "machine facts"')
+STATUS = command(PROGRAM, "git status --short")
+RUN = command(PROGRAM, "timeout -k 30 600 python train.py")
+DECIDE = command(PROGRAM, "python analysis.py decide")
+JSON = command(PROGRAM, "python analysis.py --json")
+COMMIT_TEMPLATE = command(PROGRAM, 'git commit -am "shift_tokens=1"')
+AMEND = command(PROGRAM, "git commit -a --amend")
+RESET = command(PROGRAM, "git reset --hard")
+TAIL = command(PROGRAM, "tail -n 50")
+RESTORE = command(PROGRAM, "python analysis.py restore")
+LOG5 = command(PROGRAM, "git log --oneline")
+HEAD7 = command(PROGRAM, "git rev-parse --short=7")
+WORKERS_SETUP = command(PROGRAM, "python tools/workers.py setup")
+# docs/scale-out.md's
+WORKERS_ROUND = block_line(SCALE_OUT, "for i in 0 1 2 3; do python tools/workers.py run")
+WORKERS_STATUS = block_line(SCALE_OUT, "python tools/workers.py status")
+WORKER_COMMIT = block_line(SCALE_OUT, "git -C worktrees/gpu1 commit -am")
+CHERRY_PICK = block_line(SCALE_OUT, "git cherry-pick <commit>")
+PINNED_RUN = block_line(SCALE_OUT, "CUDA_VISIBLE_DEVICES=0 timeout -k 30 600 python train.py")
+SYNC = block_line(SCALE_OUT, "python tools/workers.py sync")
+PARALLEL_REPLICATES = re.search(r"```bash\n(for i in 0 1 2 3; do\n  AR_SEED=.*?)\n```", SCALE_OUT, re.S).group(1)
+# README's CPU rehearsal
+REHEARSAL_BRANCH = block_line(README, "git checkout -b rehearsal")
+REHEARSAL_SED = block_line(README, "sed -i.bak -e 's|^DIM = ")
+REHEARSAL_COMMIT = block_line(README, 'git commit -am "CPU rehearsal size"')
+
+
+def rehearsal_sed():
+    """README's sed line with this test's smaller sizes."""
+    line = REHEARSAL_SED
+    for name, value in SIZES.items():
+        line, n = re.subn(rf"\|{name} = \d+  # CPU rehearsal\|", f"|{name} = {value}  # CPU rehearsal|", line)
+        assert n == 1, f"README's sed line no longer sets {name}"
+    return line
+
+
+def comment_of(cmd):
+    return cmd.split("#", 1)[0].strip()
+
+
+class Agent:
+    """Runs shell commands in the research repository and keeps what a careful agent notes."""
+
+    def __init__(self, root, env):
+        self.root, self.env = root, env
+        self.verdicts = []  # (first line of decide's output, the reason line)
+        self.transcript = []
+
+    def sh(self, cmd, check=True, cwd=None, timeout=300):
+        start = time.monotonic()
+        proc = subprocess.run(
+            ["bash", "-c", cmd], cwd=cwd or self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        self.transcript.append(f"$ {cmd}  [{time.monotonic() - start:.1f} s]\n{proc.stdout}{proc.stderr}")
+        if check:
+            assert proc.returncode == 0, f"{cmd!r} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def edit(self, **values):
+        train = self.root / "train.py"
+        train.write_text(edit_constants(train.read_text(), **values))
+
+    def commit(self, message, cwd=None):
+        self.sh(COMMIT_TEMPLATE.replace("shift_tokens=1", message), cwd=cwd)
+
+    def decide(self, simplification=False):
+        """`python analysis.py decide` on ./run.log: (verdict, the commands under next:)."""
+        out = self.sh(DECIDE + (" --simplification" if simplification else "")).stdout
+        lines = out.splitlines()
+        assert "next:" in lines, out
+        self.verdicts.append((lines[0], lines[1]))
+        commands = [line.strip() for line in lines[lines.index("next:") + 1 :] if line.strip()]
+        return lines[0], commands, out
+
+    def follow(self, commands, run_prefix="", replicates=True):
+        """Do exactly what `next:` says, in order; after each run, `decide` again and follow it
+        (program.md: 'after each replicate run, decide names the next seed'). With
+        replicates=False the commands of a keep's replicates are returned, not run."""
+        for i, cmd in enumerate(commands):
+            if cmd.startswith("#"):
+                continue
+            if "python train.py" in cmd:
+                if not replicates and self.verdicts[-1][0] == "keep" and "replicate" not in self.verdicts[-1][1]:
+                    return commands[i:]
+                self.sh(run_prefix + cmd, check=False, timeout=660)
+                _, after, _ = self.decide()
+                return self.follow(after, run_prefix, replicates)
+            self.sh(cmd)
+        return []
+
+    def run_and_decide(self, simplification=False, run=RUN):
+        self.sh(run, check=False, timeout=660)
+        return self.decide(simplification)
+
+    def rows(self):
+        with open(self.root / "results.tsv", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+    def head(self):
+        return self.sh(HEAD7).stdout.strip()
+
+
+def research_repo(path):
+    path.mkdir(parents=True)
+    for name in ("train.py", "prepare.py", "analysis.py", "AGENTS.md", "program.md", ".gitignore"):
+        shutil.copy(REPO / name, path / name)
+    for name in ("labbook", "tools"):
+        shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return path
+
+
+def agent_env(tmp, root, corpus):
+    env = base_env(tmp, AR_DATA=corpus, AR_STEPS=STEPS, AR_EVAL_BYTES=EVAL_BYTES)
+    env.update(
+        PYTHONPATH=str(root),  # tools/machine.py's labbook (and the AGENTS.md it writes) are the copy's
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        GIT_AUTHOR_NAME="Night Agent",
+        GIT_AUTHOR_EMAIL="agent@example.invalid",
+        GIT_COMMITTER_NAME="Night Agent",
+        GIT_COMMITTER_EMAIL="agent@example.invalid",
+    )
+    return env
+
+
+def kill_mid_run(agent):
+    """Start program.md's run in the background, wait until it trains, kill it (the whole group)."""
+    log = agent.root / "run.log"
+    log.unlink()  # the previous run's log, so the wait below reads this run's
+    proc = subprocess.Popen(
+        ["bash", "-c", RUN], cwd=agent.root, env=agent.env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and "micro_batch:" in log.read_text(errors="replace"):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run to kill ended by itself:\n" + log.read_text(errors="replace")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return log.read_text(errors="replace")
+
+
+def test_scripted_night(tmp_path, corpus):
+    root = research_repo(tmp_path / "lab")
+    env = agent_env(tmp_path, root, corpus)
+    agent = Agent(root, env)
+    sh = agent.sh
+    sh("git init -q -b main && git config commit.gpgsign false && git add . && git commit -q -m 'the project'")
+
+    # --- the CPU rehearsal (README), with a learning rate that barely trains ---
+    sh(REHEARSAL_BRANCH)
+    sh(rehearsal_sed())
+    agent.edit(LR=SLOW_LR, MUON_LR=SLOW_LR)
+    sh(REHEARSAL_COMMIT)
+
+    # --- setup (program.md) ---
+    assert sh(BRANCHES).stdout.strip() == ""
+    sh(CREATE_BRANCH.replace("<tag>", TAG))
+    sh(DEPS)
+    assert sh(PREPARE).stdout.strip().splitlines()[-1].startswith("data ready:")
+    agents_before = (root / "AGENTS.md").read_text()
+    machine = sh(MACHINE)
+    assert "no CUDA GPU" in machine.stderr
+    assert "This is a CPU machine: nothing was measured." in (root / "AGENTS.md").read_text()
+    assert (root / "AGENTS.md").read_text() != agents_before
+    sh(MACHINE_COMMIT)
+    assert sh(STATUS).stdout == ""
+    assert not (root / "results.tsv").exists()
+    verdict, commands, out = agent.run_and_decide()
+    assert verdict == "keep" and commands[0].startswith("python analysis.py record --description "), out
+    agent.follow(commands)  # the baseline's record, then its replicates, each decided
+    setup_tip = agent.head()
+    view = json.loads(sh(JSON).stdout)
+    assert view["tip"]["commit"] == setup_tip and view["tip"]["runs"] == 5
+    assert view["sigma"] > 0
+
+    # --- 1. an improvement: a learning rate that trains ---
+    agent.edit(LR=GOOD_LR)
+    agent.commit("lr 1e-2")
+    improvement = agent.head()
+    verdict, commands, out = agent.run_and_decide()
+    assert verdict == "rerun", out
+    agent.follow(commands)  # the confirmation, keep, then the two replicates
+    assert agent.head() == improvement
+
+    # --- 2. a typo crash, fixed by amending; the fixed run is discarded ---
+    train = root / "train.py"
+    agent.edit(LR=1e-4)
+    train.write_text(train.read_text().replace("lr=LR,", "lr=LRR,", 1))
+    agent.commit("lr 1e-4")
+    verdict, commands, out = agent.run_and_decide()
+    assert verdict == "crash", out
+    agent.sh(commands[0])  # record first, always
+    assert sh(TAIL).stdout.strip().splitlines()[-1].startswith("crash:")
+    assert comment_of(commands[1]) == RESET and "git commit -a --amend --no-edit" in commands[1]
+    train.write_text(train.read_text().replace("lr=LRR,", "lr=LR,", 1))  # the typo, fixed
+    sh(AMEND)
+    verdict, commands, out = agent.run_and_decide()
+    assert verdict == "discard" and commands[-1] == RESET, out
+    agent.follow(commands)
+    assert agent.head() == improvement
+
+    # --- 3. a declared simplification: the learning-rate schedule dropped ---
+    source = train.read_text()
+    schedule = (
+        "        lr_mult = lr_multiplier(run.progress)\n"
+        "        for group in optimizer.param_groups:\n"
+        '            group["lr"] = group["base_lr"] * lr_mult\n'
+    )
+    assert schedule in source
+    train.write_text(source.replace(schedule, ""))
+    agent.commit("no lr schedule")
+    simplification = agent.head()
+    verdict, commands, out = agent.run_and_decide(simplification=True)
+    assert verdict == "rerun" and "provisional simplification" in out and commands[0].endswith("--simplification"), out
+    replicate_commands = agent.follow(commands, replicates=False)
+    assert agent.verdicts[-1][0] == "keep" and "simplification" in agent.verdicts[-1][1]
+    seeds = [int(re.match(r"AR_SEED=(\d+) ", c).group(1)) for c in replicate_commands if c.startswith("AR_SEED=")]
+    assert seeds == [2], replicate_commands
+    # its replicates on two workers at once (docs/scale-out.md), with the seeds decide names
+    sh(WORKERS_SETUP.replace("<tag>", TAG).replace("0,1,2,3", "0,1"))
+    parallel = PARALLEL_REPLICATES.replace("0 1 2 3", "0 1").replace("$((i + 11))", f"$((i + {seeds[0]}))")
+    sh(parallel)
+
+    # --- 4. a run killed mid-way; the session ends before the reset; results.tsv is lost ---
+    agent.edit(DIM=256, HEADS=4, TRAIN_SEQ_LEN=1024, BATCH_SIZE=16)
+    agent.commit("dim 256, seq 1024")
+    killed = agent.head()
+    log = kill_mid_run(agent)
+    assert "val_bpc:" not in log
+    verdict, commands, out = agent.decide()
+    assert verdict == "crash" and comment_of(commands[1]) == RESET, out
+    sh(commands[0])
+    rows_before = agent.rows()
+    (root / "results.tsv").unlink()
+    # Resume
+    branches = [line.strip("*+ ") for line in sh(BRANCHES).stdout.splitlines()]  # * current, + a worktree's
+    assert branches == [f"autoresearch/{TAG}", f"autoresearch/{TAG}-gpu0", f"autoresearch/{TAG}-gpu1"]
+    sh(CHECKOUT.replace("<tag>", TAG))
+    assert not (root / "results.tsv").exists()
+    sh(RESTORE)
+    assert agent.rows() == rows_before
+    sh(JSON)
+    sh(LOG5)
+    assert sh(STATUS).stdout == ""
+    head = agent.head()
+    head_rows = [r for r in agent.rows() if r["commit"] == head]
+    assert head == killed and head_rows[-1]["status"] == "crash"
+    sh(RESET)  # the case that applies: HEAD's last row is a crash, the reset did not happen
+    assert agent.head() == simplification
+
+    # --- 5. two workers, the winner promoted through decide ---
+    sh(SYNC)
+    for gpu, muon_lr in (("0", GOOD_LR), ("1", SLOW_LR / 10)):
+        worker_train = root / "worktrees" / f"gpu{gpu}" / "train.py"
+        worker_train.write_text(edit_constants(worker_train.read_text(), MUON_LR=muon_lr))
+        sh(WORKER_COMMIT.replace("gpu1", f"gpu{gpu}").replace("LR 3e-3, warmdown 0.5", f"muon lr {muon_lr:g}"))
+    sh(WORKERS_ROUND.replace("0 1 2 3", "0 1"))
+    status = sh(WORKERS_STATUS).stdout
+    promote = [line for line in status.splitlines() if "PROMOTE" in line]
+    assert len(promote) == 1 and promote[0].startswith("gpu0"), status
+    winner = promote[0].split()[2]
+    sh(CHERRY_PICK.replace("<commit>", winner))
+    promoted = agent.head()
+    verdict, commands, out = agent.run_and_decide(run=PINNED_RUN)
+    assert verdict == "rerun", out
+    replicate_commands = agent.follow(commands, run_prefix="CUDA_VISIBLE_DEVICES=0 ", replicates=False)
+    assert agent.verdicts[-1][0] == "keep"
+    seeds = [int(re.match(r"AR_SEED=(\d+) ", c).group(1)) for c in replicate_commands if c.startswith("AR_SEED=")]
+    sh(SYNC)
+    sh(PARALLEL_REPLICATES.replace("0 1 2 3", "0 1").replace("$((i + 11))", f"$((i + {seeds[0]}))"))
+
+    # --- the morning ---
+    log = sh("git log --format=%h:%s").stdout.split("\n")
+    assert log[:5] == [
+        f"{promoted}:muon lr 0.01",
+        f"{simplification}:no lr schedule",
+        f"{improvement}:lr 1e-2",
+        f"{setup_tip}:machine facts",
+        log[4].split(":")[0] + ":CPU rehearsal size",
+    ], log
+    assert [v for v, _ in agent.verdicts] == [
+        *["keep"] * 5,  # the baseline, 4 replicates
+        "rerun", "keep", "keep", "keep",  # the improvement, its confirmation, 2 replicates
+        "crash", "discard",  # the typo, then the fixed commit
+        "rerun", "keep",  # the simplification (replicates on the workers)
+        "crash",  # the killed run
+        "rerun", "keep",  # the promoted winner (replicates on the workers)
+    ]  # fmt: skip
+
+    def key(r):
+        return r["commit"], r["status"], r["kind"], r["description"]
+
+    rows = [key(r) for r in agent.rows()]
+    crash_commit = rows[9][0]
+    amended = rows[10][0]
+    workers_round = {r[0] for r in rows[16:18]}
+    assert len(rows) == 22, rows
+    assert rows[:13] + rows[15:16] == [
+        (setup_tip, "keep", "baseline", "baseline"),
+        *[(setup_tip, "keep", "replicate", f"noise: {setup_tip}, seed {seed}") for seed in (1, 2, 3, 4)],
+        (improvement, "discard", "experiment", "lr 1e-2"),  # pending: the rerun verdict's row
+        (improvement, "keep", "confirm", "lr 1e-2"),
+        *[(improvement, "keep", "replicate", f"noise: {improvement}, seed {seed}") for seed in (2, 3)],
+        (crash_commit, "crash", "experiment", "lr 1e-4 (crash: NameError: name 'LRR' is not defined)"),
+        (amended, "discard", "experiment", "lr 1e-4"),
+        (simplification, "discard", "simplification", "no lr schedule"),
+        (simplification, "keep", "confirm", "no lr schedule"),
+        (killed, "crash", "experiment", "dim 256, seq 1024"),
+    ]
+    assert sorted(rows[13:15]) == [  # the workers' parallel replicates, in either order
+        (simplification, "discard", "replicate", "noise: [gpu0] AR_SEED=2"),
+        (simplification, "discard", "replicate", "noise: [gpu1] AR_SEED=3"),
+    ]
+    assert crash_commit != amended and len(workers_round) == 2 and winner in workers_round
+    loser = (workers_round - {winner}).pop()
+    assert sorted(rows[16:18], key=lambda r: r[3]) == [
+        (winner, "discard", "experiment", "[gpu0] muon lr 0.01"),
+        (loser, "discard", "experiment", "[gpu1] muon lr 1e-06"),
+    ]
+    assert rows[18:20] == [
+        (promoted, "discard", "experiment", "muon lr 0.01"),
+        (promoted, "keep", "confirm", "muon lr 0.01"),
+    ]
+    assert sorted(rows[20:]) == [
+        (promoted, "discard", "replicate", f"noise: [gpu0] AR_SEED={seeds[0]}"),
+        (promoted, "discard", "replicate", f"noise: [gpu1] AR_SEED={seeds[0] + 1}"),
+    ]
+    values = {(r["commit"], r["seed"]): float(r["val_bpc"]) for r in agent.rows() if r["status"] != "crash"}
+    assert values[(winner, "42")] == values[(promoted, "42")], "the cherry-pick reran the worker's run exactly"
+
+    view = json.loads(sh(JSON).stdout)
+    assert view["tip"] == {"commit": promoted, "mean": view["tip"]["mean"], "runs": 4}
+    assert view["crashes_in_a_row"] == 0 if "crashes_in_a_row" in view else True
+    report = sh("python analysis.py --no-plots").stdout
+    assert "22 rows = 8 experiments, 10 replicates | 10 keep, 10 discard, 2 crash | 0 flagged" in report, report
+    assert re.search(rf"^baseline +{setup_tip} ", report, re.M) and re.search(
+        rf"^tip +{promoted} .*mean of 4 runs", report, re.M
+    )
+    assert "NameError: name 'LRR' is not defined" in report and "audit: 0 flagged" in report
+
+    # known problem: the parallel replicates of docs/scale-out.md record as `discard` (the workers'
+    # override), and the report takes a commit's status from its last row, so the kept
+    # simplification and the kept winner read as discarded: best, kept, near-misses go wrong
+    best_ok = re.search(rf"^best +{promoted} ", report, re.M)
+    simplification_listed = re.search(rf"^simplif.*\n(.*\n)*?.*{simplification}", report, re.M)
+    if not (best_ok and simplification_listed and view["best"]["commit"] == promoted):
+        print("\n".join(agent.transcript[-40:]))
+        print(report)
+        pytest.xfail("a kept commit whose last rows are workers' replicates (status discard) reads as discarded")
