@@ -62,7 +62,7 @@ MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more mea
 KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm")
 UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
-DEFAULT_SEED = 42  # train.py's seed when AR_SEED is not set
+DEFAULT_SEED = 42  # the simulation's first-run seed (a real first run's seed comes from its train.py text)
 NOISE_PREFIX = "noise:"  # description prefix of a replicate (the older report looks for it)
 
 
@@ -174,14 +174,14 @@ def pooled_sigma(rows):
 
 
 def next_seed(rows, commit):
-    """The smallest AR_SEED >= 1 that no row of `commit` has used."""
+    """The smallest AR_SEED >= 1 that no row has used, for any commit: a confirmation or replicate
+    shares no seed (no initialisation, no data order) with any run it is compared against."""
     used = set()
     for row in rows:
-        if row.commit == commit:
-            try:
-                used.add(int(row.extra.get("seed", "") or -1))
-            except ValueError:
-                pass
+        try:
+            used.add(int(row.extra.get("seed", "") or -1))
+        except ValueError:
+            pass
     seed = 1
     while seed in used:
         seed += 1

@@ -58,14 +58,15 @@ def test_the_reference_is_the_tips_mean_and_a_first_run_only_earns_a_confirmatio
     rows = setup_rows()
     first = decide(rows, Candidate("exp1", 1.3 - 4 * S, "lr 3e-3", seed=42))
     assert first.verdict == "rerun" and first.status == "discard" and first.kind == "experiment"
-    assert first.reference == pytest.approx(1.3) and first.reference_runs == 5 and first.next_seed == 1
-    assert first.commands[0] == "AR_SEED=1 timeout -k 30 600 python train.py > run.log 2>&1"
+    # the confirmation's seed is one no row has used: it shares no luck with the reference's runs
+    assert first.reference == pytest.approx(1.3) and first.reference_runs == 5 and first.next_seed == 5
+    assert first.commands[0] == "AR_SEED=5 timeout -k 30 600 python train.py > run.log 2>&1"
     assert first.commands[1] == 'python analysis.py record --description "lr 3e-3"'
     rows.append(row("exp1", 1.3 - 4 * S, "discard", "experiment"))
     confirm = decide(rows, Candidate("exp1", 1.3 - 3 * S, "lr 3e-3", seed=1))
     assert confirm.verdict == "keep" and confirm.kind == "confirm" and confirm.runs == 2
     assert confirm.mean == pytest.approx(1.3 - 3.5 * S)  # the decision's mean, not the lucky run
-    assert confirm.next_seed == 2 and "noise:" in confirm.commands[1]
+    assert confirm.next_seed == 5 and "noise:" in confirm.commands[1]
     lucky = decide(rows, Candidate("exp1", 1.3 + 2 * S, "lr 3e-3", seed=1))
     assert lucky.verdict == "discard" and lucky.commands == [keeprule.RESET]
     worse = decide(setup_rows(), Candidate("exp2", 1.3 + S, "depth 12"))
@@ -149,7 +150,7 @@ def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
     main(capsys, "record", "--description", "lr 3e-3")
     write_log(repo, exp, val_bpc=1.291, seed=1)
     code, out, _ = main(capsys, "record", "--description", "lr 3e-3")
-    assert code == 0 and "AR_SEED=2 timeout -k 30 600 python train.py" in out and "confirmed improvement" in out
+    assert code == 0 and "AR_SEED=5 timeout -k 30 600 python train.py" in out and "confirmed improvement" in out
     last = rows_of(repo)[-1]
     assert last["status"] == "keep" and last["kind"] == "confirm"
     assert "mean 1.290500 of 2" in last["note"]
