@@ -50,7 +50,7 @@ def test_machine_command_fills_the_block_on_a_cpu_machine(tmp_path):
     assert text.startswith("# Agents\n\nbefore\n") and text.endswith("after\n")
     block = text.split(machine.BEGIN)[1].split(machine.END)[0]
     assert "CPU machine" in block and "python tools/machine.py" in block and "python prepare.py" in block
-    assert re.search(r"\| 512 \(default\) \| 8 \| \d+\.\dM \|", block)
+    assert re.search(r"\| 512 \(train\.py now\) \| 8 \| \d+\.\dM \|", block)
     assert "act./seq (CPU est.)" in block and "an estimate (saved-tensor count on a CPU), not measured" in block
     # no GPU is one line, not a traceback
     assert proc.stderr.strip().splitlines() == ["no CUDA GPU: throughput not measured (facts and model sizes only)"]
@@ -85,7 +85,7 @@ def test_sizing_works_for_a_size_outside_the_old_table(tmp_path):
     assert [c[0] for c in rows.values()].count("96 (train.py now)") == 1
     proc = run_machine(tmp_path, "--train", path, "--print", "--no-measure")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"| 96 (default) | 3 | {expected / 1e6:.1f}M |" in proc.stdout
+    assert f"| 96 (train.py now) | 3 | {expected / 1e6:.1f}M |" in proc.stdout
 
 
 def test_a_crashed_measurement_is_one_line_and_the_block_says_so(tmp_path, corpus):
@@ -99,7 +99,7 @@ def test_a_crashed_measurement_is_one_line_and_the_block_says_so(tmp_path, corpu
         "measuring train.py for 1 s of training...",
         failures[0],
     ]
-    assert "The throughput run failed (" in proc.stdout and "| 32 (default) | 2 |" in proc.stdout
+    assert "The throughput run failed (" in proc.stdout and "| 32 (train.py now) | 2 |" in proc.stdout
 
 
 def test_a_train_py_that_does_not_build_is_one_line(tmp_path):
@@ -128,7 +128,7 @@ def test_block_reports_a_measured_run_from_its_own_summary(tmp_path, corpus):
     assert re.search(r"\| default train\.py \| [\d,]+ tokens/s, ", block), block
     # throughput measured (the memory columns' CPU estimate still says "not measured" in its note)
     assert "AR_TIME_BUDGET=2" in block and "| not measured |" not in block and "Throughput not measured" not in block
-    assert "| 32 (default) | 2 |" in block and "Measured on this CPU (--cpu)" in block
+    assert "| 32 (train.py now) | 2 |" in block and "Measured on this CPU (--cpu)" in block
 
 
 def tiny_train(tmp_path, **values):
