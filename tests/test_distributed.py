@@ -6,7 +6,6 @@ left behind: its log, metrics.jsonl and checkpoint.pt.
 
 import json
 import math
-import re
 import subprocess
 import sys
 
@@ -21,19 +20,23 @@ import prepare
 CORPUS_BYTES = 800_000
 EVAL_BYTES = 40_000
 
-# Each rank reports where it stopped and what weights it ended with; the copy's train(run) is
-# edited the way the agent edits it, prepare.py stays as it is.
+# Each rank reports where it stopped and what weights it ended with, in a file of its own: two
+# ranks printing to one pipe can interleave their lines. The copy's train(run) is edited the way
+# the agent edits it; prepare.py stays as it is.
 REPORT_LINE = (
-    "    print(f'rank {run.rank} stopped at step {run.steps} weights "
-    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}', flush=True)\n"
+    "    open(f'rank{run.rank}.report', 'w').write(f'{run.steps} "
+    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}')\n"
 )
 RETURN = "    return model\n"
 
 
-def rank_reports(log):
-    """{rank: (final step, sum of |weights|)} from the lines the edited copy prints."""
-    found = re.findall(r"^rank (\d+) stopped at step (\d+) weights (\S+)$", log, flags=re.M)
-    return {int(rank): (int(step), float(weights)) for rank, step, weights in found}
+def rank_reports(workdir):
+    """{rank: (final step, sum of |weights|)} from the files the edited copy writes."""
+    reports = {}
+    for path in sorted(workdir.glob("rank*.report")):
+        step, weights = path.read_text().split()
+        reports[int(path.stem.removeprefix("rank"))] = (int(step), float(weights))
+    return reports
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,8 @@ def test_metrics_file_has_each_step_once_and_one_summary_row(ddp_run):
 
 
 def test_both_ranks_stop_at_the_same_step_with_identical_weights(ddp_run):
-    _, _, log, summary, _ = ddp_run
-    reports = rank_reports(log)
+    workdir, _, log, summary, _ = ddp_run
+    reports = rank_reports(workdir)
     assert sorted(reports) == [0, 1], log[-3000:]
     (step0, weights0), (step1, weights1) = reports[0], reports[1]
     assert step0 == step1 == int(summary["num_steps"])
