@@ -52,11 +52,7 @@ def machine_noise(rows, tolerance=keeprule.MACHINE_NOISE_TPS):
 
 def streaks(rows):
     """Crashes in a row at the end, and experiments (new commits) since the last keep row."""
-    crashes = 0
-    for row in reversed(rows):
-        if row.status != "crash":
-            break
-        crashes += 1
+    crashes = keeprule.crash_streak(rows)
     tagged = keeprule.kinds(rows)
     last_keep = max((i for i, (row, _) in enumerate(tagged) if row.status == "keep"), default=-1)
     since = {row.commit for row, kind in tagged[last_keep + 1 :] if kind in keeprule.FIRST_KINDS}

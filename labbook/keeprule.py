@@ -173,6 +173,16 @@ def pooled_sigma(rows):
     return (math.sqrt(squares / df), df) if df else (None, 0)
 
 
+def crash_streak(rows):
+    """Crashes in a row at the end of the ledger."""
+    streak = 0
+    for row in reversed(rows):
+        if row.status != "crash":
+            break
+        streak += 1
+    return streak
+
+
 def next_seed(rows, commit):
     """The smallest AR_SEED >= 1 that no row has used, for any commit: a confirmation or replicate
     shares no seed (no initialisation, no data order) with any run it is compared against."""

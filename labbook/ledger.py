@@ -50,23 +50,9 @@ CHECKSUM_COLUMN = "crc"  # always last: first 8 hex of sha256 of the rest of the
 COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind", CHECKSUM_COLUMN)  # kind: see labbook/keeprule.py
 STATUSES = ("keep", "discard", "crash")
 NOISE_PREFIX = "noise:"  # description of a baseline replicate run with another AR_SEED
-SUMMARY_TO_ROW = (
-    "run_id",
-    "prepare_hash",
-    "libraries",
-    "budget",
-    "eval_bytes",
-    "data",
-    "flags",
-    "train_bpc",
-    "fingerprint",
-    "device",
-    "gpu",
-    "seed",
-    "precision",
-    "training_seconds",
-    "num_steps",
-    "tokens_per_sec",
+# the provenance columns copied from the summary as they are; the others `record` computes
+SUMMARY_TO_ROW = tuple(
+    c for c in PROVENANCE_COLUMNS if c not in ("reported_bpc", "rescore_seconds", "recorded_at", "worker", "note")
 )
 CHECKED_AGAINST_CHECKPOINT = ("run_id", "commit", "prepare_hash", "libraries", "budget", "eval_bytes", "data", "seed")
 FORCED_PREFIX = "forced:"

@@ -43,15 +43,6 @@ def comparable_rows(results, repo=None):
     return [r for r in results.rows if r.line not in flagged]
 
 
-def crash_streak(rows):
-    streak = 0
-    for row in reversed(rows):
-        if row.status != "crash":
-            break
-        streak += 1
-    return streak
-
-
 def crashes(rows):
     """Every crash row with the reason its description carries."""
     out = []
@@ -101,7 +92,7 @@ def summarize(results, repo=None):
         "simplifications": keeprule.simplifications(sound),
         "near_misses": keeprule.near_misses(sound),
         "crashes": crashes(rows),
-        "crash_streak": crash_streak(rows),
+        "crash_streak": keeprule.crash_streak(rows),
         "flagged_rows": [{"line": n, "reasons": why} for n, why in sorted(flagged.items())],
         "header_missing": results.header_missing,
         "malformed": [{"line": n, "reason": reason} for n, reason in results.malformed],
