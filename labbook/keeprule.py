@@ -417,7 +417,8 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
 
 def history(rows):
     """One entry per commit that was judged (in order of its first row): its kind, runs, mean,
-    status (of its last row), the reference it was judged against and the delta."""
+    status (keep once any row kept it, else its last row's), the reference it was judged against
+    and the delta."""
     tagged = kinds(rows)
     entries, order = {}, []
     for i, (row, kind) in enumerate(tagged):
@@ -434,7 +435,8 @@ def history(rows):
             order.append(row.commit)
         if measured(row) and not (kind == "replicate" and entry["kind"] in FIRST_KINDS):
             entry["values"].append(row.val_bpc)  # the decision's runs; later replicates refine the mean
-        entry["status"] = row.status
+        # once kept, a commit stays kept: later rows (replicates that workers record as discards) refine its mean
+        entry["status"] = "keep" if "keep" in (entry["status"], row.status) else row.status
     out = []
     for commit in order:
         e = entries[commit]

@@ -217,6 +217,7 @@ def kill_mid_run(agent):
     return log.read_text(errors="replace")
 
 
+@pytest.mark.night
 def test_scripted_night(tmp_path, corpus):
     root = research_repo(tmp_path / "lab")
     env = agent_env(tmp_path, root, corpus)
@@ -419,12 +420,8 @@ def test_scripted_night(tmp_path, corpus):
     )
     assert "NameError: name 'LRR' is not defined" in report and "audit: 0 flagged" in report
 
-    # known problem: the parallel replicates of docs/scale-out.md record as `discard` (the workers'
-    # override), and the report takes a commit's status from its last row, so the kept
-    # simplification and the kept winner read as discarded: best, kept, near-misses go wrong
-    best_ok = re.search(rf"^best +{promoted} ", report, re.M)
-    simplification_listed = re.search(rf"^simplif.*\n(.*\n)*?.*{simplification}", report, re.M)
-    if not (best_ok and simplification_listed and view["best"]["commit"] == promoted):
-        print("\n".join(agent.transcript[-40:]))
-        print(report)
-        pytest.xfail("a kept commit whose last rows are workers' replicates (status discard) reads as discarded")
+    # the parallel replicates of docs/scale-out.md record as `discard` (the workers' override): a kept
+    # commit stays kept all the same, so the best, the kept list and the simplifications are right
+    assert re.search(rf"^best +{promoted} ", report, re.M), report
+    assert re.search(rf"^simplif.*\n(.*\n)*?.*{simplification}", report, re.M), report
+    assert view["best"]["commit"] == promoted
