@@ -868,6 +868,21 @@ def padded_batch(rows, device):
     return x
 
 
+def donor_windows(inputs, lo, rng):
+    """For each row of the batch at `lo`, other real text: another scored window (never the row's
+    own), or, with a single window, the same text rolled by a random offset."""
+    windows = len(inputs)
+    rows = []
+    for i in range(EVAL_BATCH_SIZE):
+        own = lo + i
+        if windows > 1:
+            other = (own + 1 + rng.randrange(windows - 1)) % windows
+            rows.append(inputs[other])
+        else:
+            rows.append(inputs[0].roll(rng.randrange(1, MAX_SEQ_LEN)))
+    return torch.stack(rows)
+
+
 def leak_probes(x, n, donors, rng):
     """Probe inputs for one scored batch `x` (its first n rows real), each with the positions
     whose logits must not move: later bytes swapped for other real text at a random cut per row,
@@ -910,7 +925,7 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     probed = rng.sample(mine, min(PROBE_BATCHES, len(mine))) if probe else []
     for lo in probed:
         n = min(EVAL_BATCH_SIZE, windows - lo)
-        donors = inputs[torch.tensor([rng.randrange(windows) for _ in range(EVAL_BATCH_SIZE)], device=device)]
+        donors = donor_windows(inputs, lo, rng)
         for p in leak_probes(padded_batch(inputs[lo : lo + n], device), n, donors, rng):
             jobs.insert(rng.randrange(jobs.index(("score", lo, None)) + 1, len(jobs) + 1), ("probe", lo, p))
     kept = {}  # logits of probed batches and of their probes, compared at the end
