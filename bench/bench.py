@@ -920,7 +920,8 @@ def section_memcap(b, name):
 def section_tolerance(b, name):
     """The run's own val_bpc_exact against `python prepare.py rescore` of its checkpoint in a fresh
     process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py stands for."""
-    run = run_train_copy(b, name, TOLERANCE_BUDGET, keep_folder=True)
+    budget = 1.0 if b.args.tiny else TOLERANCE_BUDGET  # --tiny: the CPU smoke's one-second run
+    run = run_train_copy(b, name, budget, keep_folder=True)
     folder = Path(run.pop("folder"))
     log = (folder / "run.log").read_text()
     exact = parse_summary(log).get("val_bpc_exact")
@@ -928,7 +929,7 @@ def section_tolerance(b, name):
         return dict(config=name, error="the training run failed", log_tail=run.get("log_tail"))
     proc = subprocess.run(
         [sys.executable, "-c", "import sys, prepare; prepare.rescore_main(sys.argv[1:])", str(folder / "checkpoint.pt")],
-        cwd=folder, env=train_env(b, folder, TOLERANCE_BUDGET), capture_output=True, text=True, timeout=600,
+        cwd=folder, env=train_env(b, folder, budget), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if proc.returncode != 0:
         return dict(config=name, error="the re-score failed", log_tail=proc.stdout.splitlines()[-5:])
