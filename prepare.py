@@ -434,6 +434,7 @@ class Run:
         self.peak_tflops = gpu_peak_tflops(gpu_name(device))
         self.num_params = 0
         self.model = None  # the module prepare_model was handed (unwrapped)
+        self.param_order = {}  # id(parameter) -> its index in model.parameters()
         self.compile_options = None  # torch.compile keyword arguments, or None for eager
         self.compiled = None  # what forward_backward calls: built once the micro-batch is fixed
         self.micro_batch = None
@@ -473,6 +474,7 @@ class Run:
         first step has fixed the micro-batch. Returns the model to hand to build_optimizer."""
         model = model.to(self.device)
         self.model = model
+        self.param_order = {id(p): i for i, p in enumerate(model.parameters())}
         self.compiled = self.micro_batch = None  # a new model gets its own wrappers and fitting
         self.num_params = sum(p.numel() for p in model.parameters())
         if self.precision == "FP8":
@@ -595,12 +597,11 @@ class Run:
     def step(self, optimizer, grad_clip=None):
         """Unscale (FP16), clip, step, update the scaler and zero the gradients. Returns the norm."""
         self.scaler.unscale_(optimizer)
-        order = {id(p): i for i, p in enumerate(self.model.parameters())}  # groups may hold sets' orders
-        params = sorted((p for g in optimizer.param_groups for p in g["params"]), key=lambda p: order.get(id(p), -1))
-        if grad_clip:
-            norm = nn.utils.clip_grad_norm_(params, grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        # the model's order, not the groups' (MuonAdamAtan2 builds one from a set): the same seed, the same norm
+        params = sorted(
+            (p for g in optimizer.param_groups for p in g["params"]), key=lambda p: self.param_order.get(id(p), -1)
+        )
+        norm = nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
         self.tracker.last_grad_norm = norm
         before = self.tracker.steps
         self.scaler.step(optimizer)
@@ -1421,33 +1422,37 @@ def import_libraries(source):
     import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-score)
 
 
-def attribute_snapshot():
-    """The objects a run's source could swap to bend a score: torch's, F's, Tensor's and ours."""
-    spaces = {"torch": torch, "F": F, "Tensor": torch.Tensor, "prepare": sys.modules[__name__]}
+def snapshot(spaces):
+    """{"label.name": object} for every attribute of the given namespaces."""
     return {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
+
+
+def replaced_names(before, after):
+    """The names whose object changed (dunders aside: modules update those themselves)."""
+    return sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
 
 
 def harness_snapshot():
     """prepare's and F's attributes, compared at hand-back: what a rebinding in train.py could
     bend in this process (the re-score also checks torch's and Tensor's, in a fresh one)."""
-    spaces = {"prepare": sys.modules[__name__], "F": F}
-    names = {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
+    names = snapshot({"prepare": sys.modules[__name__], "F": F})
     names.pop("prepare.ACTIVE_RUN")  # the harness's own, set once the Run exists
     return names
 
 
 def check_harness_untouched(before):
-    after = harness_snapshot()
-    changed = sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
-    if changed:
+    if changed := replaced_names(before, harness_snapshot()):
         raise HarnessError(f"train.py replaced {', '.join(changed[:3])}: the harness's own code must stay as it is")
+
+
+def attribute_snapshot():
+    """The objects a run's source could swap to bend a score: torch's, F's, Tensor's and ours."""
+    return snapshot({"torch": torch, "F": F, "Tensor": torch.Tensor, "prepare": sys.modules[__name__]})
 
 
 def check_untouched(before):
     """Refuse a re-score whose source replaced an attribute, or left a torch function or dispatch mode on."""
-    after = attribute_snapshot()
-    changed = sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
-    if changed:
+    if changed := replaced_names(before, attribute_snapshot()):
         raise HarnessError(f"the run's train.py replaced {', '.join(changed[:3])}: its score cannot be vouched for")
     if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
         raise HarnessError("the run's train.py left a torch function or dispatch mode active")

@@ -46,6 +46,7 @@ from torch import nn
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
 import prepare
+from labbook.machine import knobs
 from labbook.runlog import parse_summary as parse_run_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,21 +345,8 @@ def quietly():
 # ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def constants(module, **values):
-    """Override train.py's ALL_CAPS knobs (in its module) for the duration of a build."""
-    saved = {k: getattr(module, k) for k in values}
-    for k, v in values.items():
-        setattr(module, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(module, k, v)
-
-
 def build_model(module, cfg):
-    with constants(module, DIM=cfg.dim, DEPTH=cfg.depth, HEADS=cfg.heads):
+    with knobs(module, DIM=cfg.dim, DEPTH=cfg.depth, HEADS=cfg.heads):
         return fork_model(cfg) if cfg.fork else module.build_model()
 
 

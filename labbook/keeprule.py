@@ -543,30 +543,22 @@ def statements_at(commit, repo="."):
         return None
 
 
-def exact_params(run_dir):
-    """num_params_M with every digit, from the summary line of a run's metrics.jsonl (the log prints one decimal)."""
+def summary_params(metrics):
+    """num_params_M with every digit, from the summary line of a metrics.jsonl (the log prints one decimal)."""
     import json
 
     try:
-        lines = [line for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        lines = [line for line in Path(metrics).read_text().splitlines() if line.strip()]
         return float(json.loads(lines[-1])["summary"]["num_params_M"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
 
 def params_of_kept(tsv, commit):
-    """num_params_M of a kept commit's run, from the summary line of its saved metrics.jsonl."""
-    import json
-    from pathlib import Path
-
+    """num_params_M of a kept commit's run, from its saved metrics.jsonl."""
     from labbook.ledger import checkpoints_dir
 
-    path = checkpoints_dir(tsv) / f"{commit}.metrics.jsonl"
-    try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-        return float(json.loads(lines[-1])["summary"]["num_params_M"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
+    return summary_params(checkpoints_dir(tsv) / f"{commit}.metrics.jsonl")
 
 
 def number(text, kind=float):
@@ -605,7 +597,7 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         val_bpc=value,
         description=description,
         simplification=simplification,
-        params=exact_params(Path(log_path).resolve().parent) or number(summary.get("num_params_M")),
+        params=summary_params(Path(log_path).resolve().parent / "metrics.jsonl") or number(summary.get("num_params_M")),
         statements=statements_at(commit),
         seed=number(summary.get("seed"), int),
         tokens_per_sec=number(summary.get("tokens_per_sec")),

@@ -243,6 +243,11 @@ def plot_memory(results, path, flagged=None):
     ax.set_xlabel("run (in the order recorded); each commit named at its first run")
     ax.set_ylabel("peak memory (GB)")
     ax.set_title("peak memory per run")
+    return finish(fig, ax, path)
+
+
+def finish(fig, ax, path):
+    """The legend outside the axes (it never covers a point), a light grid, nothing cut off."""
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3, axis="y")
     fig.savefig(path, bbox_inches="tight")
@@ -281,10 +286,7 @@ def plot_timeline(line, path):
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("runs in the hour")
     ax.set_title("the night, hour by hour")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, bbox_inches="tight")
-    return Path(path)
+    return finish(fig, ax, path)
 
 
 def flagged_lines(results):

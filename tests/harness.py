@@ -12,7 +12,6 @@ import random
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,11 +84,10 @@ def train_module(source=None, name="train_under_test", **values):
     """train.py's text (or `source`), with `values` rewritten, executed as a fresh module that
     tests may change freely: the repository's own `train` module is left alone. Its `__main__`
     guard does not fire."""
+    import prepare
+
     text = source if source is not None else TRAIN.read_text()
-    module = types.ModuleType(name)
-    module.__file__ = str(TRAIN)
-    exec(compile(edit_constants(text, **values), f"{name}.py", "exec"), module.__dict__)
-    return module
+    return prepare.source_module(edit_constants(text, **values), name)
 
 
 def base_env(tmp_path, **extra):

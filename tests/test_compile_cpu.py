@@ -7,22 +7,13 @@ import shutil
 
 import pytest
 import torch
-from harness import TRAIN
+from harness import TRAIN, train_module
 
 import prepare
 
 LOSS_TOLERANCE = 1e-3  # compiled vs eager, after three optimizer steps, FP32 on CPU (seen: ~1e-6)
 TINY_COMPILE = dict(DIM=64, DEPTH=2, HEADS=2, BATCH_SIZE=2)
 SEQ_LEN = 64
-
-
-def train_module(**values):
-    """train.py's text with its knobs rewritten, as a module (prepare's own loader, no file path)."""
-    source = TRAIN.read_text()
-    for name, value in {**TINY_COMPILE, **values}.items():
-        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
-        assert count == 1, f"train.py has no knob {name}"
-    return prepare.source_module(source, "train_compile_test")
 
 
 def with_decoder_options(options, **values):
@@ -33,9 +24,7 @@ def with_decoder_options(options, **values):
         source, count = re.subn(rf"^ {{12}}{key}=.*$", line, source, count=1, flags=re.M)
         if not count:
             source = source.replace("            attn_flash=True,", "            attn_flash=True,\n" + line, 1)
-    for name, value in {**TINY_COMPILE, **values}.items():
-        source = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
-    return prepare.source_module(source, "train_option_test")
+    return train_module(source, "train_option_test", **{**TINY_COMPILE, **values})
 
 
 def losses(train, model, steps, batches):
@@ -61,7 +50,7 @@ def compiled_and_eager():
     """(eager losses, compiled losses, recompiles after the warm-up) for the default architecture."""
     if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
         pytest.skip("no C++ compiler: inductor's CPU backend cannot build kernels here")
-    train = train_module()
+    train = train_module(name="train_compile_test", **TINY_COMPILE)
     torch.manual_seed(0)
     eager = train.build_model()
     twin = copy.deepcopy(eager)

@@ -1,11 +1,9 @@
 """The harness's FP8 path without a GPU: prepare.convert_fp8 and prepare.scoring_model called
 directly, with torchao's float8 emulation standing in for the tensor cores."""
 
-import re
-
 import pytest
 import torch
-from harness import TRAIN
+from harness import train_module
 
 import prepare
 
@@ -17,21 +15,14 @@ NARROW = dict(DIM=128, DEPTH=2, HEADS=2, BATCH_SIZE=2)  # trained with the thres
 EMULATED = dict(emulate=True)  # torchao's float8 emulation: the same casts, no float8 tensor cores
 
 
-def train_module(values, name):
-    source = TRAIN.read_text()
-    for key, value in values.items():
-        source = re.sub(rf"^{key} = .*$", f"{key} = {value!r}", source, count=1, flags=re.M)
-    return prepare.source_module(source, name)
-
-
 @pytest.fixture(scope="module")
 def wide_train():
-    return train_module(WIDE, "train_fp8_wide")
+    return train_module(name="train_fp8_wide", **WIDE)
 
 
 @pytest.fixture(scope="module")
 def narrow_train():
-    return train_module(NARROW, "train_fp8_narrow")
+    return train_module(name="train_fp8_narrow", **NARROW)
 
 
 def test_fp8_converts_exactly_the_layers_the_filter_selects_at_full_width(wide_train):

@@ -208,50 +208,57 @@ def test_a_head_that_moves_during_the_run_does_not_relabel_it(tmp_path, corpus):
     assert saved["source"] == started_with
 
 
+def run_edited(tmp_path, corpus, old, new, **env):
+    """Run a tiny train.py copy with `old` replaced by `new`: (exit code, log, summary)."""
+    source = TRAIN.read_text()
+    assert source.count(old) == 1, f"train.py no longer has exactly one {old!r}: update this attack"
+    train_py = make_train_copy(tmp_path, source=source.replace(old, new))
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=4096, **env))
+    return code, log, parse_summary(log)
+
+
 def test_patching_cross_entropy_at_import_ends_the_run(tmp_path, corpus):
-    source = TRAIN.read_text().replace(
+    code, log, _ = run_edited(
+        tmp_path,
+        corpus,
         "from prepare import MAX_SEQ_LEN, VOCAB, main\n",
         "from prepare import MAX_SEQ_LEN, VOCAB, main\nimport torch\nimport torch.nn.functional as F\n"
         "_ce = F.cross_entropy\n"
         "F.cross_entropy = lambda *a, **k: _ce(*a, **k) * (1.0 if torch.is_grad_enabled() else 0.5)  # halves eval\n",
+        AR_STEPS=1,
     )
-    train_py = make_train_copy(tmp_path, source=source)
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=1, AR_EVAL_BYTES=4096))
     assert_crashed(code, log)
     assert "F.cross_entropy" in crash_reason(log)
 
 
 def test_extra_batches_drawn_in_the_uncounted_warmup_are_counted_and_flagged(tmp_path, corpus):
     """Free training before the clock starts: more tokens per uncounted step than per counted one."""
-    source = TRAIN.read_text().replace(
+    code, log, summary = run_edited(
+        tmp_path,
+        corpus,
         "        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)\n",
         "        extra = 8 if run.steps == 0 else 1\n"
         "        for _ in range(extra):\n"
         "            run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)\n",
+        AR_TIME_BUDGET=2,
     )
-    train_py = make_train_copy(tmp_path, source=source)
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_TIME_BUDGET=2, AR_EVAL_BYTES=4096))
     assert code == 0, log[-2000:]
-    summary = parse_summary(log)
     assert "warmup_tokens" in summary["flags"]
     assert "warning: the uncounted warm-up steps trained on more tokens" in log
 
 
 def test_weights_edited_between_optimizer_steps_are_flagged(tmp_path, corpus):
-    source = (
-        TRAIN.read_text()
-        .replace(
-            "        run.step(optimizer, GRAD_CLIP)\n",
-            "        run.step(optimizer, GRAD_CLIP)\n"
-            "        with torch.no_grad():\n"
-            "            next(model.parameters()).mul_(0.999)  # a hand-made update the clock does not see\n",
-        )
-        .replace("from prepare import", "import torch\nfrom prepare import")
+    code, log, summary = run_edited(
+        tmp_path,
+        corpus,
+        "        run.step(optimizer, GRAD_CLIP)\n",
+        "        run.step(optimizer, GRAD_CLIP)\n"
+        "        with __import__('torch').no_grad():\n"
+        "            next(model.parameters()).mul_(0.999)  # a hand-made update the clock does not see\n",
+        AR_STEPS=3,
     )
-    train_py = make_train_copy(tmp_path, source=source)
-    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus, AR_STEPS=3, AR_EVAL_BYTES=4096))
     assert code == 0, log[-2000:]
-    assert "weights_edited" in parse_summary(log)["flags"]
+    assert "weights_edited" in summary["flags"]
 
 
 if __name__ == "__main__":
