@@ -325,7 +325,8 @@ def decide(rows, candidate, reference_params=None, reference_statements=None):
         prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
         kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
         verdict = Verdict("crash", kind, "crash", "the run has no val_bpc: it crashed", candidate.commit)
-        verdict.record_command = record_command(candidate.description or "crash")
+        first = tip is None and not candidate.explicit  # the baseline's own run crashed
+        verdict.record_command = record_command("baseline" if first else candidate.description or "crash")
         verdict.commands = [
             f"{RESET}   # or fix a typo: git commit -a --amend --no-edit, then rerun",
         ]
