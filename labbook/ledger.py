@@ -438,7 +438,11 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
     elif summary.get("val_bpc_exact"):
         reported, _ = reported_value(summary)
     if answer is not None:
-        how = "from the cache" if answer.get("cached") else f"in {answer['wall_seconds']:.1f} s"
+        how = (
+            "(made by decide in a fresh process, cached per run_id)"
+            if answer.get("cached")
+            else f"in {answer['wall_seconds']:.1f} s"
+        )
         print(f"re-score: val_bpc {answer['bpc']:.6f} (reported {reported!r}) {how}, scoring {answer['seconds']:.1f} s")
     crashed = status == "crash" or problem is not None
     if problem:
