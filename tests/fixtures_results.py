@@ -6,13 +6,12 @@ prints it; train.py itself is exercised by the training tests.
 
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import REPO
+from harness import REPO, python
 
 from labbook import cli, ledger, plots, rescore, runlog
 
@@ -266,7 +265,7 @@ def data_lines(path):
 def run_cli(*args, cwd, env=None, timeout=300):
     """`python analysis.py ARGS` in `cwd`, as the agent runs it."""
     return subprocess.run(
-        [sys.executable, str(ANALYSIS), *map(str, args)],
+        [python(), str(ANALYSIS), *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,

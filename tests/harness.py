@@ -18,6 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
 PREPARE = REPO / "prepare.py"
 
+WARM = {}  # conftest's warm_python fixture puts its `python` shim here (tests/warm_python.py)
+
+
+def python():
+    """The interpreter a test runs train.py, prepare.py, analysis.py and tools with: the session's
+    warm one (torch imported once per test worker), or this one when WARM_PYTHON=0."""
+    return WARM.get("python", sys.executable)
+
+
 # A model small enough that a CPU step takes ~0.1 s on 2 cores.
 TINY = dict(DIM=32, DEPTH=2, HEADS=2, BATCH_SIZE=4)
 
@@ -110,7 +119,7 @@ def run_train(train_py, env, args=(), timeout=300, cwd=None):
     """Run a train.py copy like `python train.py > run.log 2>&1`; returns (returncode, log text)."""
     cwd = Path(cwd or Path(train_py).parent)
     proc = subprocess.run(
-        [sys.executable, str(train_py), *args],
+        [python(), str(train_py), *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -168,7 +177,7 @@ def import_bench():
 def run_prepare(args, env, cwd, prepare_py=PREPARE, timeout=120):
     """`python prepare.py ARGS` (data check or rescore) in `cwd`; returns (returncode, stdout, stderr)."""
     proc = subprocess.run(
-        [sys.executable, str(prepare_py), *map(str, args)],
+        [python(), str(prepare_py), *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,

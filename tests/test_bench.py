@@ -14,12 +14,11 @@ import importlib
 import io
 import json
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from harness import REPO, TRAIN, base_env
+from harness import REPO, TRAIN, base_env, python
 from torch.optim import optimizer as torch_optimizer
 
 import prepare
@@ -45,7 +44,7 @@ def smoke(tmp_path_factory):
     """One CPU smoke run of the bench, as CI runs it: (process, parsed JSON)."""
     tmp = tmp_path_factory.mktemp("bench_smoke")
     out = tmp / "bench.json"
-    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--out", str(out)]
+    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp, env=base_env(tmp), capture_output=True, text=True, timeout=180)
     return proc, json.loads(out.read_text()) if out.exists() else {}
 
@@ -118,7 +117,7 @@ def test_smoke_fp8_is_counted_but_not_timed_off_the_gpu(smoke):
 
 def test_tiny_quality_run_trains_both_configs_and_reports_the_gap(tmp_path):
     out = tmp_path / "quality.json"
-    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--sections", "quality", "--quality-budget", "1"]
+    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--sections", "quality", "--quality-budget", "1"]
     proc = subprocess.run(
         cmd + ["--out", str(out)], cwd=tmp_path, env=base_env(tmp_path), capture_output=True, text=True, timeout=180
     )

@@ -15,7 +15,6 @@ import io
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -30,6 +29,7 @@ from harness import (
     make_prepare_copy,
     make_train_copy,
     parse_summary,
+    python,
     run_train,
     write_corpus,
 )
@@ -311,7 +311,7 @@ def killed_download(request, tmp_path_factory, fake_blob):
     with serving_mirror() as server, open(log_path, "w") as log_file:
         server.body, server.declared_length, server.stall = archive[:1000], len(archive), True
         proc = subprocess.Popen(
-            [sys.executable, str(prepare_py)],
+            [python(), str(prepare_py)],
             cwd=prepare_py.parent,
             env=base_env(workdir, AR_DATA_URL=server.url),
             stdout=log_file,

@@ -11,7 +11,6 @@ import math
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from harness import (
     crash_reason,
     leftover_parts,
     make_train_copy,
+    python,
     run_train,
     train_module,
 )
@@ -102,7 +102,7 @@ def started(train_py, env):
     log_path = train_py.parent / "run.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, str(train_py)], cwd=train_py.parent, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [python(), str(train_py)], cwd=train_py.parent, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
         try:
             yield proc, log_path

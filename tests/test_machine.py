@@ -6,11 +6,10 @@ measurement that cannot be taken (no GPU, a crashed run) is one line, never a tr
 
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
-from harness import REPO, base_env, edit_constants
+from harness import REPO, base_env, edit_constants, python
 
 from labbook import machine
 
@@ -26,7 +25,7 @@ def train_copy(folder, **values):
 
 
 def run_machine(tmp_path, *args, **env):
-    cmd = [sys.executable, str(MACHINE), *map(str, args)]
+    cmd = [python(), str(MACHINE), *map(str, args)]
     return subprocess.run(cmd, cwd=tmp_path, env=base_env(tmp_path, **env), capture_output=True, text=True, timeout=300)
 
 

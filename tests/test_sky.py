@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
-from harness import REPO, base_env, make_train_copy, parse_summary
+from harness import REPO, base_env, make_train_copy, parse_summary, python
 
 TASK = REPO / "sky" / "experiment.yaml"
 
@@ -162,7 +162,7 @@ def test_a_collected_cluster_log_records_into_results_with_the_clusters_name(clu
     shutil.copy(cluster_run["home"] / "experiments" / "exp1" / "run.log", runs / "exp1.log")
     git(workdir, "worktree", "add", "-q", "--detach", str(tmp_path / "checkout"), cluster_run["experiment"])
     env = {**os.environ, "AR_WORKER": "exp1"}
-    record = [sys.executable, str(workdir / "analysis.py"), "record", "--status", "keep"]
+    record = [python(), str(workdir / "analysis.py"), "record", "--status", "keep"]
     record += ["--description", "[exp1] lr 0.003", str(runs / "exp1.log")]
     proc = subprocess.run(record, cwd=tmp_path / "checkout", env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

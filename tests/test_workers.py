@@ -10,12 +10,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 from fixtures_results import TINY_CONSTANTS, prepare_hash_of, provenance_values
-from harness import REPO, TRAIN, base_env, edit_constants, parse_summary
+from harness import REPO, TRAIN, base_env, edit_constants, parse_summary, python
 
 from labbook import ledger
 from labbook import workers as workers_module
@@ -56,7 +55,7 @@ def make_research_repo(path, gitignore=None):
 
 def workers(root, *args, env=None):
     return subprocess.run(
-        [sys.executable, "tools/workers.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        [python(), "tools/workers.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -106,7 +105,7 @@ def night(tmp_path_factory, corpus):
     env = base_env(tmp, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=8192)
     runs = {
         gpu: subprocess.Popen(
-            [sys.executable, "tools/workers.py", "run", "--gpu", gpu],
+            [python(), "tools/workers.py", "run", "--gpu", gpu],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
@@ -150,7 +149,7 @@ def test_worker_rows_are_discards_that_the_report_ranks_against_the_research_bra
     assert [row["status"] for row in rows] == ["discard", "discard"], "keep is for commits on the research branch"
     assert all(row["kind"] == "experiment" and row["rescore_seconds"] for row in rows), "judged and re-scored"
     proc = subprocess.run(
-        [sys.executable, "analysis.py", "--json", "--no-plots"], cwd=night.root, capture_output=True, text=True
+        [python(), "analysis.py", "--json", "--no-plots"], cwd=night.root, capture_output=True, text=True
     )
     report = json.loads(proc.stdout)
     assert report["best"]["commit"] == baseline["commit"] == night.main_before[:7]
@@ -180,9 +179,7 @@ def test_status_lists_each_worker_with_branch_head_and_last_result(night):
     listing = workers(night.root, "status")
     assert listing.returncode == 0, listing.stderr
     standing, *lines = listing.stdout.splitlines()
-    view = json.loads(
-        subprocess.run([sys.executable, "analysis.py", "--json"], cwd=night.root, capture_output=True).stdout
-    )
+    view = json.loads(subprocess.run([python(), "analysis.py", "--json"], cwd=night.root, capture_output=True).stdout)
     bound = view["next"]["rerun_below"]
     assert bound < BASELINE_BPC and f"promote below {bound:.6f}" in standing
     assert standing.startswith(f"best kept {night.main_before[:7]} {BASELINE_BPC:.6f}")
