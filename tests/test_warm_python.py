@@ -48,7 +48,7 @@ def test_the_script_directory_and_pythonpath_lead_sys_path_and_isolated_mode_dro
     python, run = shell
     (tmp_path / "mod_here.py").write_text("NAME = 'here'\n")
     probe = "import sys; print(repr(sys.path[0])); import mod_here; print(mod_here.NAME)"
-    assert run(f"{python} -c \"{probe}\"").stdout.split() == ["''", "here"]
+    assert run(f'{python} -c "{probe}"').stdout.split() == ["''", "here"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "mod_there.py").write_text("NAME = 'there'\n")
