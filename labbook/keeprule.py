@@ -161,13 +161,16 @@ def commit_values(rows, commit):
     return [r.val_bpc for r in rows if r.commit == commit and measured(r)]
 
 
-def pooled_sigma(rows):
+def pooled_sigma(rows, replicate=None):
     """(sigma, degrees of freedom) pooled from within-commit deviations of unselected runs
-    (baseline, replicate, confirm), each commit around its own mean; (None, 0) without any."""
+    (baseline, replicate, confirm), each commit around its own mean; (None, 0) without any.
+    `replicate`: a (commit, val_bpc) run not yet recorded, counted as one more replicate."""
     groups = {}
     for row, kind in kinds(rows):
         if kind in UNSELECTED_KINDS and measured(row):
             groups.setdefault(row.commit, []).append(row.val_bpc)
+    if replicate:
+        groups.setdefault(replicate[0], []).append(replicate[1])
     squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups.values() if len(v) > 1)
     df = sum(len(v) - 1 for v in groups.values())
     return (math.sqrt(squares / df), df) if df else (None, 0)
@@ -212,6 +215,7 @@ class Candidate:
     seed: int | None = None
     tokens_per_sec: float | None = None
     explicit: bool = True  # the description was given (--description), not the commit's subject
+    crash: str | None = None  # the run log's `crash:` reason, if any
 
 
 @dataclass
@@ -271,6 +275,32 @@ def run_command(seed):
 
 RESET = "git reset --hard HEAD~1"
 
+# What ended a crashed run, from its `crash:` line; a code mistake is the one case an amend can fix
+CRASH_REASONS = {
+    "killed": "the run has no val_bpc and no crash line: it was killed (or timeout ended it)",
+    "interrupted": "the run was stopped by a signal: crash: {crash}",
+    "outcome": "the idea itself failed: crash: {crash}",
+    "mistake": "the run crashed: crash: {crash}",
+}
+CRASH_NEXT = {
+    "killed": "   # a run you killed is recorded, then reset",
+    "interrupted": "   # a run you killed is recorded, then reset",
+    "outcome": "   # out of memory, a diverging loss, a hang, a leak or a refused score: the idea's own result",
+    "mistake": "   # or, for a typo or a wrong shape: fix it, git commit -a --amend --no-edit, run again",
+}
+RESCORE_REFUSED = "the harness's re-score did not confirm the run's summary"
+OUTCOMES = ("out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal")
+OUTCOMES += (RESCORE_REFUSED,)
+
+
+def crash_kind(crash):
+    """killed, interrupted, outcome (the idea failed) or mistake (the code did), from a crash line."""
+    if not crash:
+        return "killed"
+    if crash.startswith("interrupted"):
+        return "interrupted"
+    return "outcome" if crash.startswith(OUTCOMES) else "mistake"
+
 
 def is_simpler(candidate, reference_params=None, reference_statements=None):
     """(simpler?, why): fewer parameters than the tip's run, or a smaller train.py syntax tree."""
@@ -303,6 +333,9 @@ def replicate_verdict(rows, candidate, tip):
     if not description.startswith(NOISE_PREFIX):
         description = f"{NOISE_PREFIX} {description}"
     verdict = Verdict("keep", "replicate", "keep", "", tip, candidate.val_bpc, len(values), statistics.fmean(values))
+    verdict.reference_commit, verdict.reference, verdict.reference_runs = tip, verdict.mean, len(values)
+    verdict.sigma, verdict.df = pooled_sigma(rows, replicate=(tip, candidate.val_bpc))
+    verdict.reference_se = verdict.sigma / math.sqrt(len(values)) if verdict.sigma is not None else None
     verdict.record_command = record_command(description)
     if replicates < wanted:
         seed = next_seed(rows, tip) if candidate.seed is None else max(next_seed(rows, tip), candidate.seed + 1)
@@ -324,12 +357,11 @@ def decide(rows, candidate, reference_params=None, reference_statements=None):
     if candidate.val_bpc is None:
         prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
         kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
-        verdict = Verdict("crash", kind, "crash", "the run has no val_bpc: it crashed", candidate.commit)
+        ended = crash_kind(candidate.crash)
+        verdict = Verdict("crash", kind, "crash", CRASH_REASONS[ended].format(crash=candidate.crash), candidate.commit)
         first = tip is None and not candidate.explicit  # the baseline's own run crashed
         verdict.record_command = record_command("baseline" if first else candidate.description or "crash")
-        verdict.commands = [
-            f"{RESET}   # or fix a typo: git commit -a --amend --no-edit, then rerun",
-        ]
+        verdict.commands = [RESET + CRASH_NEXT[ended]]
         if tip is None or candidate.commit == tip:
             verdict.commands = ["# fix the crash, commit, and run again: the tip itself must run"]
         return verdict
@@ -574,7 +606,7 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
     from pathlib import Path
 
     from labbook.ledger import git
-    from labbook.runlog import parse_summary
+    from labbook.runlog import crash_reason, parse_summary
 
     try:
         log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
@@ -590,6 +622,9 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         value = None
     if value is not None and not (math.isfinite(value) and value > 0):
         value = None
+    crash = crash_reason(log)
+    if value is None and "val_bpc" in summary and not crash:
+        crash = f"{RESCORE_REFUSED} (python analysis.py record says why)"
     explicit = bool(description)
     if not description:
         description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
@@ -603,6 +638,7 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         seed=number(summary.get("seed"), int),
         tokens_per_sec=number(summary.get("tokens_per_sec")),
         explicit=explicit,
+        crash=crash,
     )
 
 

@@ -175,3 +175,32 @@ def test_the_decision_reads_the_value_through_one_seam(repo, capsys, monkeypatch
     monkeypatch.setattr(keeprule, "candidate_value", lambda tsv, log_path: None)
     code, out, _ = main(capsys, "decide")
     assert out.splitlines()[0] == "crash"
+
+
+@pytest.mark.parametrize(
+    "crash, amend",
+    [
+        (None, False),  # no crash line: killed, or timeout's KILL
+        ("interrupted (SIGTERM)", False),
+        ("out of memory (peak 7,900 MB, 85.1M parameters)", False),
+        ("loss is nan at step 12", False),
+        ("the model is not causal: later bytes swapped (by 0.31)", False),
+        ("NameError: name 'LRR' is not defined", True),
+        ("TypeError: Decoder.__init__() got an unexpected keyword argument 'rotary_pos_embb'", True),
+    ],
+)
+def test_a_crash_offers_the_amend_only_when_the_code_itself_is_wrong(crash, amend):
+    verdict = decide(setup_rows(), Candidate("c1", None, "idea", crash=crash))
+    assert verdict.verdict == "crash" and verdict.commands[0].startswith(keeprule.RESET)
+    assert ("git commit -a --amend --no-edit" in verdict.commands[0]) == amend
+    assert ("killed" in verdict.reason) == (crash is None) and (crash or "") in verdict.reason
+
+
+def test_the_last_replicate_reports_the_reference_and_sigma_it_leaves():
+    rows = setup_rows()[:-1]  # the baseline and 3 replicates: this run is the 4th
+    verdict = decide(rows, Candidate("base", 1.3 - S / 2, "", explicit=False, seed=4))
+    assert verdict.verdict == "keep" and verdict.reference_runs == 5 and verdict.reference_commit == "base"
+    values = [r.val_bpc for r in setup_rows()]
+    assert verdict.reference == pytest.approx(sum(values) / 5)
+    assert verdict.df == 4 and verdict.sigma == pytest.approx(keeprule.pooled_sigma(setup_rows())[0])
+    assert "reference_runs=5" in verdict.text() and "df=4" in verdict.text()
