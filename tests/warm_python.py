@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PRELOAD = ("numpy", "torch", "torch._dynamo", "einx", "x_transformers", "adam_atan2_pytorch")
@@ -71,8 +72,13 @@ def start(directory, env):
     """Start a server under `directory` with `env` (OMP_NUM_THREADS and the like are read once, here);
     returns (process, path of the `python` shim). The caller terminates the process."""
     address = Path(directory) / "server.sock"
+    if len(str(address)) > 100:  # a Unix socket's path has about 107 bytes
+        address = Path(tempfile.mkdtemp(prefix="warm")) / "server.sock"
     server = subprocess.Popen(
-        [sys.executable, "-I", __file__, str(address)], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-I", __file__, str(address), str(Path(directory) / "bin" / "python")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert server.stdout.readline().strip() == "ready", "the warm python server did not start"
     return server, shim(Path(directory) / "bin", address)
@@ -192,8 +198,9 @@ def run_child(request, fds, python, base):
     os._exit(code & 0xFF)
 
 
-def serve(address):
-    """Preload the libraries, then fork a child per shim connection until terminated."""
+def serve(address, executable):
+    """Preload the libraries, then fork a child per shim connection until terminated (or orphaned:
+    a test session killed outright leaves no server behind)."""
     import importlib
 
     for name in PRELOAD:
@@ -202,14 +209,14 @@ def serve(address):
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(address))
     listener.listen(64)
-    executable = str(Path(address).parent / "bin" / "python")
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     children = {}  # pid -> connection
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    parent = os.getppid()
     print("ready", flush=True)
     try:
-        while True:
+        while os.getppid() == parent:
             for key, _ in selector.select(timeout=0.05):
                 if key.fileobj is listener:
                     connection, _ = listener.accept()
@@ -277,4 +284,4 @@ def reap(children, selector):
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2])
