@@ -170,7 +170,7 @@ def run_child(request, fds, python, base):
             sys.modules["__main__"] = main
             exec(compile(argv[1], "<string>", "exec"), main.__dict__)
         else:
-            runpy.run_path(argv[0], run_name="__main__")
+            runpy.run_path(os.path.abspath(argv[0]), run_name="__main__")  # __file__ absolute, as python does
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, int) and e.code is not None:
