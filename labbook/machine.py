@@ -339,7 +339,7 @@ def memory_note(train, memory, cards):
     """The lines under the table that say what its memory columns are and whence they come."""
     seq = train.TRAIN_SEQ_LEN
     first = (
-        f"Memory: activations per {seq}-byte sequence at the default size, {memory.per_sequence / 2**20:,.0f} MB: "
+        f"Memory: activations per {seq}-byte sequence at train.py's current size, {memory.per_sequence / 2**20:,.0f} MB: "
         f"{memory.source}; other sizes scaled by dim × depth (activations grow with dim × depth × seq_len)."
     )
     if not memory.measured:
