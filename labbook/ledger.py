@@ -439,7 +439,7 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
         reported, _ = reported_value(summary)
     if answer is not None:
         how = (
-            "(made by decide in a fresh process, cached per run_id)"
+            "(made once per run_id in a fresh process, by this command's rule check or an earlier decide)"
             if answer.get("cached")
             else f"in {answer['wall_seconds']:.1f} s"
         )
