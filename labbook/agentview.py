@@ -16,7 +16,7 @@ MAX_BYTES = 4096
 LAST_ROWS = 4
 TOP_NEAR_MISSES = 3
 DESCRIPTION_CHARS = 48
-OUTCOME_LETTER = {"keep": "k", "discard": "d", "crash": "c"}
+OUTCOME_LETTER = {"keep": "k", "discard": "d", "crash": "c"}  # and "r": a first run sent to a confirmation
 
 
 def short(text, limit=DESCRIPTION_CHARS):
@@ -71,7 +71,8 @@ def tried_digest(rows):
             continue
         key = short(row.description.split(" (crash:")[0]).lower()
         entry = ideas.setdefault(key, [short(row.description.split(" (crash:")[0]), "", row.line])
-        entry[1] = (entry[1] + OUTCOME_LETTER.get(row.status, "?"))[-4:]
+        pending = row.status == "discard" and row.extra.get("note", "").startswith("rule: rerun")
+        entry[1] = (entry[1] + ("r" if pending else OUTCOME_LETTER.get(row.status, "?")))[-4:]
         entry[2] = row.line
     ordered = sorted(ideas.values(), key=lambda e: -e[2])
     return [f"{text} [{outcome}]" for text, outcome, _ in ordered]

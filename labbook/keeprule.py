@@ -226,14 +226,14 @@ class Verdict:
     reason: str
     commit: str
     value: float | None = None  # this run's val_bpc
-    runs: int = 0  # measured runs of the commit, this one included
+    runs: int | None = None  # measured runs of the commit, this one included (None: a crash)
     mean: float | None = None
     reference_commit: str | None = None
     reference: float | None = None
-    reference_runs: int = 0
+    reference_runs: int | None = None
     reference_se: float | None = None
     sigma: float | None = None
-    df: int = 0
+    df: int | None = None
     delta: float | None = None  # mean - reference (negative: better)
     threshold: float | None = None  # keep (or go on) when delta < threshold
     next_seed: int | None = None  # run the same commit again with this AR_SEED

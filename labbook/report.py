@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def summarize(results, repo=None):
     experiments = [r for r, k in tagged if k in keeprule.FIRST_KINDS]
     now = keeprule.standing(sound)
     best = now["best"]
-    improvement = baseline.val_bpc - best["mean"] if best and baseline else None
+    base_values = keeprule.commit_values(sound, baseline.commit) if baseline else []
+    base_mean = statistics.fmean(base_values) if base_values else None  # what setup's verdicts used
+    improvement = base_mean - best["mean"] if best and base_mean is not None else None
     return {
         "file": str(results.path),
         "totals": {
@@ -78,7 +81,7 @@ def summarize(results, repo=None):
             "flagged": len(flagged),
             **{status: counts[status] for status in STATUSES},
         },
-        "baseline": baseline.as_dict() if baseline else None,
+        "baseline": {**baseline.as_dict(), "mean": base_mean, "runs": len(base_values)} if baseline else None,
         "tip": now["tip"],
         "best": best,
         "best_commit": best["commit"] if best else None,
@@ -86,7 +89,7 @@ def summarize(results, repo=None):
         "sigma_df": now["df"],
         "next": now["next"],
         "improvement": improvement,
-        "improvement_pct": 100 * improvement / baseline.val_bpc if improvement is not None else None,
+        "improvement_pct": 100 * improvement / base_mean if improvement is not None else None,
         "history": keeprule.history(sound),
         "improvements": keeprule.improvements(sound),
         "simplifications": keeprule.simplifications(sound),
@@ -242,7 +245,10 @@ def text_standing(report, test_bpc, test_note):
     if base is None:
         lines.append("baseline  none yet: nothing has been kept")
     else:
-        lines.append(f"baseline  {base['commit']:<8} {base['val_bpc']:.6f}  (line {base['line']})")
+        mean = base["mean"] if base["mean"] is not None else base["val_bpc"]
+        lines.append(
+            f"baseline  {base['commit']:<8} {mean:.6f}  mean of {base['runs']} runs (first: line {base['line']})"
+        )
     if tip:
         lines.append(f"tip       {tip['commit']:<8} {tip['mean']:.6f}  mean of {tip['runs']} runs (the reference)")
     if best:

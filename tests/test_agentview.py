@@ -79,3 +79,18 @@ def test_machine_noise_flags_runs_of_one_commit_whose_speed_differs_by_more_than
     assert agentview.machine_noise([r("a", 1000), r("a", 1080), r("b", 1000), r("b", 1200)]) == [
         "b: tokens/s 1000 to 1200 (+20%) over 2 runs of the same code: the machine's speed varied"
     ]
+
+
+def test_tried_marks_a_first_run_sent_to_a_confirmation_apart_from_a_discard():
+    def row(line, commit, value, status, kind, description, note=""):
+        extra = {"seed": str(line), "kind": kind, "note": note}
+        return ledger.Row(line, commit, value, 2.0, status, description, extra, kind)
+
+    rows = [row(1, "base", 1.5, "keep", "baseline", "baseline")]
+    rows += [row(n, "base", 1.5, "keep", "replicate", f"noise: base, seed {n}") for n in range(2, 6)]
+    rows += [
+        row(6, "c1", 1.4, "discard", "experiment", "lr 4e-3", note="rule: rerun mean 1.4 of 1 vs 1.5"),
+        row(7, "c1", 1.41, "keep", "confirm", "lr 4e-3", note="rule: keep mean 1.405 of 2 vs 1.5"),
+        row(8, "c2", 1.6, "discard", "experiment", "post_emb_norm", note="rule: discard mean 1.6 of 1 vs 1.405"),
+    ]
+    assert agentview.tried_digest(rows) == ["post_emb_norm [d]", "lr 4e-3 [rk]"]

@@ -194,6 +194,7 @@ def test_a_crash_offers_the_amend_only_when_the_code_itself_is_wrong(crash, amen
     assert verdict.verdict == "crash" and verdict.commands[0].startswith(keeprule.RESET)
     assert ("git commit -a --amend --no-edit" in verdict.commands[0]) == amend
     assert ("killed" in verdict.reason) == (crash is None) and (crash or "") in verdict.reason
+    assert "runs=" not in verdict.text() and "df=" not in verdict.text()  # a crash has no numbers to show
 
 
 def test_the_last_replicate_reports_the_reference_and_sigma_it_leaves():
