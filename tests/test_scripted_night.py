@@ -15,7 +15,9 @@ what `python analysis.py decide` prints under `next:`:
    its two replicates on the research branch, each decided (program.md's loop on one GPU);
 4. a run killed mid-way (every process of its command, SIGKILL): decide says crash, it is
    recorded, the session "ends" before the reset and results.tsv is lost; Resume restores it and
-   finds the reset that did not happen.
+   finds the reset that did not happen;
+5. a run cut off with the session and never recorded: Resume reads run.log (HEAD's, no summary,
+   no crash line), runs it again and follows decide (discard, reset).
 
 Then it checks the branch, every row, every verdict's first line and the report. Its thirty-odd
 `python` processes run through the session's warm interpreter (tests/warm_python.py, on PATH
@@ -86,6 +88,8 @@ COMMIT_TEMPLATE = command(PROGRAM, 'git commit -am "shift_tokens=1"')
 AMEND = command(PROGRAM, "git commit -a --amend")
 RESET = command(PROGRAM, "git reset --hard")
 TAIL = command(PROGRAM, "tail -n 50")
+TAIL5 = command(PROGRAM, "tail -n 5 run.log")
+LOG_IS_HEADS = command(PROGRAM, "find run.log -newermt")
 RESTORE = command(PROGRAM, "python analysis.py restore")
 LOG5 = command(PROGRAM, "git log --oneline")
 HEAD7 = command(PROGRAM, "git rev-parse --short=7")
@@ -202,7 +206,8 @@ def agent_env(tmp, root, corpus, python):
 
 
 def kill_mid_run(agent):
-    """Start program.md's run in the background, wait until it trains, kill it (the whole group)."""
+    """Start program.md's run in the background, wait until its model is built (its first step is
+    under way), kill every process of the command."""
     log = agent.root / "run.log"
     log.unlink()  # the previous run's log, so the wait below reads this run's
     proc = subprocess.Popen(
@@ -211,7 +216,7 @@ def kill_mid_run(agent):
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and "micro_batch:" in log.read_text(errors="replace"):
+        if log.exists() and "\nmodel:" in log.read_text(errors="replace"):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run to kill ended by itself:\n" + log.read_text(errors="replace")
@@ -348,6 +353,22 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     sh(RESET)  # the case that applies: HEAD's last row is a crash, the reset did not happen
     assert agent.head() == simplification
 
+    # --- 5. a run cut off with the session, nothing recorded; Resume reads run.log and reruns ---
+    agent.edit(MUON_LR=1e-6)
+    agent.commit("muon lr 1e-6")
+    cut_off = agent.head()
+    kill_mid_run(agent)
+    sh(CHECKOUT.replace("<tag>", TAG))
+    sh(RESTORE)
+    assert sh(STATUS).stdout == "" and sh(HEAD_ROWS, check=False).stdout == ""  # HEAD has no row
+    assert sh(LOG_IS_HEADS).stdout.strip() == "run.log"  # HEAD's own log
+    tail = sh(TAIL5).stdout
+    assert "val_bpc:" not in tail and "crash:" not in tail  # a log that just stops: run it again
+    verdict, commands, out = agent.run_and_decide()
+    assert verdict == "discard", out
+    agent.follow(commands)
+    assert agent.head() == simplification
+
     # --- the morning ---
     log = sh("git log --format=%h:%s").stdout.split("\n")
     assert log[:4] == [
@@ -362,13 +383,14 @@ def test_scripted_night(tmp_path, corpus, warm_python):
         "crash", "discard",  # the typo, then the fixed commit
         "rerun", "keep", "keep", "keep",  # the simplification, its confirmation, 2 replicates
         "crash",  # the killed run
+        "discard",  # the run cut off with the session, run again after Resume
     ]  # fmt: skip
 
     def key(r):
         return r["commit"], r["status"], r["kind"], r["description"]
 
     rows = [key(r) for r in agent.rows()]
-    assert len(rows) == 18, rows
+    assert len(rows) == 19, rows
     workers_round = {r[0] for r in rows[5:7]}
     assert len(workers_round) == 2 and winner in workers_round
     loser = (workers_round - {winner}).pop()
@@ -396,6 +418,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
             for seed in simplification_seeds
         ],
         (killed, "crash", "experiment", "dim 256, seq 1024"),
+        (cut_off, "discard", "experiment", "muon lr 1e-6"),
     ]
     first = {r["commit"]: r for r in reversed(agent.rows()) if r["kind"] == "experiment"}
     assert (first[winner]["seed"], first[winner]["val_bpc"]) == (
@@ -407,7 +430,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     assert view["tip"] == {"commit": simplification, "mean": view["tip"]["mean"], "runs": 4}
     report = sh("python analysis.py --no-plots").stdout
     header = report.splitlines()[0]
-    assert "18 rows = 7 experiments" in header and "9 keep, 7 discard, 2 crash" in header, report
+    assert "19 rows = 8 experiments" in header and "9 keep, 8 discard, 2 crash" in header, report
     assert "8 replicates" in header and "0 flagged" in header, report
     assert re.search(rf"^baseline +{setup_tip} ", report, re.M) and re.search(
         rf"^tip +{simplification} .*mean of 4 runs", report, re.M
