@@ -6,10 +6,12 @@ imports `prepare` (the fixed harness) from this checkout: base_env puts the repo
 PYTHONPATH, unless a test wrote an edited prepare.py copy next to the train.py copy.
 """
 
+import contextlib
 import importlib
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +187,13 @@ def run_prepare(args, env, cwd, prepare_py=PREPARE, timeout=120):
         timeout=timeout,
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def kill_session(sid):
+    """SIGKILL every process of session `sid` (a Popen with start_new_session=True): what an
+    agent's tool does when it kills a command, `timeout`'s own process group included."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), signal.SIGKILL)

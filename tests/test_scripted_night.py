@@ -24,13 +24,11 @@ Then it checks the branch, every row, every verdict's first line and the report.
 first), which keeps it near a minute on 2 cores; select it alone with `-m night`.
 """
 
-import contextlib
 import csv
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +36,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import REPO, base_env, edit_constants
+from harness import REPO, base_env, edit_constants, kill_session
 
 TAG = "rehearsal"  # README: follow program.md with the run tag `rehearsal`
 STEPS = 3
@@ -224,15 +222,6 @@ def kill_mid_run(agent):
     proc.wait(timeout=30)
     time.sleep(0.5)  # the run's last writes land before anyone reads its log
     return log.read_text(errors="replace")
-
-
-def kill_session(sid):
-    """SIGKILL every process of session `sid`: what an agent's tool does when it kills a command."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getsid(int(entry)) == sid:
-                    os.kill(int(entry), signal.SIGKILL)
 
 
 @pytest.mark.night

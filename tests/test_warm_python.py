@@ -5,7 +5,6 @@ night kills a run mid-way: if the warm `python` (tests/warm_python.py) lost any 
 tests would pass or fail for the wrong reason.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import kill_session
 
 
 @pytest.fixture
@@ -75,9 +75,7 @@ def test_killing_the_commands_session_kills_the_run_and_a_term_reaches_it(shell,
         cwd=tmp_path, start_new_session=True,
     )  # fmt: skip
     pid = wait_for_pid(tmp_path / "pid.log")
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and os.getsid(int(entry)) == proc.pid:
-            os.kill(int(entry), signal.SIGKILL)
+    kill_session(proc.pid)
     proc.wait(timeout=30)
     assert gone(pid)
     started = time.monotonic()
@@ -97,8 +95,10 @@ def wait_for_pid(path):
 def gone(pid, wait=5.0):
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        stat = Path(f"/proc/{pid}/stat")
-        if not stat.exists() or stat.read_text().split()[2] == "Z":
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
+        except FileNotFoundError:  # reaped
             return True
         time.sleep(0.05)
     return False
