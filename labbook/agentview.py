@@ -71,8 +71,8 @@ def tried_digest(rows):
             continue
         key = short(row.description.split(" (crash:")[0]).lower()
         entry = ideas.setdefault(key, [short(row.description.split(" (crash:")[0]), "", row.line])
-        pending = row.status == "discard" and row.extra.get("note", "").startswith("rule: rerun")
-        entry[1] = (entry[1] + ("r" if pending else OUTCOME_LETTER.get(row.status, "?")))[-4:]
+        letter = "r" if keeprule.sent_to_confirmation(row) else OUTCOME_LETTER.get(row.status, "?")
+        entry[1] = (entry[1] + letter)[-4:]
         entry[2] = row.line
     ordered = sorted(ideas.values(), key=lambda e: -e[2])
     return [f"{text} [{outcome}]" for text, outcome, _ in ordered]

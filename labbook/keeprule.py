@@ -64,6 +64,7 @@ UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is poo
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
 DEFAULT_SEED = 42  # the simulation's first-run seed (a real first run's seed comes from its train.py text)
 NOISE_PREFIX = "noise:"  # description prefix of a replicate (the older report looks for it)
+NOTE_PREFIX = "rule: "  # a row's note, as the keep rule writes it: "rule: <verdict> ..."
 
 
 def candidate_value(tsv, log_path):
@@ -174,6 +175,11 @@ def pooled_sigma(rows, replicate=None):
     squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups.values() if len(v) > 1)
     df = sum(len(v) - 1 for v in groups.values())
     return (math.sqrt(squares / df), df) if df else (None, 0)
+
+
+def sent_to_confirmation(row):
+    """Whether `row` is a first run the rule sent to a confirmation (recorded `discard`, pending)."""
+    return row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
 
 
 def crash_streak(rows):
@@ -289,8 +295,9 @@ CRASH_NEXT = {
     "mistake": "   # or, for a typo or a wrong shape: fix it, git commit -a --amend --no-edit, run again",
 }
 RESCORE_REFUSED = "the harness's re-score did not confirm the run's summary"
-OUTCOMES = ("out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal")
-OUTCOMES += (RESCORE_REFUSED,)
+OUTCOMES = (
+    "out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal", RESCORE_REFUSED,
+)  # fmt: skip
 
 
 def crash_kind(crash):
@@ -679,9 +686,9 @@ def decide_command(args, tsv):
 def verdict_note(verdict):
     """The decision as the row's note: the mean that the decision used, against what."""
     if verdict.delta is None:
-        return f"rule: {verdict.verdict}"
+        return f"{NOTE_PREFIX}{verdict.verdict}"
     return (
-        f"rule: {verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
+        f"{NOTE_PREFIX}{verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
         f"({verdict.reference_commit}, {verdict.reference_runs} runs), delta {verdict.delta:+.6f}, "
         f"bound {verdict.threshold:+.6f}, sigma {verdict.sigma:.6f} ({verdict.df} df)"
     )

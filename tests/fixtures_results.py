@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import REPO, python
+from harness import REPO, run_script
 
 from labbook import cli, ledger, plots, rescore, runlog
 
@@ -264,14 +264,7 @@ def data_lines(path):
 
 def run_cli(*args, cwd, env=None, timeout=300):
     """`python analysis.py ARGS` in `cwd`, as the agent runs it."""
-    return subprocess.run(
-        [python(), str(ANALYSIS), *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_script(ANALYSIS, *args, cwd=cwd, env=env, timeout=timeout)
 
 
 def is_real_png(path, min_bytes=5000):

@@ -176,16 +176,16 @@ def import_bench():
     return importlib.import_module("bench.bench")
 
 
+def run_script(script, *args, cwd, env=None, timeout=300):
+    """`python SCRIPT ARGS` in `cwd` with the tests' interpreter; the CompletedProcess, output captured."""
+    return subprocess.run(
+        [python(), str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_prepare(args, env, cwd, prepare_py=PREPARE, timeout=120):
     """`python prepare.py ARGS` (data check or rescore) in `cwd`; returns (returncode, stdout, stderr)."""
-    proc = subprocess.run(
-        [python(), str(prepare_py), *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_script(prepare_py, *args, cwd=cwd, env=env, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 
 

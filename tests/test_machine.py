@@ -5,11 +5,10 @@ measurement that cannot be taken (no GPU, a crashed run) is one line, never a tr
 """
 
 import re
-import subprocess
 
 import pytest
 import torch
-from harness import REPO, base_env, edit_constants, python
+from harness import REPO, base_env, edit_constants, run_script
 
 from labbook import machine
 
@@ -25,8 +24,7 @@ def train_copy(folder, **values):
 
 
 def run_machine(tmp_path, *args, **env):
-    cmd = [python(), str(MACHINE), *map(str, args)]
-    return subprocess.run(cmd, cwd=tmp_path, env=base_env(tmp_path, **env), capture_output=True, text=True, timeout=300)
+    return run_script(MACHINE, *args, cwd=tmp_path, env=base_env(tmp_path, **env))
 
 
 def table_rows(lines):

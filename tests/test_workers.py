@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from fixtures_results import TINY_CONSTANTS, prepare_hash_of, provenance_values
-from harness import REPO, TRAIN, base_env, edit_constants, parse_summary, python
+from harness import REPO, TRAIN, base_env, edit_constants, parse_summary, python, run_script
 
 from labbook import ledger
 from labbook import workers as workers_module
@@ -54,9 +54,7 @@ def make_research_repo(path, gitignore=None):
 
 
 def workers(root, *args, env=None):
-    return subprocess.run(
-        [python(), "tools/workers.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_script("tools/workers.py", *args, cwd=root, env=env)
 
 
 def commit_lr(worktree, lr):
