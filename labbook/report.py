@@ -50,7 +50,9 @@ def crashes(rows):
     for row in rows:
         if row.status == "crash":
             head, _, reason = row.description.partition(" (crash: ")
-            out.append({"line": row.line, "commit": row.commit, "description": head, "reason": reason.rstrip(")")})
+            out.append(
+                {"line": row.line, "commit": row.commit, "description": head, "reason": reason.removesuffix(")")}
+            )
     return out
 
 

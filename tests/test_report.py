@@ -170,3 +170,25 @@ def test_a_night_of_crashes_only_still_reports_and_plots(tmp_path, capsys):
     assert "crash streak 3" in capsys.readouterr().out
     assert is_real_png(tmp_path / "progress.png") and is_real_png(tmp_path / "memory.png")
     assert report_json(capsys, path)["standing"]["best"] is None
+
+
+def test_a_crash_reason_keeps_its_own_closing_parentheses():
+    from labbook import report
+
+    rows = [
+        ledger.Row(1, "c1", 0.0, 0.0, "crash", "muon lr x2 (crash: interrupted (SIGTERM))", {}, "experiment"),
+        ledger.Row(
+            2,
+            "c2",
+            0.0,
+            0.0,
+            "crash",
+            "dim 4096 (crash: out of memory (peak 7,900 MB, 85.1M parameters))",
+            {},
+            "experiment",
+        ),
+    ]
+    assert [(c["description"], c["reason"]) for c in report.crashes(rows)] == [
+        ("muon lr x2", "interrupted (SIGTERM)"),
+        ("dim 4096", "out of memory (peak 7,900 MB, 85.1M parameters)"),
+    ]
