@@ -1,10 +1,14 @@
 """
-Autoresearch on x-transformers: the fixed harness. Data, clock, evaluation, summary, fingerprint,
-watchdog. The agent never edits this file; its hash is part of every run's fingerprint.
+Autoresearch on x-transformers: the fixed harness. Data, clock, model spec, sealed scorer, summary,
+fingerprint, watchdog. The agent never edits this file; its hash is part of every run's fingerprint.
 Usage: python prepare.py     (finds or downloads enwik8 and verifies it; training is `python train.py`)
+       python prepare.py score CHECKPOINT [--split val|test]   (the sealed scorer, in a fresh process)
 """
 
+import argparse
 import contextlib
+import fcntl
+import functools
 import gc
 import gzip
 import hashlib
@@ -19,12 +23,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import types
 import urllib.request
 import uuid
+import weakref
 import zipfile
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
@@ -49,6 +55,7 @@ EXCLUDED_STEPS = 10  # the first steps compile (CUDA) and warm up: they do not c
 EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GPU-sized model takes minutes
 HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
 HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
+OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' time, if longer) before it is a crash
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
@@ -63,6 +70,10 @@ TRAIN_SCORE_BYTES = 1_000_000  # the end of the training split is scored too (tr
 HELDOUT_MARGIN = 0.1  # bpc; a val_bpc this far below train_bpc is flagged: val should not be easier than train
 PROBE_BATCHES = 2  # scored batches whose windows are also run as leak probes, drawn at evaluation time
 CAUSAL_TOLERANCE = 1e-4  # a causal model gives bit-identical earlier logits; leaks move them by ~1e-3 at init
+CHECK_WINDOWS = 2  # windows at the start of the training split on which the trained and rebuilt models must agree
+CHECK_TOLERANCE = 1e-3  # nats; the same weights and code give the same loss (FP8-trained models: CHECK_TOLERANCE_FP8)
+CHECK_TOLERANCE_FP8 = 5e-2  # float8 matmuls in the trained model, high precision in the rebuilt one
+SCORER_TIMEOUT = 1800  # seconds; the sealed scorer of a 5 MB val on a GPU takes ~20 s, of a CPU prefix a minute
 
 ENWIK8_SIZE = 100_000_000
 ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"
@@ -92,7 +103,11 @@ GPU_PEAK_TFLOPS = {
     "RTX 3090": 71.0,
 }
 
-CHECKED_LIBRARIES = ("x-transformers", "adam-atan2-pytorch")  # part of what is measured: hashed, checked at start
+# part of what is measured: hashed, checked at start. The first four are the code a scored model runs.
+CHECKED_LIBRARIES = ("x-transformers", "einops", "einx", "torch-einops-utils", "adam-atan2-pytorch")
+SPEC_LIBRARIES = ("x_transformers", "torch.nn")  # the classes a model spec may name
+MODEL_LIBRARIES = ("x_transformers", "torch.nn", "einops", "torch_einops_utils", "torchao.float8")  # a scored model's
+JOURNAL = "autoresearch/journal.jsonl"  # under the git directory: one line per sealed score, read by `record`
 
 ENV_VARS = (
     "AR_DATA",
@@ -388,8 +403,9 @@ def locate_data(env):
     return cached, True
 
 
-def load_corpus(env):
-    """Train/val/test bytes, the data's identity (enwik8's md5, or a custom file's hash) and its path."""
+def read_splits(env):
+    """(the corpus's bytes, {split: (start, end)}, the data's identity (enwik8's md5, or a custom
+    file's hash), its resolved path)."""
     path, is_enwik8 = locate_data(env)
     blob = read_corpus(path)
     if is_enwik8:
@@ -403,8 +419,17 @@ def load_corpus(env):
         bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}
         identity = f"custom:{hashlib.sha256(blob).hexdigest()[:16]}"
         print0(f"notice: custom corpus {path} ({n:,} bytes): results are not comparable with enwik8 runs")
-    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-    return {name: data[lo:hi] for name, (lo, hi) in bounds.items()}, identity, path.resolve()
+    return blob, bounds, identity, path.resolve()
+
+
+def split_bytes(blob, lo, hi):
+    return torch.frombuffer(bytearray(blob[lo:hi]), dtype=torch.uint8)
+
+
+def load_corpus(env):
+    """Train/val/test bytes, the data's identity and its path."""
+    blob, bounds, identity, path = read_splits(env)
+    return {name: split_bytes(blob, lo, hi) for name, (lo, hi) in bounds.items()}, identity, path
 
 
 # ---------------------------------------------------------------------------
@@ -439,8 +464,6 @@ class Run:
         self.compiled = None  # what forward_backward calls: built once the micro-batch is fixed
         self.micro_batch = None
         self.seq_len = None  # training window of the last step: the attention FLOPs of MFU
-        self.param_checksum = None  # after the last optimizer step, to catch edits between steps
-        self.param_edits = torch.zeros((), dtype=torch.long, device=device)
         self.startup_seconds = 0.0
         self.compile_seconds = 0.0
         self.tracker = None
@@ -516,16 +539,6 @@ class Run:
         starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=self.device, generator=self.generator)
         return data[starts + torch.arange(seq_len + 1, device=self.device)].long()
 
-    def checksum(self):
-        """A cheap fingerprint of the weights (one fused kernel, no host sync)."""
-        params = [p.detach() for p in self.model.parameters()]
-        return torch.stack(torch._foreach_norm(params)).sum()
-
-    def check_weights_unchanged(self):
-        """Count weights that moved since the last optimizer step: training outside the clock."""
-        if self.param_checksum is not None:
-            self.param_edits += (self.checksum() != self.param_checksum).long()
-
     def fit_micro_batch(self, model, x, loss_fn):
         """The largest divisor of the per-rank batch whose forward and backward fit, tried eagerly
         on the step's own batch before anything is compiled; the same size on every rank."""
@@ -572,7 +585,10 @@ class Run:
         local = batch_size // self.world_size
         if local * self.world_size != batch_size or local < 1:
             raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
-        self.check_weights_unchanged()
+        with self.tracker.warmup_timer():
+            return self.micro_steps(model, batch_size // self.world_size, seq_len, loss_fn)
+
+    def micro_steps(self, model, local, seq_len, loss_fn):
         if self.micro_batch is None:
             enter_phase("the first step (fitting the micro-batch, then compiling on a GPU)")
         self.seq_len = seq_len
@@ -596,6 +612,10 @@ class Run:
 
     def step(self, optimizer, grad_clip=None):
         """Unscale (FP16), clip, step, update the scaler and zero the gradients. Returns the norm."""
+        with self.tracker.warmup_timer():
+            return self.optimizer_step(optimizer, grad_clip)
+
+    def optimizer_step(self, optimizer, grad_clip):
         self.scaler.unscale_(optimizer)
         # the model's order, not the groups' (MuonAdamAtan2 builds one from a set): the same seed, the same norm
         params = sorted(
@@ -651,6 +671,204 @@ def unwrap(model):
 
 
 # ---------------------------------------------------------------------------
+# The model spec: what build_model() asked the libraries for, as plain JSON the scorer rebuilds
+# ---------------------------------------------------------------------------
+
+
+class SpecError(HarnessError):
+    """build_model() handed a library class something the scorer cannot rebuild."""
+
+
+def in_libraries(module_name, libraries):
+    return any(module_name == lib or module_name.startswith(lib + ".") for lib in libraries)
+
+
+def class_name(cls):
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class SpecRecorder:
+    """While build_model() runs, every constructor call of an x-transformers or torch.nn class made
+    by build_model() itself (not by another constructor) is recorded as a call node:
+    {"call": "module:Class", "args": [...], "kwargs": {...}}, with numbers, strings, booleans,
+    None, lists, {"tuple": [...]}, {"dict": {...}} and nested call nodes as values. The scorer
+    rebuilds the model from the node of the module train(run) returns, and nothing else."""
+
+    def __init__(self):
+        self.depth = 0  # constructors running: only the outermost call is build_model()'s own
+        self.nodes = weakref.WeakKeyDictionary()  # module -> its call node
+        self.built = []  # the nodes build_model() returned, in order
+
+    def wrap(self, build_model):
+        @functools.wraps(build_model)
+        def recorded_build_model(*args, **kwargs):
+            patched = self.patch()
+            try:
+                model = build_model(*args, **kwargs)
+            finally:
+                for cls, init in patched:
+                    cls.__init__ = init
+            if model not in self.nodes:
+                raise SpecError(
+                    f"build_model() returned a {type(model).__qualname__} that it did not construct: return the "
+                    "AutoregressiveWrapper it builds from x-transformers classes"
+                )
+            self.built.append(self.nodes[model])
+            return model
+
+        return recorded_build_model
+
+    def patch(self):
+        """Wrap the __init__ of every loaded library class that defines one; returns what to restore."""
+        patched = []
+        for name, module in list(sys.modules.items()):
+            if module is None or not in_libraries(name, SPEC_LIBRARIES):
+                continue
+            for cls in list(vars(module).values()):
+                if (
+                    isinstance(cls, type)
+                    and issubclass(cls, nn.Module)
+                    and cls.__module__ == name
+                    and "__init__" in vars(cls)
+                    and cls is not nn.Module
+                ):
+                    patched.append((cls, vars(cls)["__init__"]))
+                    cls.__init__ = self.recording(cls.__init__)
+        return patched
+
+    def recording(self, init):
+        @functools.wraps(init)
+        def __init__(module, *args, **kwargs):
+            outermost = self.depth == 0
+            self.depth += 1
+            try:
+                init(module, *args, **kwargs)
+            finally:
+                self.depth -= 1
+            if outermost:
+                self.nodes[module] = self.call_node(module, args, kwargs)
+
+        return __init__
+
+    def call_node(self, module, args, kwargs):
+        cls = type(module)
+        if not in_libraries(cls.__module__, SPEC_LIBRARIES):
+            raise SpecError(
+                f"build_model() builds a {cls.__qualname__}, a class defined in {cls.__module__}: the scored model is "
+                "built from x-transformers options; put custom code in the loss, the optimizer or the schedule"
+            )
+        where = cls.__qualname__
+        return {
+            "call": class_name(cls),
+            "args": [self.plain(v, f"{where} argument {i}") for i, v in enumerate(args)],
+            "kwargs": {k: self.plain(v, f"{where}({k}=...)") for k, v in kwargs.items()},
+        }
+
+    def plain(self, value, where):
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"float": repr(value)}
+        if isinstance(value, list):
+            return [self.plain(v, where) for v in value]
+        if isinstance(value, tuple):
+            return {"tuple": [self.plain(v, where) for v in value]}
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {"dict": {k: self.plain(v, f"{where}[{k!r}]") for k, v in value.items()}}
+        if isinstance(value, nn.Module) and value in self.nodes:
+            return self.nodes[value]
+        what = "a module not built in build_model()" if isinstance(value, nn.Module) else "not a plain value"
+        raise SpecError(
+            f"build_model(): {where} is a {type(value).__qualname__} ({what}): the scorer rebuilds the model from "
+            "numbers, strings, booleans, None, lists and x-transformers or torch.nn objects built in build_model(); "
+            "use an x-transformers option instead, or put custom code in the loss, the optimizer or the schedule"
+        )
+
+    def spec_of(self, model):
+        """The call node `model` was built from: its own, or (a deep copy, an averaged copy) the one
+        recorded build whose rebuild has its modules and state shapes."""
+        if model in self.nodes:
+            return self.nodes[model]
+        layout = model_layout(model)
+        candidates = {json.dumps(node, sort_keys=True): node for node in self.built}
+        matches = [node for node in candidates.values() if model_layout(build_from_spec(node, "meta")) == layout]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise HarnessError(
+                "train(run) returned a model that no build_model() call built (its modules or state shapes differ): "
+                "the scored model is rebuilt from build_model()'s options and loaded with the returned weights"
+            )
+        raise HarnessError(
+            "train(run) returned a copy that matches several different build_model() results: return one"
+        )
+
+
+def model_layout(model):
+    """(name, class name, FP8 layers as their high-precision class) of every submodule, and the
+    name and shape of every state entry: what must match between a trained and a rebuilt model."""
+    names = [(n, type(m).__name__.removeprefix("Float8")) for n, m in model.named_modules()]
+    return names, sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def spec_value(node, device):
+    if isinstance(node, list):
+        return [spec_value(v, device) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "tuple" in node:
+        return tuple(spec_value(v, device) for v in node["tuple"])
+    if "dict" in node:
+        return {k: spec_value(v, device) for k, v in node["dict"].items()}
+    if "float" in node:
+        return float(node["float"])
+    return build_from_spec(node, device)
+
+
+def build_from_spec(node, device):
+    """The module a call node describes, built on `device` by the installed libraries' classes only."""
+    module_name, _, qualname = str(node.get("call", "")).partition(":")
+    if not in_libraries(module_name, SPEC_LIBRARIES) or "." in qualname:
+        raise HarnessError(f"the model spec names {node.get('call')!r}: only x-transformers and torch.nn classes")
+    cls = getattr(importlib.import_module(module_name), qualname, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise HarnessError(f"the model spec names {node['call']!r}, which is not a module class of {module_name}")
+    with torch.device(device):
+        return cls(*spec_value(node["args"], device), **{k: spec_value(v, device) for k, v in node["kwargs"].items()})
+
+
+def spec_hash(spec):
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+OWN_CODE = (*MODEL_LIBRARIES, "torch")  # where the methods of a scored model's classes may come from
+
+
+def check_library_model(model):
+    """The scored model must be instances of the pinned libraries' own classes, unpatched, with no
+    method replaced on an instance: the scorer runs the libraries' code, so a model that only
+    works with train.py's code would be scored as something else."""
+    for name, module in model.named_modules():
+        cls, where = type(module), name or "the returned model"
+        problem = None
+        if not in_libraries(cls.__module__, MODEL_LIBRARIES):
+            problem = f"{where} is a {cls.__qualname__}, a class defined in {cls.__module__}"
+        else:
+            for klass in cls.__mro__:
+                for attr, value in vars(klass).items() if in_libraries(klass.__module__, MODEL_LIBRARIES) else ():
+                    if isinstance(value, types.FunctionType) and not in_libraries(value.__module__, OWN_CODE):
+                        problem = f"{klass.__qualname__}.{attr} was replaced by code from {value.__module__}"
+            methods = [k for k, v in vars(module).items() if callable(v) and callable(getattr(cls, k, None))]
+            if methods:
+                problem = f"{where}.{methods[0]} was replaced on the instance"
+        if problem:
+            raise HarnessError(
+                f"the scored model is built from x-transformers options: {problem}. Custom code stays free in the "
+                "loss, the optimizer, the schedule, EMA and curricula, not in the model train(run) returns"
+            )
+
+
+# ---------------------------------------------------------------------------
 # The clock: every optimizer step counted, metrics.jsonl, loss checks, the stop decision
 # ---------------------------------------------------------------------------
 
@@ -666,7 +884,9 @@ def append_metrics(run, row):
 class Tracker:
     """Counts optimizer steps from a global hook, buffers per-step values on the device and
     copies them to the host every METRICS_EVERY steps in one transfer (the GPU never waits on a
-    per-step .item()), and decides when the budget is spent, on rank 0's clock under torchrun."""
+    per-step .item()), and decides when the budget is spent, on rank 0's clock under torchrun.
+    The clock is wall time from the call of train(run) to its return, less only the time spent
+    inside forward_backward and step during the uncounted warm-up steps (compilation, fitting)."""
 
     def __init__(self, run):
         self.run = run
@@ -685,14 +905,41 @@ class Tracker:
         self.counted_tokens = 0  # tokens of the steps that count against the budget
         self.uncounted_tokens = 0
         self.training_time = 0.0
-        self.clock_start = None  # wall time when the first counted step began
+        self.clock_start = None  # wall time of the call of train(run)
+        self.warmup_seconds = 0.0  # spent inside forward_backward and step during the uncounted steps
         self.loop_start = self.window_start = time.time()
         self.last_status = 0.0
         self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
         self.step_seconds = 0.0  # mean step time in the window before the last sync
         run.startup_seconds = self.loop_start - T_START
-        if self.run.excluded_steps == 0:
-            self.clock_start = self.loop_start
+
+    def start_clock(self):
+        """train(run) is called now: from here on every second counts but the warm-up steps'."""
+        self.clock_start = self.loop_start = self.window_start = time.time()
+        self.run.startup_seconds = self.loop_start - T_START
+
+    def elapsed(self):
+        """Budget seconds spent: wall time since train(run) was called, less the warm-up steps."""
+        return 0.0 if self.clock_start is None else time.time() - self.clock_start - self.warmup_seconds
+
+    def sync(self):
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize(self.run.device)
+
+    @contextmanager
+    def warmup_timer(self):
+        """Time a forward_backward or step of an uncounted warm-up step, to take it off the clock."""
+        if self.steps >= self.run.excluded_steps:
+            yield
+            return
+        self.sync()
+        began = time.time()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.warmup_seconds += time.time() - began
+            self.run.compile_seconds = self.warmup_seconds
 
     def served(self, tokens):
         self.served_tokens += tokens
@@ -704,19 +951,15 @@ class Tracker:
         the last sync plus the steps taken since, at that pace."""
         if self.step_budget:
             return min(self.steps / self.step_budget, 1.0)
-        if self.clock_start is None:
-            return 0.0
         if self.run.world_size > 1:
             return min((self.synced_time + self.step_seconds * len(self.pending)) / self.budget, 1.0)
-        return min((time.time() - self.clock_start) / self.budget, 1.0)
+        return min(self.elapsed() / self.budget, 1.0)
 
     def on_step(self, optimizer):
         """Called after every optimizer step (the global hook, or a step FP16's scaler skipped)."""
         if self.stopped:
             raise HarnessError(f"optimizer step {self.steps + 1} after the harness said stop (run.done was True)")
         self.steps += 1
-        if self.run.model is not None:
-            self.run.param_checksum = self.run.checksum()
         step, tokens = self.steps, self.served_tokens
         self.served_tokens = 0
         loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
@@ -744,14 +987,9 @@ class Tracker:
             self.stopped = self.flush(step)
 
     def flush(self, step):
-        if self.run.device.type == "cuda":
-            torch.cuda.synchronize(self.run.device)
+        self.sync()
         now = time.time()
-        if step == self.run.excluded_steps:
-            self.clock_start = now
-            self.run.compile_seconds = now - self.loop_start
-        if self.clock_start is not None:
-            self.training_time = now - self.clock_start
+        self.training_time = self.elapsed()
         dt = max(now - self.window_start, 1e-9)
         tok_per_sec = self.window_tokens / dt
         values = torch.stack([torch.stack([loss, norm]) for _, loss, _, norm in self.pending]).tolist()
@@ -786,9 +1024,23 @@ class Tracker:
         return done
 
     def stats(self):
-        """Synced totals for the summary, taken after the loop ends."""
+        """Totals for the summary, taken when train(run) has returned: the clock stops here. A
+        train() that ran past the budget by more than the grace (OVERRUN_GRACE, or two steps' time
+        if longer; ten under torchrun, whose ranks look at the clock every METRICS_EVERY steps)
+        is a crash: work after the last step counts like any other."""
         if self.pending:
             self.flush(self.steps)
+        self.sync()
+        self.training_time = self.elapsed()
+        counted = self.steps - self.run.excluded_steps
+        if not self.step_budget and counted > 0:
+            step_time = self.training_time / counted
+            grace = max(OVERRUN_GRACE, (METRICS_EVERY if self.run.world_size > 1 else 2) * step_time)
+            if self.training_time > self.budget + grace:
+                raise HarnessError(
+                    f"train(run) returned {self.training_time - self.budget:.0f} s after the {self.budget:g} s budget "
+                    f"(grace {grace:.0f} s): the budget covers all of train(), so stop soon after run.done"
+                )
         return dict(num_steps=self.steps, training_seconds=self.training_time, counted_tokens=self.counted_tokens)
 
 
@@ -1004,11 +1256,11 @@ def budget_label(env):
     return f"{env['steps']}steps" if env["steps"] else f"{env['budget']:g}s"
 
 
-def fingerprint(run, libraries, numerics):
+def fingerprint(run, harness, libraries, numerics):
     """Equal fingerprints mean comparable numbers: same harness, libraries, budget, scored bytes, data
     and evaluation numerics (the family: CUDA cards of every capability share one)."""
     family = "cuda" if numerics.startswith("cuda") and "bf16" in numerics else numerics
-    parts = f"{prepare_hash()}|{libraries}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}|{family}"
+    parts = f"{harness}|{libraries}|{budget_label(run.env)}|{run.eval_bytes}|{run.data_identity}|{family}"
     return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
 
@@ -1043,15 +1295,16 @@ def check_checkpoint_fits(path, model):
         )
 
 
-def save_checkpoint(run, model, source, summary):
-    """Weights (every buffer too), the train.py source that built them and the summary so far,
-    written before the final evaluation so that a crash there never loses the training."""
+def save_checkpoint(run, model, spec, check, source, summary):
+    """What the sealed scorer reads: the weights (every buffer too, FP32), the model spec they load
+    into, the trained model's loss on the check windows, the summary so far, and train.py's source
+    (for the person: the scorer never runs it)."""
     if not run.master:
         return
     path = Path(run.env["checkpoint"])
     tmp = atomic_write_path(path)
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state, "source": source, "summary": summary}, tmp)
+    torch.save({"model": state, "spec": spec, "check": check, "source": source, "summary": summary}, tmp)
     finish_atomic(tmp, path)
 
 
@@ -1096,6 +1349,7 @@ SUMMARY_FORMAT = {
     "flags": "{}",
     "libraries": "{}",
     "eval_numerics": "{}",
+    "spec": "{}",
 }
 
 
@@ -1133,7 +1387,7 @@ def make_summary(run, stats, identity):
         x_transformers=version("x-transformers"),
         seed=run.env["seed"],
         commit=identity["commit"],
-        fingerprint=fingerprint(run, identity["libraries"], eval_numerics(run.device)),
+        fingerprint=fingerprint(run, identity["harness"], identity["libraries"], eval_numerics(run.device)),
         world_size=run.world_size,
         data=run.data_identity,
         data_path=str(run.data_path),
@@ -1142,7 +1396,7 @@ def make_summary(run, stats, identity):
         budget=budget_label(run.env),
         micro_batch=run.micro_batch or 0,
         gpu_busy_mb=run.env.get("gpu_busy_mb", 0.0),
-        prepare_hash=prepare_hash(),
+        prepare_hash=identity["harness"],
         run_id=identity["run_id"],
         libraries=identity["libraries"],
         eval_numerics=eval_numerics(run.device),
@@ -1240,8 +1494,8 @@ class Guards:
 
 
 def setup(env):
-    """Device, precision, data on the device, torchrun: the Run that train.py is handed (with the
-    training split only) and the bytes the harness scores afterwards (val, and a train slice)."""
+    """Device, precision, the training split on the device, torchrun: the Run that train.py is
+    handed. The held-out bytes are never kept here: the sealed scorer reads them in its own process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(env["device"])
     if world > 1:
@@ -1261,19 +1515,38 @@ def setup(env):
         busy = "a leftover of a killed run? check nvidia-smi" if env["gpu_busy_mb"] > 1024 else "fine"
         print0(f"gpu memory: {env['gpu_busy_mb']:,.0f} MB of {total / 2**20:,.0f} MB already in use ({busy})")
     precision = pick_precision(env, device)
-    splits, identity, path = load_corpus(env)
-    default_eval = len(splits["val"]) if device.type == "cuda" else CPU_EVAL_BYTES
-    eval_bytes = min(env["eval_bytes"] or default_eval, len(splits["val"]))
-    sizes = f"train {len(splits['train']):,} val {len(splits['val']):,} bytes"
-    print0(f"data: {path} ({identity}) | {sizes} | scoring {eval_bytes:,} val bytes")
+    blob, bounds, identity, path = read_splits(env)
+    train = split_bytes(blob, *bounds["train"])
+    val_size = bounds["val"][1] - bounds["val"][0]
+    del blob
+    default_eval = val_size if device.type == "cuda" else CPU_EVAL_BYTES
+    eval_bytes = min(env["eval_bytes"] or default_eval, val_size)
+    print0(
+        f"data: {path} ({identity}) | train {len(train):,} val {val_size:,} bytes | scoring {eval_bytes:,} val bytes"
+    )
+    guard_data_files(path)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the FP32 matmuls left (Newton-Schulz)
-    train = splits["train"]
-    heldout = {
-        "val": splits["val"][:eval_bytes].to(device),
-        "train": train[len(train) - min(eval_bytes, TRAIN_SCORE_BYTES) :].to(device),
-    }
-    return Run(env, device, precision, train.to(device), identity, path, eval_bytes), heldout
+    return Run(env, device, precision, train.to(device), identity, path, eval_bytes)
+
+
+def guard_data_files(data_path):
+    """From now on this process reads data only through run.get_batch: opening the corpus, the
+    data cache or the submodule's data ends the run (a Python audit hook, which cannot be removed)."""
+    files = {os.path.realpath(data_path)}
+    folders = tuple(os.path.realpath(d) + os.sep for d in (cache_dir(), REPO_DIR / "x-transformers" / "data"))
+
+    def on_open(event, args):
+        if event != "open" or not args or isinstance(args[0], int):
+            return
+        try:
+            path = os.path.realpath(os.fsdecode(args[0]))
+        except (TypeError, ValueError):
+            return
+        if path in files or path.startswith(folders):
+            die(f"train.py opened {path}: the training process reads data only through run.get_batch", 2)
+
+    sys.addaudithook(on_open)
 
 
 def train_module_name():
@@ -1282,13 +1555,31 @@ def train_module_name():
     return Path(getattr(main, "__file__", "train.py")).stem
 
 
+def journal_path(repo):
+    """The score journal inside the git directory `repo` shares with its worktrees, or None outside git."""
+    try:
+        git = ["git", "-C", str(repo), "rev-parse", "--path-format=absolute", "--git-common-dir"]
+        out = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(out) / JOURNAL if out else None
+
+
 def run_training(guards, env):
-    """Import train.py with everything armed, hand it the Run, score what it hands back."""
+    """Import train.py with everything armed, hand it the Run, save what it hands back, and have
+    the sealed scorer score it in a fresh process."""
     global ACTIVE_RUN
     name = train_module_name()
     script = Path(sys.modules["__main__"].__file__).resolve()
     source = script.read_text()
-    identity = {"commit": git_commit(script.parent), "run_id": uuid.uuid4().hex[:12], "libraries": library_digest()}
+    harness = Path(__file__).read_text()  # what the scorer runs: read before train.py can touch the file
+    identity = {
+        "commit": git_commit(script.parent),
+        "run_id": uuid.uuid4().hex[:12],
+        "libraries": library_digest(),
+        "harness": prepare_hash(harness),
+    }
+    journal = journal_path(script.parent)
     if not os.environ.get("AR_SEED"):
         env["seed"] = source_seed(source)
     import_libraries(source)
@@ -1298,107 +1589,292 @@ def run_training(guards, env):
     if guards.steps.untracked_steps:
         n = guards.steps.untracked_steps
         raise HarnessError(f"{script.name} took {n} optimizer steps when imported: train inside train(run)")
-    if not callable(getattr(train, "train", None)):
-        raise HarnessError(f"{script.name} defines no train(run): the harness has nothing to call")
-    run, heldout = setup(env)
+    for needed in ("train", "build_model"):
+        if not callable(getattr(train, needed, None)):
+            raise HarnessError(
+                f"{script.name} defines no {needed}(): the harness calls train(run), which builds "
+                "its model with build_model()"
+            )
+    recorder = SpecRecorder()
+    train.build_model = recorder.wrap(train.build_model)
+    run = setup(env)
     ACTIVE_RUN = run
     seed_everything(env["seed"])
     run.tracker = guards.steps.tracker = Tracker(run)
+    run.tracker.start_clock()
     model = train.train(run)
+    stats = run.tracker.stats()
     guards.check_armed()
     check_harness_untouched(harness_before)
-    stats = run.tracker.stats()
     if model is None or not hasattr(unwrap(model), "net"):
         raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
     model = unwrap(model)
-    run.check_weights_unchanged()
-    scored = scoring_model(train, model, run.device)
+    check_library_model(model)
+    spec = recorder.spec_of(model)
     summary = make_summary(run, stats, identity)
-    save_checkpoint(run, model, source, summary)
-    enter_phase("the final evaluation")
-    shard = dict(rank=run.rank, world_size=run.world_size)
-    bpc, seconds = evaluate(scored.net, heldout["val"], run.device, **shard)
-    train_bpc, _ = evaluate(scored.net, heldout["train"], run.device, probe=False, **shard)
-    summary.update(val_bpc=bpc, val_bpc_exact=bpc, eval_seconds=seconds, train_bpc=train_bpc)
-    summary["flags"] = run_flags(run, stats, summary)
-    summary["total_seconds"] = time.time() - T_START
-    print_summary(run, summary)
+    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats))
+    check = {"loss": check_loss(model.net, run.train_data, run.device), "precision": run.precision}
+    save_checkpoint(run, model, spec, check, source, summary)
+    del model
+    release_training(run)
+    enter_phase("the sealed score (a fresh process)")
+    answer = score_in_fresh_process(run, harness, journal)
+    if run.master:
+        summary.update(answer["summary"])
+        summary["total_seconds"] = time.time() - T_START
+        print_summary(run, summary)
 
 
-def run_flags(run, stats, summary):
-    """What the harness saw that a reviewer should look at: a warning line each, and the summary's `flags`."""
-    flags = []
+def training_flags(run, stats):
+    """What the training process saw that a reviewer should look at (the scorer adds its own)."""
     counted_steps = stats["num_steps"] - run.excluded_steps
     tracker = run.tracker
     if run.excluded_steps and counted_steps > 0:
         if tracker.uncounted_tokens / run.excluded_steps > tracker.counted_tokens / counted_steps:
-            flags.append("warmup_tokens")
             print0("warning: the uncounted warm-up steps trained on more tokens per step than the counted ones")
-    edits = int(run.param_edits.item())
-    if edits:
-        flags.append("weights_edited")
-        print0(f"warning: the weights changed outside an optimizer step {edits} time(s)")
-    if summary["val_bpc"] < summary["train_bpc"] - HELDOUT_MARGIN:
-        flags.append("val_below_train")
-        gap = summary["train_bpc"] - summary["val_bpc"]
-        print0(f"warning: val_bpc is {gap:.3f} below train_bpc: has the model seen the validation bytes?")
-    return ",".join(flags) or "none"
+            return "warmup_tokens"
+    return "none"
 
 
-def module_layout(model):
-    """(name, class name) of every submodule and the state dict's keys: what must match."""
-    return [(n, type(m).__name__) for n, m in model.named_modules()], sorted(model.state_dict())
+@torch.no_grad()
+def check_loss(net, train_data, device):
+    """Mean loss (nats) of `net` on the first CHECK_WINDOWS windows of the training split, in eval
+    mode with the evaluation's numerics: the trained and the rebuilt model must agree on it."""
+    inputs, targets, _ = eval_windows(train_data[: CHECK_WINDOWS * MAX_SEQ_LEN + 1], device)
+    was_training = net.training
+    net.eval()
+    with pinned_eval_numerics(device), eval_autocast(device):
+        logits = net(inputs)
+    net.train(was_training)
+    return F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1)).item()
 
 
-def scoring_model(train, model, device):
-    """The network the evaluation scores: a fresh build_model() loaded with the trained state.
-    The trained model must have the structure and state keys of a fresh build (FP8 layers aside),
-    so what is saved is what is scored, here and in the re-score alike; FP8-trained weights are
-    scored at high precision."""
-    with torch.device("meta"):
-        reference = train.build_model()
-    names, keys = module_layout(reference)
-    trained_names, trained_keys = module_layout(model)
-    if trained_keys != keys:
-        extra, missing = sorted(set(trained_keys) - set(keys)), sorted(set(keys) - set(trained_keys))
-        raise HarnessError(
-            f"the trained model's state differs from a fresh build_model(): extra {extra[:3]}, missing {missing[:3]}"
-        )
-    plain = [(n, c.removeprefix("Float8")) for n, c in trained_names]  # torchao swaps Linear for Float8Linear
-    if plain != names:
-        first = next((a for a, b in zip(plain, names) if a != b), "a different number of modules")
-        raise HarnessError(f"the trained model's modules differ from a fresh build_model() (first: {first})")
-    return load_fresh(train, model.state_dict(), device)
-
-
-def load_fresh(train, state, device):
-    """build_model() of `train` on `device` with `state` loaded strictly."""
-    fresh = train.build_model().to(device)
-    fresh.load_state_dict({k: v.to(device) for k, v in state.items()})
-    return fresh
+def release_training(run):
+    """Drop the harness's references to the trained model and the data, and the GPU's cached blocks,
+    so the scorer has the card (what train.py keeps in its own globals stays)."""
+    run.model = run.compiled = run.train_data = None
+    gc.collect()
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------
-# Re-score: a checkpoint scored in a fresh process by this prepare.py
+# The sealed scorer: a fresh, isolated interpreter that imports this file and the libraries, never
+# train.py, rebuilds the model from its spec, loads the weights and scores them
 # ---------------------------------------------------------------------------
 
+# -I: no PYTHONPATH, no user site, no working directory on sys.path. The harness's text sits alone
+# in a temporary directory; the answer is one JSON line, and os._exit lets no exit hook print after it.
+SCORER = """\
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import prepare
+assert prepare.__file__.startswith(sys.argv[1]), prepare.__file__
+prepare.crash_on_error(lambda: prepare.score_main(sys.argv[2:]))
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
+"""
 
-def load_checkpoint(path):
+
+def scorer_env():
+    """This environment without what the checkpoint decides (AR_*, precision flags) or torchrun's ranks."""
+    dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
+    return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in dropped}
+
+
+def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
+    """The answer dict of `python prepare.py score ARGS` run with `harness` (prepare.py's text) in
+    a fresh isolated interpreter; its stderr goes to ours. Raises HarnessError with its crash line."""
+    with tempfile.TemporaryDirectory(prefix="ar-scorer-") as tmp:
+        Path(tmp, "prepare.py").write_text(harness)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", SCORER, tmp, *args],
+                cwd=tmp,
+                env=scorer_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"the sealed scorer ran past {timeout} s") from None
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    crash = [line for line in lines if line.startswith("crash:")]
+    if crash:
+        raise HarnessError(crash[-1].removeprefix("crash:").strip())
+    if proc.returncode != 0 or len(lines) != 1:
+        raise HarnessError(f"the sealed scorer failed (exit {proc.returncode}, {len(lines)} answer lines)")
+    return json.loads(lines[0])
+
+
+def score_in_fresh_process(run, harness, journal):
+    """Rank 0 has the checkpoint scored by the sealed scorer (the other ranks wait for it)."""
+    answer = None
+    if run.master:
+        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device)]
+        answer = run_scorer(harness, args + (["--journal", str(journal)] if journal else []))
+    if run.world_size > 1:
+        dist.barrier()
+    return answer
+
+
+class ScorerArguments(argparse.ArgumentParser):
+    def error(self, message):
+        raise HarnessError(f"{message}: usage: python prepare.py score CHECKPOINT [--split val|test]")
+
+
+def score_main(argv):
+    """`python prepare.py score CHECKPOINT [--split val|test]`: one JSON line, or one crash line.
+    With --journal (the run's own scoring) it also scores the end of the training split, compares
+    the check loss, sets the flags and appends the score to the journal."""
+    parser = ScorerArguments(prog="prepare.py score", add_help=False)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--device")
+    parser.add_argument("--journal")
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # notices are not the answer
+        answer = sealed_score(args.checkpoint, args.split, args.device, args.journal)
+    print(json.dumps(answer))
+
+
+def read_checkpoint(path):
+    """(the checkpoint's contents, the sha256 of the bytes they were read from)."""
     try:
-        # a summary's torch version may be a TorchVersion, a str subclass that weights_only does not know
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+        blob = Path(path).read_bytes()
     except FileNotFoundError:
         raise HarnessError(f"no checkpoint at {path}") from None
+    except OSError as e:
+        raise HarnessError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:  # damaged, truncated, or not a torch file at all
         raise HarnessError(f"cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(saved, dict) or not {"model", "source", "summary"} <= saved.keys():
-        raise HarnessError(f"{path} has no model, source and summary: it was not written by prepare.py")
-    return saved
+    if not isinstance(saved, dict) or not {"model", "spec", "check", "summary"} <= saved.keys():
+        raise HarnessError(f"{path} has no model, spec, check and summary: it was not written by this prepare.py")
+    return saved, hashlib.sha256(blob).hexdigest()
 
 
-def source_module(source, name="train_from_checkpoint"):
-    """A run's saved train.py source as a module (its __main__ guard does not fire)."""
+def rebuilt_model(saved, device):
+    """The spec's model on `device`, holding the checkpoint's weights; refused when they do not fit it."""
+    try:
+        model = build_from_spec(saved["spec"], device)
+    except HarnessError:
+        raise
+    except Exception as e:
+        raise HarnessError(
+            f"the model spec does not build with the installed libraries: {one_line_reason(e)}"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in saved["model"].items()}
+    if expected != given:
+        extra, missing = sorted(given.keys() - expected.keys()), sorted(expected.keys() - given.keys())
+        shapes = sorted(k for k in given.keys() & expected.keys() if given[k] != expected[k])
+        raise HarnessError(
+            f"the checkpoint's weights do not fit its model spec: extra {extra[:3]}, missing {missing[:3]}, "
+            f"other shapes {shapes[:3]}"
+        )
+    model.load_state_dict({k: v.to(device) for k, v in saved["model"].items()})
+    if not hasattr(model, "net"):
+        raise HarnessError("the model spec does not build an AutoregressiveWrapper: its .net is what is scored")
+    return model
+
+
+def sealed_score(checkpoint, split="val", device=None, journal=None):
+    """The scorer's answer for a checkpoint: {"split", "bpc", "seconds", "prepare_hash", "spec",
+    "checkpoint_sha256", "summary"}; with `journal`, the run's own val scoring, the summary is
+    completed (val_bpc, train_bpc, flags) and the score appended to the journal."""
+    saved, sha = read_checkpoint(checkpoint)
+    summary = saved["summary"]
+    device = torch.device(device or summary["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("the run trained on a CUDA GPU and this machine has none: score it there")
+    here, then = eval_numerics(device), summary.get("eval_numerics", "")
+    if then and here.split("-", 1)[1] != then.split("-", 1)[1]:
+        raise HarnessError(f"the run was scored with {then} numerics and this machine gives {here}: score it there")
+    blob, bounds, identity = run_data(summary)
+    model = rebuilt_model(saved, device)
+    seed_everything(int(summary["seed"]))
+    eval_bytes = int(summary["eval_bytes"])
+    bpc, seconds = evaluate(model.net, split_bytes(blob, *bounds[split])[:eval_bytes], device)
+    answer = dict(
+        split=split,
+        bpc=bpc,
+        seconds=round(seconds, 3),
+        prepare_hash=prepare_hash(),
+        spec=spec_hash(saved["spec"]),
+        checkpoint_sha256=sha,
+        summary=summary,
+    )
+    if journal is None:
+        return answer
+    train = split_bytes(blob, *bounds["train"])
+    train_bpc, _ = evaluate(model.net, train[len(train) - min(eval_bytes, TRAIN_SCORE_BYTES) :], device, probe=False)
+    check = check_loss(model.net, train, device)
+    flags = [f for f in summary.get("flags", "none").split(",") if f != "none"]
+    tolerance = CHECK_TOLERANCE_FP8 if saved["check"]["precision"] == "FP8" else CHECK_TOLERANCE
+    if not abs(check - saved["check"]["loss"]) <= tolerance:
+        flags.append("state_not_in_spec")
+        print(
+            f"warning: the rebuilt model's loss on the check windows is {check:.6f}, the trained model's "
+            f"{saved['check']['loss']:.6f}: state set after construction is not part of the spec, and is not scored"
+        )
+    if bpc < train_bpc - HELDOUT_MARGIN:
+        flags.append("val_below_train")
+        print(f"warning: val_bpc is {train_bpc - bpc:.3f} below train_bpc: has the model seen the validation bytes?")
+    summary = dict(
+        summary,
+        val_bpc=bpc,
+        val_bpc_exact=bpc,
+        eval_seconds=seconds,
+        train_bpc=train_bpc,
+        flags=",".join(flags) or "none",
+    )
+    append_journal(
+        journal,
+        dict(
+            run_id=summary["run_id"],
+            checkpoint_sha256=sha,
+            spec=answer["spec"],
+            val_bpc_exact=bpc,
+            eval_numerics=eval_numerics(device),
+            prepare_hash=answer["prepare_hash"],
+            summary=summary,
+        ),
+    )
+    return dict(answer, summary=summary)
+
+
+def append_journal(path, entry):
+    """One line per sealed score, appended under a lock and synced to disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_data(summary):
+    """The run's own corpus (its absolute path, checked against its identity): (bytes, bounds, identity)."""
+    path = Path(summary["data_path"])
+    if not path.exists():
+        raise HarnessError(f"the run's data {path} is gone: the checkpoint cannot be scored here")
+    blob, bounds, identity, _ = read_splits(dict(data=str(path), data_url=""))
+    if identity != summary["data"]:
+        raise HarnessError(f"{path} is {identity} now, the run used {summary['data']}: not the same data")
+    return blob, bounds, identity
+
+
+def source_module(source, name="train_from_source"):
+    """A train.py text as a module, for the tools (bench, machine facts) that read its knobs and
+    build_model; its __main__ guard does not fire. Never used to score: the scorer has the spec."""
     module = types.ModuleType(name)
     module.__file__ = f"<{name}>"
     sys.modules[name] = module  # dataclasses look their module up while the class is built
@@ -1419,86 +1895,22 @@ def import_libraries(source):
             if name.split(".")[0] != "prepare":
                 with contextlib.suppress(ImportError):
                     importlib.import_module(name)
-    import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-score)
-
-
-def snapshot(spaces):
-    """{"label.name": object} for every attribute of the given namespaces."""
-    return {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
-
-
-def replaced_names(before, after):
-    """The names whose object changed (dunders aside: modules update those themselves)."""
-    return sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__"))
+    import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-run)
 
 
 def harness_snapshot():
-    """prepare's and F's attributes, compared at hand-back: what a rebinding in train.py could
-    bend in this process (the re-score also checks torch's and Tensor's, in a fresh one)."""
-    names = snapshot({"prepare": sys.modules[__name__], "F": F})
+    """prepare's and F's attributes, compared at hand-back: a rebinding in train.py could bend the
+    step count or the clock in this process."""
+    spaces = {"prepare": sys.modules[__name__], "F": F}
+    names = {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
     names.pop("prepare.ACTIVE_RUN")  # the harness's own, set once the Run exists
     return names
 
 
 def check_harness_untouched(before):
-    if changed := replaced_names(before, harness_snapshot()):
+    after = harness_snapshot()
+    if changed := sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__")):
         raise HarnessError(f"train.py replaced {', '.join(changed[:3])}: the harness's own code must stay as it is")
-
-
-def attribute_snapshot():
-    """The objects a run's source could swap to bend a score: torch's, F's, Tensor's and ours."""
-    return snapshot({"torch": torch, "F": F, "Tensor": torch.Tensor, "prepare": sys.modules[__name__]})
-
-
-def check_untouched(before):
-    """Refuse a re-score whose source replaced an attribute, or left a torch function or dispatch mode on."""
-    if changed := replaced_names(before, attribute_snapshot()):
-        raise HarnessError(f"the run's train.py replaced {', '.join(changed[:3])}: its score cannot be vouched for")
-    if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
-        raise HarnessError("the run's train.py left a torch function or dispatch mode active")
-
-
-def run_data(summary, split):
-    """The run's own data (its absolute path, checked against its identity) and scored bytes."""
-    path = Path(summary["data_path"])
-    if not path.exists():
-        raise HarnessError(f"the run's data {path} is gone: the checkpoint cannot be re-scored here")
-    splits, identity, _ = load_corpus(dict(data=str(path), data_url=""))
-    if identity != summary["data"]:
-        raise HarnessError(f"{path} is {identity} now, the run used {summary['data']}: not the same data")
-    return splits[split][: int(summary["eval_bytes"])]
-
-
-def rescore(checkpoint, split="val"):
-    """(bpc, seconds) of a checkpoint on `split`, with every setting taken from the run itself."""
-    saved = load_checkpoint(checkpoint)
-    summary = saved["summary"]
-    device = torch.device(summary["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("the run trained on a CUDA GPU and this machine has none: re-score it there")
-    here, then = eval_numerics(device), summary.get("eval_numerics", "")
-    if then and here.split("-", 1)[1] != then.split("-", 1)[1]:
-        raise HarnessError(f"the run was scored with {then} numerics and this machine gives {here}: re-score it there")
-    data = run_data(summary, split)
-    import_libraries(saved["source"])
-    before = attribute_snapshot()
-    train = source_module(saved["source"])
-    check_untouched(before)
-    seed_everything(int(summary["seed"]))
-    net = load_fresh(train, saved["model"], device).net
-    bpc, seconds = evaluate(net, data, device)
-    check_untouched(before)
-    return bpc, seconds
-
-
-def rescore_main(argv):
-    """`python prepare.py rescore CHECKPOINT [--split test]`: one JSON line, or one crash line."""
-    if len(argv) not in (1, 3) or (len(argv) == 3 and (argv[1] != "--split" or argv[2] not in ("val", "test"))):
-        raise HarnessError("usage: python prepare.py rescore CHECKPOINT [--split val|test]")
-    split = argv[2] if len(argv) == 3 else "val"
-    with contextlib.redirect_stdout(sys.stderr):  # the corpus notices are not the answer
-        bpc, seconds = rescore(argv[0], split)
-    print(json.dumps({"split": split, "bpc": bpc, "seconds": round(seconds, 3), "prepare_hash": prepare_hash()}))
 
 
 def source_seed(source):
@@ -1563,10 +1975,10 @@ def prepare_data():
     def body():
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        if sys.argv[1:2] == ["rescore"]:
-            return rescore_main(sys.argv[2:])
+        if sys.argv[1:2] == ["score"]:
+            return score_main(sys.argv[2:])
         if sys.argv[1:]:
-            raise HarnessError(f"unknown arguments {sys.argv[1:]}: prepare.py takes none, or rescore CHECKPOINT")
+            raise HarnessError(f"unknown arguments {sys.argv[1:]}: prepare.py takes none, or score CHECKPOINT")
         splits, identity, path = load_corpus(read_env())
         sizes = " / ".join(f"{k} {len(v):,}" for k, v in splits.items())
         print(f"data ready: {path} ({identity}), {sizes} bytes")

@@ -68,12 +68,12 @@ NOTE_PREFIX = "rule: "  # a row's note, as the keep rule writes it: "rule: <verd
 
 
 def candidate_value(tsv, log_path):
-    """The val_bpc a decision rests on: the harness's re-score of the run's checkpoint (shared
-    with `record` through the per-run_id cache), or None when the run is, or would record as, a crash."""
-    from labbook.ledger import rescore_run
+    """The val_bpc a decision rests on: the sealed scorer's score of the run, from the journal
+    (labbook/rescore.py), or None when the run is, or would record as, a crash."""
+    from labbook.ledger import sealed_run
 
-    answer, problem, _ = rescore_run(tsv, log_path)
-    return None if problem or answer is None else answer["bpc"]
+    summary, problem = sealed_run(log_path)
+    return None if problem else float(summary["val_bpc_exact"])
 
 
 # Small statistics: Student's t quantile without scipy

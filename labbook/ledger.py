@@ -24,7 +24,7 @@ from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, p
 
 BASE_COLUMNS = ("commit", "val_bpc", "memory_gb", "status", "description")  # the originals' five
 PROVENANCE_COLUMNS = (
-    "reported_bpc",  # val_bpc_exact as the run printed it; val_bpc is the harness's re-score
+    "reported_bpc",  # val_bpc_exact as run.log prints it; val_bpc is the sealed scorer's, from its journal
     "run_id",  # the run's id (summary): a run is recorded once
     "prepare_hash",  # the fingerprint's parts, each checked by `audit`: prepare.py's text ...
     "libraries",  # ... the installed x-transformers and adam-atan2-pytorch ...
@@ -41,7 +41,7 @@ PROVENANCE_COLUMNS = (
     "training_seconds",
     "num_steps",
     "tokens_per_sec",
-    "rescore_seconds",  # what the re-score cost (0 when it came from the cache)
+    "rescore_seconds",  # what the sealed scorer's evaluation took
     "recorded_at",  # local ISO time of the `record` command
     "worker",  # AR_WORKER, or the name of the worktree that recorded the row
     "note",  # e.g. why the row was recorded with --force
@@ -54,7 +54,6 @@ NOISE_PREFIX = "noise:"  # description of a baseline replicate run with another 
 SUMMARY_TO_ROW = tuple(
     c for c in PROVENANCE_COLUMNS if c not in ("reported_bpc", "rescore_seconds", "recorded_at", "worker", "note")
 )
-CHECKED_AGAINST_CHECKPOINT = ("run_id", "commit", "prepare_hash", "libraries", "budget", "eval_bytes", "data", "seed")
 FORCED_PREFIX = "forced:"
 
 
@@ -344,7 +343,7 @@ def worker_name(cwd="."):
 
 
 def harness_commit(tsv):
-    """The commit whose prepare.py re-scores runs: the baseline's, or None (HEAD) before one exists."""
+    """The commit whose prepare.py re-scores checkpoints: the baseline's, or None (HEAD) before one exists."""
     from labbook.report import baseline_row  # the report is built on this module
 
     results = read_results(tsv)
@@ -353,7 +352,7 @@ def harness_commit(tsv):
 
 
 def reported_value(summary):
-    """(the run's exact self-reported val_bpc, or None, why it cannot be used)."""
+    """(the run's exact val_bpc as run.log prints it, or None, why it cannot be read)."""
     try:
         shown = finite_number(summary.get("val_bpc", ""), "val_bpc")
         exact = finite_number(summary.get("val_bpc_exact", ""), "val_bpc_exact")
@@ -364,48 +363,19 @@ def reported_value(summary):
     return exact, None
 
 
-def rescore_run(tsv, log_path, log=None, summary=None):
-    """The harness's re-score of the run behind `log_path`: (rescore answer or None, problem or
-    None, reported val_bpc_exact or None). Uses and fills the per-run_id cache, so a keep rule's
-    dry run and `record` share one re-score. Never raises for a bad run: the problem says why."""
-    from labbook import rescore
+def sealed_run(log_path, log=None):
+    """(the journal's summary of the run behind `log_path`, as text, or None, the problem or None).
+    The number and every provenance field come from the sealed scorer's journal entry, never
+    from run.log's text; a log that is not one finished run is a problem too."""
+    from labbook.rescore import journal_score
 
     log = read_log(log_path) if log is None else log
-    summary = parse_summary(log) if summary is None else summary
     if problem := integrity_problem(log):
-        return None, problem, None
-    reported, problem = reported_value(summary)
+        return None, problem
+    entry, problem = journal_score(log_path, parse_summary(log), log)
     if problem:
-        return None, problem, None
-    if not summary.get("run_id"):
-        return None, "the summary has no run_id: it was not printed by prepare.py", reported
-    checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
-    try:
-        answer = rescore.verified_rescore(tsv, checkpoint, harness_commit(tsv), ".", run_id=summary["run_id"])
-    except rescore.RescoreError as e:
-        return None, f"{e} (reported {reported!r})", reported
-    saved = answer["summary"]
-    for key in CHECKED_AGAINST_CHECKPOINT:
-        if str(saved.get(key, "")).strip() != summary.get(key, "").strip():
-            return (
-                answer,
-                (
-                    f"the checkpoint's {key} {saved.get(key, '')!r} differs from run.log's {summary.get(key, '')!r}: "
-                    "not this run's checkpoint"
-                ),
-                reported,
-            )
-    tol = rescore.tolerance(summary.get("device", ""))
-    if abs(answer["bpc"] - reported) > tol:
-        return (
-            answer,
-            (
-                f"re-scored val_bpc {answer['bpc']!r} differs from the reported {reported!r} "
-                f"by {abs(answer['bpc'] - reported):.3g} > tolerance {tol:g}"
-            ),
-            reported,
-        )
-    return answer, None, reported
+        return None, problem
+    return {k: str(v) for k, v in entry["summary"].items()}, None
 
 
 def recorded_run_ids(tsv):
@@ -418,13 +388,21 @@ def recorded_run_ids(tsv):
 
 def row_values(tsv, log_path, log, status, description, head, force=False, kind="", note=""):
     """(column name -> text of the row that `record` appends, the problem that made it a crash)."""
-    summary = parse_summary(log)
+    logged = parse_summary(log)
     problem = integrity_problem(log)
-    if status != "crash" and "val_bpc" not in summary and not problem:
+    if status != "crash" and "val_bpc" not in logged and not problem:
         raise Refusal(
             f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
             "the run did not finish; record it with --status crash"
         )
+    summary, sealed = logged, None
+    if status != "crash" and not problem:
+        sealed, why = sealed_run(log_path, log)
+        if why:
+            raise Refusal(
+                f"{why}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1), then record"
+            )
+        summary = sealed
     git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
     if git_problem and not force:
         raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
@@ -432,32 +410,25 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
     if run_id and run_id in recorded_run_ids(tsv):
         raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
     description = checked_description(description)
-    answer, reported = None, None
-    if status != "crash" and not problem:
-        answer, problem, reported = rescore_run(tsv, log_path, log, summary)
-    elif summary.get("val_bpc_exact"):
-        reported, _ = reported_value(summary)
-    if answer is not None:
-        how = (
-            "(made once per run_id in a fresh process, by this command's rule check or an earlier decide)"
-            if answer.get("cached")
-            else f"in {answer['wall_seconds']:.1f} s"
-        )
-        print(f"re-score: val_bpc {answer['bpc']:.6f} (reported {reported!r}) {how}, scoring {answer['seconds']:.1f} s")
+    reported = reported_value(logged)[0] if logged.get("val_bpc_exact") else None
+    if sealed is not None:
+        score = float(sealed["val_bpc_exact"])
+        edited = "" if reported == score else f"; run.log says {reported!r}: its text is not the score"
+        print(f"score: val_bpc {score:.6f} from the sealed scorer's journal (run {run_id}){edited}")
     crashed = status == "crash" or problem is not None
     if problem:
         description += f" (crash: {one_line(problem)})"
     elif status == "crash" and (reason := crash_reason(log)):
         description += f" (crash: {one_line(reason)})"
-    logged = summary.get("commit", "").removesuffix("-dirty")
+    commit = summary.get("commit", "").removesuffix("-dirty")
     values = dict(
-        commit=logged[:7] if git_problem and re.fullmatch(r"[0-9a-f]{7,40}", logged) else head[:7],
-        val_bpc="0.000000" if crashed else f"{answer['bpc']:.6f}",
+        commit=commit[:7] if git_problem and re.fullmatch(r"[0-9a-f]{7,40}", commit) else head[:7],
+        val_bpc="0.000000" if crashed else f"{float(summary['val_bpc_exact']):.6f}",
         memory_gb="0.0" if crashed else f"{float(summary.get('peak_vram_mb') or 0) / 1024:.1f}",
         status="crash" if crashed else status,
         description=description,
         reported_bpc="" if reported is None else repr(reported),
-        rescore_seconds="" if answer is None else f"{0 if answer.get('cached') else answer['wall_seconds']:.1f}",
+        rescore_seconds="" if crashed else f"{float(summary.get('eval_seconds') or 0):.1f}",
         recorded_at=datetime.now().astimezone().isoformat(timespec="seconds"),
         worker=worker_name(),
         note="; ".join(filter(None, [f"{FORCED_PREFIX} {git_problem}" if git_problem else "", note])),
@@ -578,6 +549,7 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
         raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
     if status not in STATUSES:
         raise Refusal(f"status {status!r} is not keep, discard or crash")
+    file_layout(tsv)  # a results file that cannot take a row refuses before anything else is checked
     values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
     with locked(tsv):
         if values["run_id"] and values["run_id"] in recorded_run_ids(tsv):

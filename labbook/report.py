@@ -13,7 +13,7 @@ from pathlib import Path
 
 from labbook import keeprule
 from labbook.ledger import FORCED_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
-from labbook.rescore import best_test_bpc, tolerance
+from labbook.rescore import best_test_bpc, kept_rescores, rescore_lines, tolerance
 
 TEST_SPLIT_NOTE = (
     "The test split is for the person reading the results in the morning, never for the agent's "
@@ -351,6 +351,8 @@ def show_report(args, tsv):
     # The test split only when the person asks (--test): scored fresh, never cached.
     test_bpc, note = best_test_bpc(results, report, compute=getattr(args, "test", False))
     print(format_report(report, test_bpc, note))
+    if report["totals"]["rows"]:
+        print("\n".join(rescore_lines(kept_rescores(results, report, with_test=getattr(args, "test", False)))))
     return 0
 
 

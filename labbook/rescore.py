@@ -1,20 +1,19 @@
-"""Re-scoring a run's checkpoint with the harness's own code, in a fresh process.
+"""Scores from the sealed scorer: the journal `record` reads, and re-scores for the morning.
 
-The number results.tsv records is never the one the run printed: `record` re-evaluates the run's
-checkpoint with `python prepare.py rescore` semantics, in a subprocess that imports the BASELINE
-commit's prepare.py (from git, written into a temporary directory) before anything else, so that
-nothing the run's train.py did to its own process, and no later edit of prepare.py, can bend the
-score. Every setting (device, data, eval bytes, seed) comes from the checkpoint's own summary.
+Every run ends with `prepare.py`'s sealed scorer: a fresh, isolated interpreter that imports only
+the harness and the pinned libraries (never train.py), rebuilds the model from the checkpoint's
+spec, loads its weights and scores them. It appends (run_id, checkpoint sha256, spec hash,
+val_bpc exact, numerics, the completed summary) to the journal inside the git directory,
+$(git rev-parse --git-common-dir)/autoresearch/journal.jsonl. `record` and `decide` take a run's
+number from there by run_id and check the checkpoint's hash; they never read a score from
+run.log's text, and nothing in the working tree caches one.
 
 Entry points for other code:
-  verified_rescore(tsv, checkpoint, harness_commit, repo)  -> dict, the cached val re-score
-  rescore_subprocess(checkpoint, prepare_text, split)      -> dict, uncached (test split: only this)
-  harness_text(commit, repo)                               -> prepare.py's text at a commit
-Val re-scores are cached per run_id in checkpoints/rescores.json next to results.tsv, so a keep
-rule's dry run (`decide`) and `record` share one re-score. Test-split scores are never cached.
+  journal_score(log_path, summary)                       -> (entry or None, problem or None)
+  rescore_subprocess(checkpoint, prepare_text, split)    -> dict, a fresh sealed score (the morning)
+  harness_text(commit, repo)                             -> prepare.py's text at a commit
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,26 +23,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from labbook.ledger import Refusal, checkpoints_dir, git, git_show, results_repo, write_atomically
+from labbook.ledger import Refusal, checkpoints_dir, git, git_common_dir, git_show, results_repo
+from labbook.runlog import logged_checkpoint
 
 RESCORE_TOLERANCE = 1e-6  # bits per byte; CPU runs: eval is FP32 and deterministic, measured |diff| = 0.0
 RESCORE_TOLERANCE_GPU = 1e-4  # CUDA runs: UNMEASURED until a GPU measures it (BF16 autocast, kernel choice)
-RESCORE_TIMEOUT = 1800  # seconds; a full 5 MB val re-score on a GPU takes ~20 s, a CPU one minutes
-CACHE_NAME = "rescores.json"
+RESCORE_TIMEOUT = 1800  # seconds; a full 5 MB val score on a GPU takes ~20 s, a CPU prefix a minute
+JOURNAL = Path("autoresearch") / "journal.jsonl"  # under the git directory: prepare.py's JOURNAL
 
-# The harness first, from the temporary directory; the answer is rescore_main's one stdout line,
-# and the process ends with os._exit so no exit hook of the run's source can print after it.
+# The harness first, from the temporary directory; the answer is score_main's one stdout line,
+# and the process ends with os._exit so nothing can print after it. prepare.py's SCORER, for a
+# prepare.py taken from git (the baseline's) rather than the one on disk.
 SCRIPT = """\
-import json, os, sys
-tmp, checkpoint, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.path.insert(0, tmp)
+import os, sys
+sys.path.insert(0, sys.argv[1])
 import prepare
-assert prepare.__file__.startswith(tmp), prepare.__file__
-def body():
-    summary = prepare.load_checkpoint(checkpoint)["summary"]
-    print("summary: " + json.dumps({k: str(v) for k, v in summary.items()}), file=sys.stderr, flush=True)
-    prepare.rescore_main([checkpoint, *args])
-prepare.crash_on_error(body)
+assert prepare.__file__.startswith(sys.argv[1]), prepare.__file__
+prepare.crash_on_error(lambda: prepare.score_main(sys.argv[2:]))
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)
@@ -51,12 +47,69 @@ os._exit(0)
 
 
 class RescoreError(Exception):
-    """A re-score that did not give a number: the reason, one line."""
+    """A score that could not be had: the reason, one line."""
 
 
 def tolerance(device):
-    """The one tolerance that applies to a run on `device` (the summary's `device`)."""
+    """How far a re-score of a run on `device` (the summary's `device`) may be from its journal score."""
     return RESCORE_TOLERANCE_GPU if str(device).startswith("cuda") else RESCORE_TOLERANCE
+
+
+# The journal
+
+
+def journal_path(run_dir):
+    """The journal of the repository `run_dir` is in, or None outside git."""
+    common = git_common_dir(run_dir)
+    return common / JOURNAL if common else None
+
+
+def journal_entries(path):
+    """{run_id: entry} of a journal (a torn line is skipped)."""
+    entries = {}
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return entries
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("run_id"):
+            entries[entry["run_id"]] = entry
+    return entries
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def journal_score(log_path, summary, log=""):
+    """(the journal entry of the run behind `log_path`, None) or (None, why there is none usable):
+    no run_id, no entry for it, no checkpoint, or a checkpoint whose bytes are not the ones scored."""
+    run_id = summary.get("run_id", "").strip()
+    if not run_id:
+        return None, "the summary has no run_id: it was not printed by prepare.py"
+    run_dir = Path(log_path).resolve().parent
+    journal = journal_path(run_dir) or journal_path(".")  # the run's repository, else the one recording it
+    entry = journal_entries(journal).get(run_id) if journal else None
+    if entry is None:
+        where = journal or "(no git repository here)"
+        return None, f"run {run_id} has no score in the journal {where}: its run did not reach the sealed scorer"
+    checkpoint = logged_checkpoint(log, run_dir)
+    if not checkpoint.is_file():
+        return None, f"no checkpoint at {checkpoint}: the journal's score of run {run_id} cannot be matched to it"
+    if file_sha256(checkpoint) != entry.get("checkpoint_sha256"):
+        return None, f"{checkpoint} is not the checkpoint the sealed scorer scored for run {run_id} (sha256 differs)"
+    return entry, None
+
+
+# Fresh sealed scores (the morning check, --test, `analysis.py evaluate`)
 
 
 def harness_text(commit, repo):
@@ -75,17 +128,16 @@ def clean_env():
 
 
 def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TIMEOUT):
-    """{"split","bpc","seconds","prepare_hash","summary","wall_seconds"} of a checkpoint scored by
-    `prepare_text` in a fresh, isolated interpreter (-I: no PYTHONPATH, no user site, and the
-    repository is not on sys.path). Raises RescoreError with the harness's crash line."""
+    """{"split","bpc","seconds","prepare_hash","spec","checkpoint_sha256","summary","wall_seconds"}
+    of a checkpoint scored by `prepare_text`'s sealed scorer in a fresh, isolated interpreter.
+    Raises RescoreError with the scorer's crash line."""
     checkpoint = str(Path(checkpoint).resolve())
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ar-harness-") as tmp:
         Path(tmp, "prepare.py").write_text(prepare_text)
-        args = [] if split == "val" else ["--split", split]
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", "-c", SCRIPT, tmp, checkpoint, *args],
+                [sys.executable, "-I", "-c", SCRIPT, tmp, checkpoint, "--split", split],
                 cwd=tmp,
                 env=clean_env(),
                 capture_output=True,
@@ -93,66 +145,19 @@ def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TI
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise RescoreError(f"the re-score of {checkpoint} ran past {timeout} s") from None
+            raise RescoreError(f"the score of {checkpoint} ran past {timeout} s") from None
     crash = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if line.startswith("crash:")]
     if proc.returncode != 0 or crash:
         tail = crash[-1] if crash else (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RescoreError(f"the re-score failed (exit {proc.returncode}): {tail}")
+        raise RescoreError(f"the score failed (exit {proc.returncode}): {tail}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise RescoreError(f"the re-score printed {len(lines)} lines on stdout, not one answer: {lines[-2:]!r}")
     try:
-        answer = json.loads(lines[0])
-        summary = next(
-            json.loads(line[len("summary: ") :]) for line in proc.stderr.splitlines() if line.startswith("summary: ")
-        )
-    except (ValueError, IndexError, StopIteration):
-        raise RescoreError(f"the re-score printed no answer: {proc.stdout.strip()[-200:]!r}") from None
-    return {**answer, "summary": summary, "wall_seconds": round(time.time() - started, 3)}
-
-
-def checkpoint_key(checkpoint):
-    """sha256 of the checkpoint's bytes: a copy hits the cache, a swapped file never does."""
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cache_path(tsv):
-    return checkpoints_dir(tsv) / CACHE_NAME
-
-
-def read_cache(tsv):
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(cache_path(tsv).read_text())
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-def verified_rescore(tsv, checkpoint, harness_commit, repo, run_id=None):
-    """The val re-score of `checkpoint` by prepare.py at `harness_commit` (HEAD when None), from
-    the cache when this run_id was re-scored from the same checkpoint bytes by the same prepare.py.
-    Returns the answer dict plus "cached" (bool). Raises RescoreError."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise RescoreError(f"no checkpoint at {checkpoint}: the run cannot be re-scored")
-    text = harness_text(harness_commit, repo)
-    harness = hashlib.sha256(text.encode()).hexdigest()[:12]
-    key = {"checkpoint": checkpoint_key(checkpoint), "harness": harness}
-    cache = read_cache(tsv)
-    if run_id and isinstance(hit := cache.get(run_id), dict) and hit.get("key") == key:
-        return {**hit["answer"], "cached": True}
-    answer = rescore_subprocess(checkpoint, text, "val")
-    if run_id and answer["summary"].get("run_id") == run_id:  # only a checkpoint of this run is cached
-        with contextlib.suppress(OSError):
-            cache_path(tsv).parent.mkdir(parents=True, exist_ok=True)
-            cache = read_cache(tsv)
-            cache[run_id] = {"key": key, "answer": answer}
-            write_atomically(cache_path(tsv), json.dumps(cache, indent=1).encode())
-    return {**answer, "cached": False}
+        answer = json.loads(lines[-1]) if len(lines) == 1 else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or "bpc" not in answer:
+        raise RescoreError(f"the scorer printed no answer: {proc.stdout.strip()[-200:]!r}")
+    return {**answer, "wall_seconds": round(time.time() - started, 3)}
 
 
 def evaluate_checkpoint(checkpoint, split="val", repo=".", harness_commit=None):
@@ -164,6 +169,53 @@ def evaluate_checkpoint(checkpoint, split="val", repo=".", harness_commit=None):
         return rescore_subprocess(checkpoint, harness_text(harness_commit, repo), split)["bpc"]
     except RescoreError as e:
         raise Refusal(str(e)) from None
+
+
+def kept_rescores(results, report, with_test=False):
+    """The morning check: every kept commit's saved checkpoint scored again by the baseline's
+    prepare.py in the sealed scorer, beside the score the journal holds for those exact bytes
+    (what `record` wrote): a list of {"commit", "recorded", "rescored", "test", "note"}."""
+    baseline = (report.get("baseline") or {}).get("commit")
+    repo = results_repo(results.path)
+    journal = journal_path(repo)
+    by_sha = {e.get("checkpoint_sha256"): e for e in journal_entries(journal).values()} if journal else {}
+    out = []
+    for commit in dict.fromkeys(r.commit for r in results.rows if r.status == "keep"):
+        item = dict(commit=commit, recorded=None, rescored=None, test=None, note="")
+        checkpoint = checkpoints_dir(results.path) / f"{commit}.pt"
+        if not checkpoint.is_file():
+            out.append(dict(item, note=f"no checkpoint {checkpoint.name}"))
+            continue
+        entry = by_sha.get(file_sha256(checkpoint))
+        item["recorded"] = entry["val_bpc_exact"] if entry else None
+        try:
+            text = harness_text(baseline, repo)
+            item["rescored"] = rescore_subprocess(checkpoint, text, "val")["bpc"]
+            if with_test:
+                item["test"] = rescore_subprocess(checkpoint, text, "test")["bpc"]
+        except RescoreError as e:
+            item["note"] = str(e)
+        if entry is None:
+            item["note"] = item["note"] or "no journal score has these checkpoint bytes: the file was replaced"
+        elif item["rescored"] is not None:
+            device = entry.get("summary", {}).get("device", "")
+            agrees = abs(item["rescored"] - item["recorded"]) <= tolerance(device)
+            item["note"] = "agrees" if agrees else "DIFFERS from the recorded score"
+        out.append(item)
+    return out
+
+
+def rescore_lines(checks):
+    """The morning check as report lines."""
+    if not checks:
+        return []
+    lines = ["", "morning check: each kept checkpoint scored again in the sealed scorer"]
+    for c in checks:
+        test = "" if c["test"] is None else f"  test {c['test']:.6f}"
+        recorded = "-" if c["recorded"] is None else f"{c['recorded']:.6f}"
+        rescored = "-" if c["rescored"] is None else f"{c['rescored']:.6f}"
+        lines.append(f"  {c['commit']:<8} recorded {recorded}  re-scored {rescored}{test}  {c['note']}")
+    return lines
 
 
 def best_test_bpc(results, report, compute):

@@ -133,23 +133,22 @@ analysis = SimpleNamespace(
 )
 
 
-def agreeing_rescore(tsv, log_path, log=None, summary=None):
-    """ledger.rescore_run for the fake run logs of these tests (no checkpoint): the re-score
-    agrees with the log."""
+def log_as_sealed(log_path, log=None):
+    """ledger.sealed_run for the fake run logs of these tests (no checkpoint, no journal): the
+    sealed scorer's summary is the log's own."""
     log = Path(log_path).read_text() if log is None else log
-    summary = ledger.parse_summary(log) if summary is None else summary
     if problem := runlog.integrity_problem(log):
-        return None, problem, None
-    reported = float(summary.get("val_bpc_exact") or summary["val_bpc"])
-    answer = {"bpc": reported, "seconds": 0.0, "wall_seconds": 0.0, "cached": False, "summary": summary}
-    return answer, None, reported
+        return None, problem
+    summary = ledger.parse_summary(log)
+    summary.setdefault("val_bpc_exact", summary.get("val_bpc", ""))
+    return summary, None
 
 
 @pytest.fixture(autouse=True)
-def fake_rescore(monkeypatch):
-    """Imported by a test module, the agreeing re-score applies to its in-process records; real
-    re-scores are tested in test_rescore_record.py and through the `real_run` fixture."""
-    monkeypatch.setattr(ledger, "rescore_run", agreeing_rescore)
+def fake_journal(monkeypatch):
+    """Imported by a test module, the log stands for the journal in its in-process records; real
+    sealed scores are tested in test_rescore_record.py and through the `real_run` fixture."""
+    monkeypatch.setattr(ledger, "sealed_run", log_as_sealed)
 
 
 def git(repo, *args):
@@ -361,4 +360,19 @@ def copy_run(run_dir, dest, log_text=None):
         shutil.copy(Path(run_dir) / f, dest / f)
     if log_text is not None:
         (dest / "run.log").write_text(log_text)
+    share_journal(dest)
     return dest / "run.log"
+
+
+def share_journal(dest):
+    """The lab's score journal in the repository `dest` is in (a clone of the lab has its own git
+    directory, and so its own journal): what the sealed scorer wrote for the lab's runs."""
+    common = subprocess.run(
+        ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=dest, capture_output=True, text=True
+    ).stdout.strip()
+    source = _LAB["lab"].repo / ".git" / "autoresearch" / "journal.jsonl"
+    if common and Path(common) != (_LAB["lab"].repo / ".git").resolve() and source.exists():
+        target = Path(common) / "autoresearch" / "journal.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        known = target.read_text() if target.exists() else ""
+        target.write_text(known + "".join(line for line in source.read_text().splitlines(True) if line not in known))

@@ -4,7 +4,7 @@ commit, run, record, then keep or `git reset --hard HEAD~1`; crashes; even `git 
 import json
 
 import pytest
-from fixtures_results import commit_change, data_lines, fake_rescore, git, head, make_repo, run_cli, write_log  # noqa: F401
+from fixtures_results import commit_change, data_lines, fake_journal, git, head, make_repo, run_cli, write_log  # noqa: F401
 
 from labbook import cli
 

@@ -1,10 +1,10 @@
 """The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
 
 import pytest
-from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     commit_change,
     data_lines,
-    fake_rescore,
+    fake_journal,
     head,
     make_repo,
     write_log,

@@ -4,12 +4,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     HEADER5,
     commit_change,
     copy_run,
     data_lines,
-    fake_rescore,
+    fake_journal,
     git,
     head,
     make_repo,

@@ -1,13 +1,14 @@
-"""`record` writes the harness's own re-score, from a fresh process on the baseline's prepare.py:
-real tiny CPU runs in a temporary repository, and the attacks a reward-hacking train.py would try."""
+"""`record` writes the sealed scorer's number, from the journal in the git directory, never run.log's
+text: real tiny CPU runs in a temporary repository, and the attacks a reward-hacking agent would try."""
 
 import json
 import re
+import subprocess
 
 import pytest
 from fixtures_results import copy_run, tiny_lab
 
-from labbook import cli, ledger, report, rescore
+from labbook import cli, keeprule, ledger, report, rescore
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +48,20 @@ def summary_of(log_path):
     return ledger.parse_summary(log_path.read_text())
 
 
-def test_the_recorded_val_bpc_is_the_rescore_and_the_reported_value_is_kept_apart(lab):
+def journal(lab):
+    return rescore.journal_entries(lab.repo / ".git" / "autoresearch" / "journal.jsonl")
+
+
+def test_the_recorded_val_bpc_is_the_sealed_score_from_the_journal(lab):
     (row,) = rows(lab.main_tsv)
+    entry = journal(lab)[row.extra["run_id"]]
     reported = float(summary_of(lab.run_a / "run.log")["val_bpc_exact"])
-    assert row.status == "keep" and float(row.extra["reported_bpc"]) == reported
-    cache = json.loads((lab.main_tsv.parent / "checkpoints" / "rescores.json").read_text())
-    rescored = cache[row.extra["run_id"]]["answer"]["bpc"]
-    assert abs(rescored - reported) <= rescore.RESCORE_TOLERANCE
-    assert row.val_bpc == pytest.approx(rescored, abs=5e-7)
-    # the rule's dry run re-scored it once; record reused that answer from the cache
-    assert cache[row.extra["run_id"]]["answer"]["wall_seconds"] > 0 and float(row.extra["rescore_seconds"]) == 0
+    assert row.status == "keep" and row.val_bpc == pytest.approx(entry["val_bpc_exact"], abs=5e-7)
+    assert float(row.extra["reported_bpc"]) == reported == entry["val_bpc_exact"]  # run.log prints the scorer's
+    assert entry["checkpoint_sha256"] == rescore.file_sha256(lab.run_a / "checkpoint.pt")
+    assert entry["spec"] == summary_of(lab.run_a / "run.log")["spec"]
     assert (lab.main_tsv.parent / "checkpoints" / f"{lab.c1}.pt").exists()
+    assert not (lab.main_tsv.parent / "checkpoints" / "rescores.json").exists()
     for part in ("prepare_hash", "libraries", "budget", "eval_bytes", "data", "run_id", "flags", "train_bpc"):
         assert row.extra[part], part
 
@@ -68,24 +72,44 @@ def test_a_run_is_recorded_once(lab, capsys):
     assert len(rows(lab.main_tsv)) == 1
 
 
-def test_decide_and_record_share_one_rescore_through_the_cache(lab, tmp_path, monkeypatch):
+def test_decide_and_record_read_the_same_journal_entry(lab, tmp_path, monkeypatch):
     log = copy_run(lab.run_a, tmp_path / "a")
     monkeypatch.chdir(lab.repo)
-    tsv = lab.main_tsv.parent / "shared.tsv"  # same checkpoints dir as the baseline: its cache
-    answer, problem, reported = ledger.rescore_run(tsv, log)
-    assert problem is None and answer["cached"] and answer["bpc"] == pytest.approx(reported, abs=1e-6)
+    summary, problem = ledger.sealed_run(log)
+    entry = journal(lab)[summary["run_id"]]
+    assert problem is None and float(summary["val_bpc_exact"]) == entry["val_bpc_exact"]
+    assert keeprule.candidate_value(lab.main_tsv, log) == entry["val_bpc_exact"]
 
 
-def test_a_tampered_val_bpc_line_records_a_crash_with_both_numbers(lab, tmp_path, capsys):
+def test_an_edited_val_bpc_and_a_planted_cache_do_not_change_the_recorded_number(lab, tmp_path, capsys):
     text = (lab.run_a / "run.log").read_text()
     text = re.sub(r"^val_bpc:.*$", "val_bpc:          1.000000", text, flags=re.M)
     text = re.sub(r"^val_bpc_exact:.*$", "val_bpc_exact:    1.0", text, flags=re.M)
-    tsv = lab.main_tsv.parent / "tamper.tsv"
-    code, out, _ = record(capsys, lab.repo, tsv, copy_run(lab.run_a, tmp_path / "a", text))
+    text = re.sub(r"^flags:.*$", "flags:            none", text, flags=re.M)
+    tsv = lab.root / "tamper" / "results.tsv"
+    log = copy_run(lab.run_a, tsv.parent / "a", text)
+    run_id = summary_of(log)["run_id"]
+    (tsv.parent / "checkpoints").mkdir()
+    planted = {run_id: {"key": {}, "answer": {"bpc": 1.0, "seconds": 0.0, "summary": {}}}}
+    (tsv.parent / "checkpoints" / "rescores.json").write_text(json.dumps(planted))  # the old cache, forged
+    code, out, _ = record(capsys, lab.repo, tsv, log, "discard")
     (row,) = rows(tsv)
-    assert code == 1 and row.status == "crash" and "re-scored val_bpc" in row.description
-    assert "1.0" in row.description and "crash:" in out
-    assert report.summarize(ledger.read_results(tsv))["best"] is None
+    assert code == 0 and row.val_bpc == pytest.approx(journal(lab)[run_id]["val_bpc_exact"], abs=5e-7)
+    assert row.extra["reported_bpc"] == "1.0" and "its text is not the score" in out
+
+
+def test_a_run_with_no_journal_entry_is_refused_in_one_line(lab, tmp_path, capsys):
+    other = tmp_path / "elsewhere"  # a repository whose journal never saw this run
+    other.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=other, check=True)
+    log = copy_run(lab.run_a, tmp_path / "a")
+    (lab.repo / ".git" / "autoresearch" / "journal.jsonl").rename(tmp_path / "journal.jsonl")
+    try:
+        code, _, err = record(capsys, lab.repo, other / "results.tsv", log)
+    finally:
+        (tmp_path / "journal.jsonl").rename(lab.repo / ".git" / "autoresearch" / "journal.jsonl")
+    assert code == 2 and err.count("\n") == 1 and "no score in the journal" in err
+    assert not (other / "results.tsv").exists()
 
 
 def test_a_second_summary_block_from_train_py_is_a_crash(lab, capsys):
@@ -117,13 +141,13 @@ def honest_b_log(lab, dest):
     return copy_run(lab.run_b, dest, text[:second])
 
 
-def test_a_checkpoint_swapped_for_another_runs_is_a_crash(lab, tmp_path, capsys):
+def test_a_checkpoint_swapped_after_the_run_is_refused(lab, tmp_path, capsys):
     log = copy_run(lab.run_a, tmp_path / "a")
     (tmp_path / "a" / "checkpoint.pt").write_bytes((lab.run_b / "checkpoint.pt").read_bytes())
-    tsv = lab.main_tsv.parent / "swap.tsv"
-    code, _, _ = record(capsys, lab.repo, tsv, log)
-    (row,) = rows(tsv)
-    assert code == 1 and row.status == "crash" and "not this run's checkpoint" in row.description
+    tsv = tmp_path / "swap.tsv"
+    code, _, err = record(capsys, lab.repo, tsv, log)
+    assert code == 2 and "not the checkpoint the sealed scorer scored" in err and err.count("\n") == 1
+    assert not tsv.exists()
 
 
 def test_a_prepare_py_edited_at_the_runs_commit_is_flagged_and_never_best(lab, tmp_path, capsys):
@@ -169,9 +193,18 @@ def test_the_json_holds_no_test_number_and_the_plain_report_scores_no_test_split
     monkeypatch.setattr(rescore, "rescore_subprocess", lambda *a, **k: calls.append(a) or {"bpc": 9.0})
     monkeypatch.chdir(lab.repo)
     assert cli.main(["--tsv", str(lab.main_tsv), "--json", "--no-plots"]) == 0
-    assert "test" not in capsys.readouterr().out.lower().replace("latest", "")
+    assert "test" not in capsys.readouterr().out.lower().replace("latest", "") and calls == []
     assert cli.main(["--tsv", str(lab.main_tsv), "--no-plots"]) == 0
-    assert calls == []
+    assert [c[2] for c in calls] == ["val"]  # the morning check re-scores the kept checkpoint on val only
+    calls.clear()
     assert cli.main(["--tsv", str(lab.main_tsv), "--no-plots", "--test"]) == 0
-    assert calls and calls[0][2] == "test" and "9.000000" in capsys.readouterr().out
+    assert "test" in [c[2] for c in calls] and "9.000000" in capsys.readouterr().out
     assert not list(lab.main_tsv.parent.rglob("*.test.json"))
+
+
+def test_the_morning_check_re_scores_each_kept_checkpoint_beside_its_recorded_value(lab, capsys):
+    assert cli.main(["--tsv", str(lab.main_tsv), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    (row,) = rows(lab.main_tsv)
+    line = next(line for line in out.splitlines() if line.strip().startswith(lab.c1) and "re-scored" in line)
+    assert f"recorded {row.val_bpc:.6f}" in line and f"re-scored {row.val_bpc:.6f}" in line and "agrees" in line

@@ -7,10 +7,10 @@ import sys
 from collections import Counter
 
 import pytest
-from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     HEADER5,
     data_lines,
-    fake_rescore,
+    fake_journal,
     head,
     make_repo,
     results_text,
@@ -134,14 +134,14 @@ def test_a_last_row_without_its_newline_is_still_a_row(tmp_path, capsys):
     assert result["totals"]["rows"] == 4 and result["malformed"] == []
 
 
-# Each writer records its own runs (a run is recorded once: distinct run_ids); the re-score is
-# the agreeing fake, since what is under test is the appending, not the re-score.
+# Each writer records its own runs (a run is recorded once: distinct run_ids); the journal is
+# the log itself, since what is under test is the appending, not the score.
 APPENDER = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import fixtures_results
 from labbook import cli, ledger
-ledger.rescore_run = fixtures_results.agreeing_rescore
+ledger.sealed_run = fixtures_results.log_as_sealed
 commit = fixtures_results.head(".")
 for i in range({rows}):
     log = fixtures_results.write_log(".", commit, val_bpc=1.44, name=f"run-{{sys.argv[1]}}-{{i}}.log")
