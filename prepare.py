@@ -837,6 +837,25 @@ def build_from_spec(node, device):
         return cls(*spec_value(node["args"], device), **{k: spec_value(v, device) for k, v in node["kwargs"].items()})
 
 
+def check_matches_spec(model, spec):
+    """Refuse, before anything is saved, a trained model whose modules or state are not those of the
+    model its spec builds: the scorer could not load it."""
+    names, state = model_layout(build_from_spec(spec, "meta"))
+    trained_names, trained_state = model_layout(model)
+    if trained_state != state:
+        keys, trained_keys = {k for k, _ in state}, {k for k, _ in trained_state}
+        extra, missing = sorted(trained_keys - keys), sorted(keys - trained_keys)
+        if extra or missing:
+            raise HarnessError(
+                f"the trained model's state differs from a fresh build_model(): extra {extra[:3]}, missing {missing[:3]}"
+            )
+        shapes = sorted(set(trained_state) - set(state))
+        raise HarnessError(f"the trained model's state has other shapes than a fresh build_model(): {shapes[:3]}")
+    if trained_names != names:
+        first = next((a for a, b in zip(trained_names, names) if a != b), "a different number of modules")
+        raise HarnessError(f"the trained model's modules differ from a fresh build_model() (first: {first})")
+
+
 def spec_hash(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -1611,6 +1630,7 @@ def run_training(guards, env):
     model = unwrap(model)
     check_library_model(model)
     spec = recorder.spec_of(model)
+    check_matches_spec(model, spec)
     summary = make_summary(run, stats, identity)
     summary.update(spec=spec_hash(spec), flags=training_flags(run, stats))
     check = {"loss": check_loss(model.net, run.train_data, run.device), "precision": run.precision}
@@ -1712,7 +1732,7 @@ def score_in_fresh_process(run, harness, journal):
     """Rank 0 has the checkpoint scored by the sealed scorer (the other ranks wait for it)."""
     answer = None
     if run.master:
-        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device)]
+        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device), "--run"]
         answer = run_scorer(harness, args + (["--journal", str(journal)] if journal else []))
     if run.world_size > 1:
         dist.barrier()
@@ -1726,16 +1746,17 @@ class ScorerArguments(argparse.ArgumentParser):
 
 def score_main(argv):
     """`python prepare.py score CHECKPOINT [--split val|test]`: one JSON line, or one crash line.
-    With --journal (the run's own scoring) it also scores the end of the training split, compares
-    the check loss, sets the flags and appends the score to the journal."""
+    With --run (the run's own scoring) it also scores the end of the training split, compares the
+    check loss, sets the flags, and appends the score to the --journal file."""
     parser = ScorerArguments(prog="prepare.py score", add_help=False)
     parser.add_argument("checkpoint")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--device")
+    parser.add_argument("--run", action="store_true")
     parser.add_argument("--journal")
     args = parser.parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):  # notices are not the answer
-        answer = sealed_score(args.checkpoint, args.split, args.device, args.journal)
+        answer = sealed_score(args.checkpoint, args.split, args.device, args.run, args.journal)
     print(json.dumps(answer))
 
 
@@ -1753,7 +1774,9 @@ def read_checkpoint(path):
     except Exception as e:  # damaged, truncated, or not a torch file at all
         raise HarnessError(f"cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(saved, dict) or not {"model", "spec", "check", "summary"} <= saved.keys():
-        raise HarnessError(f"{path} has no model, spec, check and summary: it was not written by this prepare.py")
+        raise HarnessError(
+            f"{path} has no model, spec, check and summary: not written by prepare.py (or by an older one)"
+        )
     return saved, hashlib.sha256(blob).hexdigest()
 
 
@@ -1782,10 +1805,10 @@ def rebuilt_model(saved, device):
     return model
 
 
-def sealed_score(checkpoint, split="val", device=None, journal=None):
+def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=None):
     """The scorer's answer for a checkpoint: {"split", "bpc", "seconds", "prepare_hash", "spec",
-    "checkpoint_sha256", "summary"}; with `journal`, the run's own val scoring, the summary is
-    completed (val_bpc, train_bpc, flags) and the score appended to the journal."""
+    "checkpoint_sha256", "summary"}. For the run's own val scoring (`own_run`) the summary is
+    completed (val_bpc, train_bpc, flags) and the score appended to `journal` (outside git: none)."""
     saved, sha = read_checkpoint(checkpoint)
     summary = saved["summary"]
     device = torch.device(device or summary["device"])
@@ -1808,7 +1831,7 @@ def sealed_score(checkpoint, split="val", device=None, journal=None):
         checkpoint_sha256=sha,
         summary=summary,
     )
-    if journal is None:
+    if not own_run:
         return answer
     train = split_bytes(blob, *bounds["train"])
     train_bpc, _ = evaluate(model.net, train[len(train) - min(eval_bytes, TRAIN_SCORE_BYTES) :], device, probe=False)
@@ -1832,18 +1855,17 @@ def sealed_score(checkpoint, split="val", device=None, journal=None):
         train_bpc=train_bpc,
         flags=",".join(flags) or "none",
     )
-    append_journal(
-        journal,
-        dict(
-            run_id=summary["run_id"],
-            checkpoint_sha256=sha,
-            spec=answer["spec"],
-            val_bpc_exact=bpc,
-            eval_numerics=eval_numerics(device),
-            prepare_hash=answer["prepare_hash"],
-            summary=summary,
-        ),
+    entry = dict(
+        run_id=summary["run_id"],
+        checkpoint_sha256=sha,
+        spec=answer["spec"],
+        val_bpc_exact=bpc,
+        eval_numerics=eval_numerics(device),
+        prepare_hash=answer["prepare_hash"],
+        summary=summary,
     )
+    if journal:
+        append_journal(journal, entry)
     return dict(answer, summary=summary)
 
 

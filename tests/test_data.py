@@ -160,5 +160,5 @@ def test_prepare_py_refuses_unknown_arguments(tmp_path):
     code, out, _ = run_prepare(["--force"], base_env(tmp_path), cwd=tmp_path)
     assert code != 0
     assert out.strip().splitlines() == [
-        "crash: unknown arguments ['--force']: prepare.py takes none, or rescore CHECKPOINT"
+        "crash: unknown arguments ['--force']: prepare.py takes none, or score CHECKPOINT"
     ]

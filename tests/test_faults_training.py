@@ -1,5 +1,5 @@
-"""Faults during a run: out of memory, bad losses, overruns, hangs, signals, a crash in the final
-evaluation. Each is injected the way an agent's edit would cause it, in a tiny train.py copy
+"""Faults during a run: out of memory, bad losses, overruns, hangs, signals, a crash in the sealed
+scorer. Each is injected the way an agent's edit would cause it, in a tiny train.py copy
 (prepare.py, the harness, is never edited), and each run must end with one `crash:` line, no
 summary for program.md's grep, a non-zero exit, and nothing lost: metrics.jsonl stays valid, a
 finished training keeps its checkpoint, and no temporary file survives.
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from harness import (
-    TINY,
     TRAIN,
     assert_crashed,
     base_env,
@@ -26,24 +25,11 @@ from harness import (
     make_train_copy,
     python,
     run_train,
-    train_module,
 )
 
 import prepare
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
-# A TransformerWrapper whose forward fails in eval mode, as a too-large evaluation batch would;
-# training (train mode) runs as usual. build_model() builds it, so the harness's fresh build for
-# scoring has the trained model's structure and fails in the final evaluation.
-EXPLODING_NET = f'''
-class ExplodingInEval(TransformerWrapper):
-    def forward(self, x, **kwargs):
-        if not self.training:
-            raise torch.OutOfMemoryError("{OOM_MESSAGE}")
-        return super().forward(x, **kwargs)
-
-
-def build_model():'''
 LOOP_BODY = "        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)\n"
 
 
@@ -136,11 +122,6 @@ def oom_in_training():
     return in_loop(f'if run.steps == 2:\n    raise torch.OutOfMemoryError("{OOM_MESSAGE}")')
 
 
-def oom_in_evaluation():
-    source = edited("\ndef build_model():", EXPLODING_NET)
-    return with_torch(edited("    net = TransformerWrapper(\n", "    net = ExplodingInEval(\n", source))
-
-
 def assert_out_of_memory_line(log):
     match = re.fullmatch(r"out of memory \(peak ([\d,]+) MB, ([\d.]+)M parameters\)", crash_reason(log))
     assert match, crash_reason(log)
@@ -159,29 +140,33 @@ def test_out_of_memory_in_training_names_peak_memory_and_model_size(tmp_path, co
 
 
 @pytest.fixture(scope="module")
-def eval_crash(tmp_path_factory, corpus):
-    """A run whose training finishes and whose final evaluation runs out of memory."""
-    tmp_path = tmp_path_factory.mktemp("eval_crash")
-    return run_copy(tmp_path, corpus, oom_in_evaluation())
+def scorer_crash(tmp_path_factory, corpus):
+    """A run whose training finishes and whose sealed scorer fails: the corpus is moved away at the
+    end of train() (a disk unmounted, a cache cleaned), so the scorer has no validation bytes."""
+    tmp_path = tmp_path_factory.mktemp("scorer_crash")
+    data = tmp_path / "corpus.txt"
+    data.write_bytes(Path(corpus).read_bytes())
+    source = edited("    return model\n", f"    os.rename({str(data)!r}, {str(data) + '.moved'!r})\n    return model\n")
+    return run_copy(tmp_path, corpus, "import os\n" + source, AR_DATA=data)
 
 
-def test_out_of_memory_in_the_final_evaluation_names_peak_memory_and_model_size(eval_crash):
-    workdir, code, log, _ = eval_crash
+def test_a_crash_in_the_sealed_scorer_is_the_runs_one_crash_line(scorer_crash):
+    workdir, code, log, _ = scorer_crash
     assert_crashed(code, log)
-    assert_out_of_memory_line(log)
+    assert "is gone: the checkpoint cannot be scored here" in crash_reason(log)
     rows = metrics_rows(workdir)
     assert rows and not any("summary" in row for row in rows)
     assert leftover_parts(workdir) == []
 
 
-def test_a_crash_in_the_final_evaluation_keeps_the_trained_weights(eval_crash, corpus):
-    workdir, code, log, _ = eval_crash
+def test_a_crash_in_the_sealed_scorer_keeps_the_trained_weights(scorer_crash, corpus):
+    workdir, code, log, _ = scorer_crash
     checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=True)
     rows = metrics_rows(workdir)
     assert checkpoint["summary"]["num_steps"] == rows[-1]["step"] == 3
     assert checkpoint["source"] == (workdir / "train.py").read_text()
-    # the weights load into the stock tiny model (same structure) and score there
-    model = train_module(name="eval_crash_stock", **TINY).build_model()
+    # the weights load into the model their spec describes, and score there
+    model = prepare.build_from_spec(checkpoint["spec"], "cpu")
     model.load_state_dict(checkpoint["model"])
     splits, identity, _ = prepare.load_corpus(dict(data=str(corpus), data_url=""))
     assert identity == checkpoint["summary"]["data"]

@@ -1,5 +1,6 @@
-"""The harness's FP8 path without a GPU: prepare.convert_fp8 and prepare.scoring_model called
-directly, with torchao's float8 emulation standing in for the tensor cores."""
+"""The harness's FP8 path without a GPU: prepare.convert_fp8, the hand-back checks and the scorer's
+rebuild from the model spec called directly, with torchao's float8 emulation standing in for the
+tensor cores."""
 
 import pytest
 import torch
@@ -44,12 +45,13 @@ def test_below_the_threshold_nothing_is_converted(narrow_train):
 
 @pytest.fixture(scope="module")
 def trained_fp8(narrow_train):
-    """(model after two emulated FP8 steps, its losses), at a width the lowered threshold admits."""
+    """(model after two emulated FP8 steps, its losses, its spec), at a width the lowered threshold admits."""
     patch = pytest.MonkeyPatch()
     patch.setattr(prepare, "FP8_MIN_FEATURES", NARROW["DIM"])
     try:
         torch.manual_seed(0)
-        model = narrow_train.build_model()
+        recorder = prepare.SpecRecorder()
+        model = recorder.wrap(narrow_train.build_model)()
         assert prepare.convert_fp8(model, torchao_float8.Float8LinearConfig(**EMULATED)) > 0
     finally:
         patch.undo()
@@ -62,18 +64,21 @@ def trained_fp8(narrow_train):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return model, losses
+    return model, losses, recorder.spec_of(model)
 
 
 def test_fp8_training_steps_give_finite_losses(trained_fp8):
-    _, losses = trained_fp8
+    _, losses, _ = trained_fp8
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
-def test_fp8_model_is_scored_through_its_high_precision_weights(narrow_train, trained_fp8):
-    model, _ = trained_fp8
+def test_fp8_model_is_scored_through_its_high_precision_weights(trained_fp8):
+    model, _, spec = trained_fp8
     assert any(isinstance(m, Float8Linear) for m in model.modules())
-    scored = prepare.scoring_model(narrow_train, model, torch.device("cpu"))
+    prepare.check_library_model(model)  # torchao's conversion is the harness's own: a scored model may hold it
+    scored = prepare.build_from_spec(spec, "cpu")
+    assert prepare.model_layout(scored) == prepare.model_layout(model)
+    scored.load_state_dict(model.state_dict())
     bpc, _ = prepare.evaluate(scored.net, torch.randint(0, 256, (3000,), dtype=torch.uint8), torch.device("cpu"))
     assert 0 < bpc < 12
     assert not any(isinstance(m, Float8Linear) for m in scored.modules())

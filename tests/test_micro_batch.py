@@ -8,29 +8,27 @@ from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_co
 
 import prepare
 
-# build_model returns a wrapper whose training forward raises CUDA's out-of-memory error above
-# FITS sequences (after FAIL_AFTER successful training forwards, when that is set).
-FITTING_MODEL = """
+# A loss_fn that raises CUDA's out-of-memory error for a training forward of more than FITS
+# sequences (or after FAIL_AFTER successful training forwards, when that is set).
+FITTING_LOSS = """
 
-class Fits(AutoregressiveWrapper):
-    calls = 0
+CALLS = [0]
 
-    def forward(self, x, **kwargs):
-        if self.training:
-            Fits.calls += 1
-            if len(x) > FITS or (FAIL_AFTER and Fits.calls > FAIL_AFTER):
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return super().forward(x, **kwargs)
+
+def fitting_loss(model, x):
+    CALLS[0] += 1
+    if len(x) > FITS or (FAIL_AFTER and CALLS[0] > FAIL_AFTER):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+    return model(x)
 """
 
 
 def fitting_source(fits, fail_after=0):
-    source = TRAIN.read_text().replace("    return AutoregressiveWrapper(net)\n", "    return Fits(net)\n")
-    source = source.replace(
-        "\n\n# ---------------------------------------------------------------------------\n# Model",
-        FITTING_MODEL + "\n\n# ---------------------------------------------------------------------------\n# Model",
-        1,
+    source = TRAIN.read_text().replace(
+        "run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)",
+        "run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN, loss_fn=fitting_loss)",
     )
+    source = source.replace('\n\nif __name__ == "__main__":', FITTING_LOSS + '\n\nif __name__ == "__main__":')
     header = f"import torch\n\nFITS = {fits}\nFAIL_AFTER = {fail_after}\n"
     return source.replace("from prepare import", header + "from prepare import", 1)
 

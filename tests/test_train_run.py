@@ -62,6 +62,7 @@ LAST_KEYS = [
     "flags",
     "libraries",
     "eval_numerics",
+    "spec",
 ]
 NUMERIC = FORK_KEYS[:-1] + ["startup_seconds", "eval_seconds", "tokens_per_sec", "eval_bytes", "seed"]
 
@@ -188,7 +189,7 @@ def fingerprint_of(libraries="lib", numerics="cpu-fp32-math", **change):
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": None}, eval_bytes=10, data_identity="a")
     for key, value in change.items():
         setattr(run, key, value)
-    return prepare.fingerprint(run, libraries, numerics)
+    return prepare.fingerprint(run, prepare.prepare_hash(), libraries, numerics)
 
 
 def test_fingerprint_covers_the_harness_budget_or_steps_eval_bytes_and_data(monkeypatch):
@@ -223,7 +224,7 @@ def test_editing_train_py_keeps_the_fingerprint(tmp_path, corpus, tiny_run):
     run = types.SimpleNamespace(env={"budget": 300.0, "steps": 2}, eval_bytes=8192, data_identity=tiny_run[3]["data"])
     libraries = tiny_run[3]["libraries"]
     # prepare.py, the libraries, the budget, the scored bytes, the data and the numerics only
-    assert two_steps == prepare.fingerprint(run, libraries, "cpu-fp32-math")
+    assert two_steps == prepare.fingerprint(run, prepare.prepare_hash(), libraries, "cpu-fp32-math")
 
 
 def test_train_py_holds_only_the_agents_part_and_prepare_py_the_harness():
