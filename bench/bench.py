@@ -407,9 +407,8 @@ def count_params(model):
 
 
 def flops_per_token(cfg, num_params):
-    """6N for the weights plus the attention matmuls over the training window (prepare.py's
-    make_summary counts the attention over MAX_SEQ_LEN, the same at the default TRAIN_SEQ_LEN)."""
-    return 6 * num_params + 12 * cfg.depth * cfg.dim * cfg.seq_len
+    """The summary's formula (prepare.flops_per_token) for the config's training window."""
+    return prepare.flops_per_token(num_params, cfg.depth, cfg.dim, cfg.seq_len)
 
 
 def measure_training(b, cfg, precision=None):
