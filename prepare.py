@@ -253,6 +253,19 @@ def pick_precision(env, device):
     return "BF16"
 
 
+def float32_matmul_precision():
+    """torch.get_float32_matmul_precision(), whatever set it: torch >= 2.9 raises on that legacy read
+    once anything (train.py, a library) used its fp32_precision API, so there it is read through that
+    API ("tf32" is "high", "bf16" "medium", "ieee" "highest")."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        precision = torch.backends.cuda.matmul.fp32_precision
+        if precision == "none":  # inherited from the global setting
+            precision = torch.backends.fp32_precision
+        return {"tf32": "high", "bf16": "medium"}.get(precision, "highest")
+
+
 def gpu_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
 
@@ -830,7 +843,7 @@ def pinned_eval_numerics(device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     saved = (
-        torch.get_float32_matmul_precision(),
+        float32_matmul_precision(),
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
         torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
         torch.backends.cudnn.allow_tf32,

@@ -34,13 +34,8 @@ class SimCard:
     the `peak` since the last reset, what the cache `reserved`."""
 
     def __init__(self, total, per_sequence, base, others=0, fraction=1.0):
-        self.total, self.per_sequence, self.base, self.others, self.fraction = (
-            total,
-            per_sequence,
-            base,
-            others,
-            fraction,
-        )
+        self.total, self.per_sequence, self.base = total, per_sequence, base
+        self.others, self.fraction = others, fraction
         self.allocated = self.peak = self.reserved = base // 2  # FP32 weights stay between steps
         self.forwards = []  # sizes of the micro-batches that ran (or tried to)
 
