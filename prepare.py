@@ -59,6 +59,8 @@ OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' t
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
+CARD_FILL = 0.95  # a micro-batch fits when its peak plus the optimizer's state stays under this share of usable memory
+PEER_POLL_S = 1.0  # under torchrun, how often each rank looks for another rank's crash (then ends within seconds)
 METRICS_EVERY = 10  # steps between host syncs: loss checks, metrics rows, budget decision
 ALLOC_CONF = "expandable_segments:True"  # CUDA allocator setting for the run, unless the person set one
 GPU_SIZED_PARAMS = 5_000_000  # off the GPU, a model above this says at once that it is sized for a GPU
@@ -264,6 +266,19 @@ def pick_precision(env, device):
             return "BF16"
         return "FP8"
     return "BF16"
+
+
+def float32_matmul_precision():
+    """torch.get_float32_matmul_precision(), whatever set it: torch >= 2.9 raises on that legacy read
+    once anything (train.py, a library) used its fp32_precision API, so there it is read through that
+    API ("tf32" is "high", "bf16" "medium", "ieee" "highest")."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        precision = torch.backends.cuda.matmul.fp32_precision
+        if precision == "none":  # inherited from the global setting
+            precision = torch.backends.fp32_precision
+        return {"tf32": "high", "bf16": "medium"}.get(precision, "highest")
 
 
 def gpu_name(device):
@@ -521,59 +536,70 @@ class Run:
 
     def step_model(self, model):
         """What forward_backward calls: DDP under torchrun (gradients averaged over GPUs inside
-        backward), compiled when asked, built once, after the micro-batch is fixed."""
+        backward), compiled when asked, built once, after the micro-batch is fixed. FP8 compiles the
+        model and then wraps it: torchao's float8 fails under compile(DDP(...))'s DDPOptimizer
+        (torchao issue 2586)."""
         if self.compiled is None or unwrap(self.compiled) is not model:
-            wrapped = model
+            compiled = self.compile_options is not None
+            inner = compiled and self.precision == "FP8"
+            wrapped = compile_model(model, self.compile_options) if inner else model
             if self.world_size > 1:
                 index = [self.device.index] if self.device.index is not None else None
-                wrapped = nn.parallel.DistributedDataParallel(model, device_ids=index)
-            compiled = self.compile_options is not None
-            self.compiled = compile_model(wrapped, self.compile_options) if compiled else wrapped
+                wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=index)
+            self.compiled = compile_model(wrapped, self.compile_options) if compiled and not inner else wrapped
         return self.compiled
 
     def get_batch(self, batch_size, seq_len):
-        """`batch_size` random windows of the training split, seq_len + 1 bytes each (inputs and
-        targets), sampled on the device: no DataLoader, no host copy."""
+        """`batch_size` random windows of the training split, seq_len + 1 bytes each, sampled where the
+        split lives (the device): no DataLoader, no host copy. The AutoregressiveWrapper runs the
+        network over all seq_len + 1 bytes and scores the seq_len predictions of bytes 2..seq_len + 1:
+        the tokens counted are seq_len a window, the work is seq_len + 1 positions (flops_per_token)."""
         self.tracker.served(batch_size * seq_len * self.world_size)  # every batch drawn is counted
         data = self.train_data
-        starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=self.device, generator=self.generator)
-        return data[starts + torch.arange(seq_len + 1, device=self.device)].long()
+        starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), device=data.device, generator=self.generator)
+        return data[starts + torch.arange(seq_len + 1, device=data.device)].long()
 
     def fit_micro_batch(self, model, x, loss_fn):
-        """The largest divisor of the per-rank batch whose forward and backward fit, tried eagerly
-        on the step's own batch before anything is compiled; the same size on every rank."""
+        """The largest divisor of the per-rank batch whose forward and backward fit with room for the
+        optimizer, tried eagerly on the step's own batch before anything is compiled, the allocator's
+        peak reset before each try; the smallest fit over the ranks. Nothing fits on some rank: every
+        rank ends with the same `crash: out of memory` line (never a silent micro-batch of 1)."""
         local = len(x)
         cap = local if self.device.type == "cuda" else min(local, HOST_MICRO_BATCH)
+        fitted = 0
         for size in [d for d in range(cap, 0, -1) if local % d == 0]:
+            if self.device.type == "cuda":  # each try is measured alone: a failed larger one must not count
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(self.device)
             try:
                 with self.autocast():
                     loss = loss_fn(model, x[:size])
                 self.scaler.scale(loss).backward()
                 fits = self.leaves_room_for_optimizer()
             except torch.OutOfMemoryError:
-                if size == 1:
-                    raise
                 fits = False
             loss = None
             model.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
             if fits:
+                fitted = size
                 break
             print0(f"notice: a micro-batch of {size} sequences does not fit: trying a smaller one")
-        if self.world_size > 1:
-            agreed = torch.tensor(size, device=self.device)
+        if self.world_size > 1:  # a rank where nothing fits sends 0: every rank then stops together
+            agreed = torch.tensor(fitted, device=x.device)
             dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-            size = int(agreed.item())
-        return size
+            fitted = int(agreed.item())
+        if fitted == 0:
+            where = f"{usable_memory(self.device) / 2**20:,.0f} MB usable" if self.device.type == "cuda" else "memory"
+            raise NothingFits(f"not even one sequence fits with the optimizer's state in {where}")
+        return fitted
 
     def leaves_room_for_optimizer(self):
-        """Whether the optimizer's state (about three copies of the weights) still fits after the peak."""
+        """Whether the optimizer's state (about three copies of the weights) still fits after the peak,
+        under CARD_FILL of the memory this process may use (usable_memory)."""
         if self.device.type != "cuda":
             return True
-        total = torch.cuda.get_device_properties(self.device).total_memory
         state = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return torch.cuda.max_memory_allocated(self.device) + state < 0.95 * total
+        return torch.cuda.max_memory_allocated(self.device) + state < CARD_FILL * usable_memory(self.device)
 
     def forward_backward(self, model, batch_size, seq_len=MAX_SEQ_LEN, loss_fn=None):
         """One optimizer step's forward and backward: `batch_size` sequences (summed over GPUs)
@@ -586,7 +612,7 @@ class Run:
         if local * self.world_size != batch_size or local < 1:
             raise HarnessError(f"BATCH_SIZE={batch_size} must be a positive multiple of the {self.world_size} GPU(s)")
         with self.tracker.warmup_timer():
-            return self.micro_steps(model, batch_size // self.world_size, seq_len, loss_fn)
+            return self.micro_steps(model, local, seq_len, loss_fn)
 
     def micro_steps(self, model, local, seq_len, loss_fn):
         if self.micro_batch is None:
@@ -600,7 +626,7 @@ class Run:
         net = self.step_model(model)
         ddp = unwrap_compiled(net)
         parts = x.split(self.micro_batch)
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros((), device=x.device)
         for i, part in enumerate(parts):
             sync = i == len(parts) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
             with nullcontext() if sync else ddp.no_sync(), self.autocast():  # one all-reduce per step
@@ -630,6 +656,19 @@ class Run:
         if self.tracker.steps == before:  # FP16's scaler skipped the step (inf gradients): it still counts
             self.tracker.on_step(optimizer)
         return norm
+
+
+class NothingFits(torch.OutOfMemoryError):
+    """Not even a micro-batch of one sequence fits: the `crash: out of memory` line says so."""
+
+
+def usable_memory(device):
+    """Bytes this process may hold on the card: what it holds now plus what is free (a display or
+    another process holds the rest), and no more than its per-process cap
+    (torch.cuda.set_per_process_memory_fraction)."""
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    return min(free + torch.cuda.memory_reserved(device), fraction * total)
 
 
 def compile_model(model, options):
@@ -1075,7 +1114,7 @@ def pinned_eval_numerics(device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     saved = (
-        torch.get_float32_matmul_precision(),
+        float32_matmul_precision(),
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
         torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
         torch.backends.cudnn.allow_tf32,
@@ -1378,13 +1417,21 @@ def model_shape(net):
     return getattr(layers, "depth", 0), getattr(layers, "dim", 0)
 
 
+def flops_per_token(num_params, depth, dim, seq_len=MAX_SEQ_LEN):
+    """Training FLOPs per counted token (a predicted byte) of windows of `seq_len` predictions: the
+    network runs over the seq_len + 1 bytes get_batch serves, 6N per position for the weights (2N
+    forward, 4N backward) plus 12·depth·dim·positions for attention scores and weighted sums."""
+    positions = seq_len + 1
+    return (6 * num_params + 12 * depth * dim * positions) * positions / seq_len
+
+
 def make_summary(run, stats, identity):
     """Every summary key but val_bpc, eval_seconds and total_seconds, which come at the end."""
     seconds = max(stats["training_seconds"], 1e-9)
     tokens_per_sec = stats["counted_tokens"] / seconds
     depth, dim = model_shape(getattr(run.model, "net", run.model))
-    flops_per_token = 6 * run.num_params + 12 * depth * dim * (run.seq_len or MAX_SEQ_LEN)
-    mfu = 100 * flops_per_token * tokens_per_sec / (run.peak_tflops * 1e12) if run.peak_tflops else 0.0
+    flops = flops_per_token(run.num_params, depth, dim, run.seq_len or MAX_SEQ_LEN)
+    mfu = 100 * flops * tokens_per_sec / (run.peak_tflops * 1e12) if run.peak_tflops else 0.0
     if run.device.type == "cuda" and not run.peak_tflops:
         print0(f"notice: no BF16 peak known for {gpu_name(run.device)}: mfu_percent is reported as 0")
     return dict(
@@ -1441,10 +1488,12 @@ def remove_temp_files():
 
 
 def die(message, code):
+    PEERS["dying"] = True  # this process ends now: its watcher of the other ranks stands down
     remove_temp_files()
     sys.stderr.write("\n")  # ends a progress bar's unfinished line, so `crash:` starts a line of its own
     sys.stderr.flush()
     print(f"crash: {message}", file=sys.__stdout__, flush=True)
+    tell_other_ranks(message, code)
     os._exit(code)
 
 
@@ -1455,6 +1504,49 @@ def one_line_reason(error):
         where = traceback.extract_tb(error.__traceback__)[-1]
         message = f"{where.line} ({Path(where.filename).name}:{where.lineno})"
     return f"{type(error).__name__}: {message}"
+
+
+PEERS = {}  # under torchrun: the ranks' key-value store, where a crashing rank leaves its crash line
+PEER_CRASH_KEY = "autoresearch/crash"
+
+
+def tell_other_ranks(message, code):
+    """Leave this rank's crash line in the store for watch_other_ranks: the other ranks end within
+    seconds instead of waiting in a collective until the watchdog. Rank 0 may host the store, so it
+    lingers long enough for the others to read it."""
+    store = PEERS.get("store")
+    if store is None:
+        return
+    rank = int(os.environ.get("RANK", "0"))
+
+    def tell():
+        if not store.check([PEER_CRASH_KEY]):  # the first crash is the cause; the others follow it
+            store.set(PEER_CRASH_KEY, json.dumps(dict(rank=rank, message=message, code=code)))
+
+    teller = threading.Thread(target=tell, daemon=True)
+    teller.start()
+    teller.join(2 * PEER_POLL_S)  # a store that is already gone must not hold the crash up
+    if rank == 0:
+        time.sleep(2 * PEER_POLL_S)
+
+
+def watch_other_ranks(store):
+    """A thread that ends this rank, with the crashed rank's line and exit code, once another rank
+    left one in the store: it works while the main thread is blocked in a collective or a CUDA sync."""
+    PEERS["store"] = store
+    rank = int(os.environ.get("RANK", "0"))
+
+    def watch():
+        while True:
+            time.sleep(PEER_POLL_S)
+            try:
+                crash = json.loads(store.get(PEER_CRASH_KEY)) if store.check([PEER_CRASH_KEY]) else None
+            except Exception:  # the store went away with the run: nothing left to watch
+                return
+            if crash and crash["rank"] != rank and not PEERS.get("dying"):
+                die(f"rank {crash['rank']} crashed: {crash['message']}", crash["code"])
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def start_watchdog(seconds):
@@ -1521,6 +1613,7 @@ def setup(env):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        watch_other_ranks(dist.distributed_c10d._get_default_store())
     print0(
         f"torch {torch.__version__} | x-transformers {version('x-transformers')} | device {device} ({gpu_name(device)})"
     )
@@ -1544,8 +1637,10 @@ def setup(env):
         f"data: {path} ({identity}) | train {len(train):,} val {val_size:,} bytes | scoring {eval_bytes:,} val bytes"
     )
     guard_data_files(path)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the FP32 matmuls left (Newton-Schulz)
+    if device.type == "cuda":  # TF32 for the FP32 matmuls left (Newton-Schulz)
+        # torch >= 2.9 raises on a legacy read (get_float32_matmul_precision) once its fp32_precision
+        # API was used; a legacy write never raises and makes the state readable again
+        torch.set_float32_matmul_precision("high")
     return Run(env, device, precision, train.to(device), identity, path, eval_bytes)
 
 
@@ -1955,12 +2050,12 @@ def crash_on_error(body):
         die(str(e), 2)
     except LossError as e:
         die(str(e), 3)
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as e:
         traceback.print_exc()
         run = ACTIVE_RUN
         peak = peak_memory_mb(run.device) if run else 0.0
         size = f"{run.num_params / 1e6:.1f}M parameters" if run and run.num_params else "model not built yet"
-        die(f"out of memory (peak {peak:,.0f} MB, {size})", 4)
+        die(f"out of memory (peak {peak:,.0f} MB, {size})" + (f": {e}" if isinstance(e, NothingFits) else ""), 4)
     except Exception as e:
         traceback.print_exc()
         die(one_line_reason(e), 1)

@@ -4,12 +4,13 @@ default config against the fork's original config. train.py is read as text and 
 module (prepare.source_module), never modified; the step is timed through the harness's own Run.
 
 On one GPU (minutes; --quality adds two 120 s training runs, and runs them first):
-    python bench/bench.py                      # writes bench/results/<date>-<gpu>.json
-    python bench/bench.py --quality
+    python bench/bench.py                      # the GPU session's plan; writes bench/results/<date>-<gpu>.json
+    python bench/bench.py --plan               # the plan with each section's estimated seconds, nothing run
+    python bench/bench.py --sections all --quality
 On an offline GPU box (wheels in a git-ignored folder, see docs/benchmarks.md):
     bash bench/gpu_session.sh
 CPU smoke test (what tests/test_bench.py runs, well under a minute):
-    python bench/bench.py --device cpu --tiny --out /tmp/bench.json
+    python bench/bench.py --device cpu --tiny --sections all --out /tmp/bench.json
 CPU step cost at the real model sizes (the CPU figures in docs/benchmarks.md, ~4 minutes on 2 cores):
     python bench/bench.py --device cpu --batch 1 --warmup 2 --steps 2 --corpus-mb 20 \
         --sections ceilings,throughput,baseline,eval,optimizer
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import adam_atan2_pytorch.muon_adam_atan2 as muon_module
@@ -77,9 +78,57 @@ TARGETS = dict(
 )
 
 KEYED_SECTIONS = ("throughput", "fp8")  # one result per config; the others hold one result
-SECTION_ORDER = ("ceilings", "throughput", "memcap", "tolerance", "baseline", "eval", "launch", "optimizer", "fp8")
-MEMORY_CAPS_GB = (8, 12)  # the small cards the default model must run on: the process is capped to act as one
-CAPPED_STEPS = 12  # steps per capped measurement: the fitting step, then timed ones
+
+# A section is named `section:config` (`ceilings` and `quality` have no config). The GPU session's
+# plan, ordered by value, with each section's estimated seconds on an H100-class card whose compile
+# caches are empty (estimates, not measurements: correct them from the JSON's `seconds`).
+SESSION_BUDGET_S = 400  # `bash bench/gpu_session.sh` with no arguments must fit in this
+SETUP_ESTIMATE_S = 20  # wheels, the 100 MB stand-in corpus, prepare.setup: before the first section
+DEFAULT_PLAN = (
+    ("throughput:default", 55),  # cold compile of the default model (~35 s), 10 + 20 + 3 steps
+    ("microbatch:default", 60),  # 4 caps: eager fitting, a recompile per new micro-batch (16, 32), 12 steps
+    ("launch:default", 60),  # `python train.py` with private empty caches: startup, compile, 5 s, 5 MB eval
+    ("recompiles:default", 35),  # `python train.py` for 30 steps under TORCH_LOGS, the shared (warm) caches
+    ("eval:default", 15),  # prepare.evaluate over 5 MB, eager
+    ("score:default", 25),  # `python prepare.py score` on the launch run's checkpoint: a fresh interpreter
+    ("fp8:dim1024", 85),  # two cold compiles of the 135M model (BF16, then FP8 with torchao's filter)
+    ("hosttime:default", 40),  # at 64 sequences (warm cache) and at 8 (a new shape: a recompile)
+)
+OTHER_ESTIMATES = {  # the sections outside the default plan, same card and caches
+    "ceilings": 5,
+    "throughput:fork": 45,
+    "throughput:dim1024": 60,
+    "fp8:default": 50,
+    "baseline:fork": 20,
+    "optimizer:default": 20,
+    "tolerance:default": 70,
+    "quality": 300,
+}
+ESTIMATES = dict(DEFAULT_PLAN) | OTHER_ESTIMATES
+CATALOGUE = (  # every section, in the order `--sections all` runs them
+    "ceilings",
+    *(name for name, _ in DEFAULT_PLAN[:-2]),
+    "throughput:dim1024",
+    "fp8:default",
+    "fp8:dim1024",
+    "hosttime:default",
+    "throughput:fork",
+    "baseline:fork",
+    "optimizer:default",
+    "tolerance:default",
+)
+MICRO_BATCH_CAPS_GB = (
+    8,
+    12,
+    16,
+    24,
+)  # the small cards the default model must run on: the process is capped to act as one
+CAPPED_STEPS = 12  # steps per capped measurement: the fitting step, then steps 2..12 with the optimizer's state
+RECOMPILE_STEPS = 30  # steps of the run whose graph breaks and recompiles are counted
+RECOMPILE_LOGS = "graph_breaks,recompiles"  # TORCH_LOGS of that run
+HOST_TIME_BATCHES = (64, 8)  # a step on one GPU, and one rank's share of it under torchrun on 8 GPUs
+HOST_TIME_STEPS = 8  # steps issued while the GPU is held busy: fewer than METRICS_EVERY, so no Tracker sync
+GPU_HOLD_S = 5.0  # how long the GPU is held busy (torch.cuda._sleep) while the host issues those steps
 TOLERANCE_BUDGET = 30  # AR_TIME_BUDGET of the run whose checkpoint is re-scored for the tolerance
 WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which but".split()
 
@@ -107,6 +156,7 @@ class Bench:
     corpus: Path
     out: Path
     results: dict
+    checkpoints: dict = field(default_factory=dict)  # config -> checkpoint.pt of its launch run (for score)
 
     @property
     def device(self):
@@ -117,8 +167,11 @@ class Bench:
         return self.run.device.type == "cuda"
 
     def save(self):
+        """The JSON so far, replaced whole (a kill mid-write leaves the previous one)."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        tmp = self.out.with_name(self.out.name + ".part")
+        tmp.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        os.replace(tmp, self.out)
 
 
 # ---------------------------------------------------------------------------
@@ -130,10 +183,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--tiny", action="store_true", help=f"every model at {TINY}, a few steps, a generated corpus")
-    p.add_argument("--sections", help=f"comma list out of {','.join(SECTION_ORDER)},quality (default: all)")
+    p.add_argument(
+        "--sections",
+        help="comma list of section:config names, bare section names (each of its configs) or `all` "
+        f"(default: the GPU session's plan, {','.join(name for name, _ in DEFAULT_PLAN)})",
+    )
+    p.add_argument("--plan", action="store_true", help="print the plan with estimated seconds and check the budget")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help=f"seconds for the whole session: with --plan the limit (default {SESSION_BUDGET_S}); when running, "
+        "a section whose estimate no longer fits is skipped",
+    )
     p.add_argument("--quality", action="store_true", help="also train default and fork configs as subprocesses")
     p.add_argument("--quality-budget", type=float, help="AR_TIME_BUDGET of each quality run (default 120)")
-    p.add_argument("--launch-budget", type=float, help="AR_TIME_BUDGET of the launch run (default 20)")
+    p.add_argument("--launch-budget", type=float, help="AR_TIME_BUDGET of the launch run (default 5)")
     p.add_argument("--corpus", help="text file to train on (default: a stand-in built from site-packages)")
     p.add_argument("--corpus-mb", type=int, default=CORPUS_MB, help="size of the stand-in corpus")
     p.add_argument("--batch", type=int, help="sequences per step of every throughput config (default: each config's)")
@@ -151,28 +215,51 @@ def parse_args(argv=None):
     args.steps = args.steps or (2 if small else 20)
     args.breakdown_steps = args.breakdown_steps or (1 if small else 3)
     args.quality_budget = args.quality_budget or (3.0 if args.tiny else 120.0)
-    args.launch_budget = args.launch_budget or (1.0 if args.tiny else 20.0)
+    args.launch_budget = args.launch_budget or (1.0 if args.tiny else 5.0)
     args.optimizer_variants = (args.optimizer_variants or ("eager" if small else "eager,newton_schulz")).split(",")
     return args
 
 
+def label(section, name):
+    return f"{section}:{name}" if name else section
+
+
 def section_plan(args):
-    """(section, config) pairs in the order they run. With --quality the two training runs go
-    first (their default-config run also gives the launch and eval figures); then what the
-    targets need most, so that a run cut off by a timeout still leaves the key figures."""
-    wanted = set(args.sections.split(",")) if args.sections else set(SECTION_ORDER)
-    if args.quality:
-        wanted.add("quality")
-    unknown = wanted - set(SECTION_ORDER) - {"quality"}
-    if unknown:
-        raise SystemExit(f"unknown sections {sorted(unknown)}: choose from {','.join(SECTION_ORDER)},quality")
-    plan = [("quality", None)] if "quality" in wanted else []
-    plan += [("ceilings", None), ("throughput", "default"), ("memcap", "default"), ("tolerance", "default")]
-    plan += [("throughput", "fork"), ("baseline", "fork")]
-    plan += [("eval", "default"), ("throughput", "dim1024")]
-    plan += [("launch", "default")] if "quality" not in wanted else []
-    plan += [("optimizer", "default"), ("fp8", "default"), ("fp8", "dim1024")]
-    return [(section, name) for section, name in plan if section in wanted]
+    """(section, config) pairs in the order they run: the GPU session's plan by default, else the
+    named ones in catalogue order. With --quality its two training runs go first (their default-
+    config run also gives the launch figures), so a run cut off by a timeout still has them."""
+    if not args.sections:
+        names = [name for name, _ in DEFAULT_PLAN]
+    else:
+        wanted = args.sections.split(",")
+        names = []
+        for entry in CATALOGUE + ("quality",):
+            if ("all" in wanted and entry != "quality") or entry in wanted or entry.split(":")[0] in wanted:
+                names.append(entry)
+        known = set(CATALOGUE) | {"quality", "all"} | {entry.split(":")[0] for entry in CATALOGUE}
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise SystemExit(f"unknown sections {unknown}: choose from all,{','.join(CATALOGUE)},quality")
+    if args.quality or "quality" in names:
+        names = ["quality"] + [n for n in names if n not in ("quality", "launch:default")]
+    return [tuple(name.split(":")) if ":" in name else (name, None) for name in names]
+
+
+def plan_lines(plan):
+    """(label, estimated seconds) of the setup and of each section of `plan`, and their total."""
+    rows = [("setup (wheels, corpus, prepare.setup)", SETUP_ESTIMATE_S)]
+    rows += [(label(section, name), ESTIMATES[label(section, name)]) for section, name in plan]
+    return rows, sum(seconds for _, seconds in rows)
+
+
+def print_plan(args):
+    """The plan with its estimates; False when they add up to more than the budget."""
+    rows, total = plan_lines(section_plan(args))
+    budget = args.budget or SESSION_BUDGET_S
+    for what, seconds in rows:
+        print(f"{what:<46} {seconds:>4.0f} s")
+    print(f"{'total (H100-class card, empty compile caches)':<46} {total:>4.0f} s of a {budget:.0f} s budget")
+    return total <= budget
 
 
 def train_module(source=None, name="train_for_bench"):
@@ -271,6 +358,7 @@ def meta(b):
         configs={name: asdict(c) for name, c in b.configs.items()},
         args=vars(b.args),
         targets=TARGETS,
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
     )
 
 
@@ -407,9 +495,8 @@ def count_params(model):
 
 
 def flops_per_token(cfg, num_params):
-    """6N for the weights plus the attention matmuls over the training window (prepare.py's
-    make_summary counts the attention over MAX_SEQ_LEN, the same at the default TRAIN_SEQ_LEN)."""
-    return 6 * num_params + 12 * cfg.depth * cfg.dim * cfg.seq_len
+    """The summary's formula (prepare.flops_per_token) for the config's training window."""
+    return prepare.flops_per_token(num_params, cfg.depth, cfg.dim, cfg.seq_len)
 
 
 def measure_training(b, cfg, precision=None):
@@ -785,20 +872,22 @@ def train_source(config, tiny=False):
     return edit_constants(source, **values)
 
 
-def train_env(b, folder, budget):
-    """The bench's environment minus its AR_* settings, with a cold private compile cache so that
-    launch time is what a run on a fresh machine pays. PYTHONPATH passes on unchanged: the copy
-    imports the same prepare as the bench."""
+def train_env(b, folder, budget, steps=None, cold=True):
+    """The bench's environment minus its AR_* settings, a budget of `budget` seconds (or `steps`
+    steps) and, when `cold`, empty private compile caches, so that launch time is what a run on a
+    fresh machine pays. PYTHONPATH passes on unchanged: the copy imports the same prepare as the bench."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
     env.update(
         AR_DATA=str(b.corpus),
-        AR_TIME_BUDGET=str(budget),
         AR_METRICS=str(folder / "metrics.jsonl"),
         AR_CHECKPOINT=str(folder / "checkpoint.pt"),
-        TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor-cache"),
-        TRITON_CACHE_DIR=str(folder / "triton-cache"),
         PYTHONUNBUFFERED="1",
     )
+    env.update(AR_STEPS=str(steps)) if steps else env.update(AR_TIME_BUDGET=str(budget))
+    if cold:
+        env.update(
+            TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor-cache"), TRITON_CACHE_DIR=str(folder / "triton-cache")
+        )
     if not b.cuda:
         env["AR_DEVICE"] = b.device.type
     if b.args.tiny:
@@ -815,20 +904,21 @@ def parse_summary(log):
     return summary
 
 
-def run_train_copy(b, config, budget, keep_folder=False):
-    """Run a copy of train.py for `config` in its own folder; its summary plus a few facts (and,
-    with keep_folder, the folder, whose run.log and checkpoint.pt stay there)."""
+def run_train_copy(b, config, budget=None, keep_folder=False, steps=None, cold=True, extra_env=None):
+    """Run a copy of train.py for `config` in its own folder for `budget` seconds (or `steps`
+    steps; `cold`: empty compile caches); its summary plus a few facts (and, with keep_folder, the
+    folder, whose run.log and checkpoint.pt stay there)."""
     folder = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=b.workdir))
     (folder / "train.py").write_text(train_source(config, b.args.tiny))
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "train.py"],
         cwd=folder,
-        env=train_env(b, folder, budget),
+        env=train_env(b, folder, budget, steps, cold) | (extra_env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=budget + 900,
+        timeout=(budget or 0) + 900,
     )
     (folder / "run.log").write_text(proc.stdout)
     summary = parse_summary(proc.stdout)
@@ -853,7 +943,9 @@ def launch_figures(run):
 def section_launch(b, name):
     """Launch to first counted step: startup (imports, data to the device) plus compile (the
     uncounted first steps), read from the summary of a short `python train.py` run."""
-    return launch_figures(run_train_copy(b, name, b.args.launch_budget))
+    run = run_train_copy(b, name, b.args.launch_budget, keep_folder=True)
+    b.checkpoints[name] = Path(run.pop("folder")) / "checkpoint.pt"  # the score section scores it
+    return launch_figures(run)
 
 
 def section_quality(b, _):
@@ -871,38 +963,151 @@ def section_quality(b, _):
 
 
 def capped_measurement(b, cfg, cap_gb):
-    """micro_batch, peak memory and tokens/s of `cfg` with the process capped to `cap_gb` GB."""
+    """On the card capped to `cap_gb` GB: the micro-batch the harness fits, the peak of its kept
+    try (the allocator's peak is reset before each try), and the compiled step's peak over steps
+    2..CAPPED_STEPS, with the optimizer's state, and their tokens/s."""
     total = torch.cuda.get_device_properties(b.device).total_memory
     fresh_device_state(b.device)
     torch.cuda.set_per_process_memory_fraction(min(cap_gb * 2**30 / total, 1.0), b.device)
+    result = dict(cap_gb=cap_gb)
     try:
         run, model, optimizer = training_setup(b, cfg)
+        result["usable_mb"] = prepare.usable_memory(b.device) / 2**20
+        fit = run.fit_micro_batch
+
+        def measured_fit(*args):
+            size = fit(*args)
+            result["fitting_peak_mb"] = torch.cuda.max_memory_allocated(b.device) / 2**20
+            return size
+
+        run.fit_micro_batch = measured_fit
         free = Phases(b.device, on=False)
         with tracked(run):
-            loop_step(b, run, model, optimizer, cfg, free)  # fits the micro-batch, then compiles
-            loop_step(b, run, model, optimizer, cfg, free)  # the compiled graph's first use
-            seconds = elapsed(
-                b.device, lambda: [loop_step(b, run, model, optimizer, cfg, free) for _ in range(CAPPED_STEPS)]
-            )
-        return dict(
-            micro_batch=run.micro_batch,
-            peak_memory_mb=prepare.peak_memory_mb(b.device),
-            tokens_per_s=CAPPED_STEPS * cfg.batch * cfg.seq_len / seconds,
+            loop_step(b, run, model, optimizer, cfg, free)  # fits the micro-batch, compiles, makes the state
+            result["micro_batch"] = run.micro_batch
+            sync(b.device)
+            torch.cuda.reset_peak_memory_stats(b.device)
+            timed = CAPPED_STEPS - 1
+            seconds = elapsed(b.device, lambda: [loop_step(b, run, model, optimizer, cfg, free) for _ in range(timed)])
+        result.update(
+            compiled_peak_mb=prepare.peak_memory_mb(b.device),
+            tokens_per_s=timed * cfg.batch * cfg.seq_len / seconds,
         )
     except torch.OutOfMemoryError as e:
-        return dict(error=f"out of memory: {str(e).splitlines()[0]}")
+        result["error"] = f"out of memory: {str(e).splitlines()[0]}"
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, b.device)
         fresh_device_state(b.device)
+    return result
 
 
-def section_memcap(b, name):
-    """The default model on a card capped to 8 and 12 GB (torch.cuda.set_per_process_memory_fraction):
-    the micro-batch the harness fits, the allocator's peak and tokens/s at each cap."""
+def section_microbatch(b, name):
+    """The micro-batch truth table: the default model on a card capped to 8, 12, 16 and 24 GB
+    (torch.cuda.set_per_process_memory_fraction, which the harness's fitting reads)."""
     if not b.cuda:
         return dict(config=name, timed=False, reason="memory caps need CUDA")
-    caps = {f"{cap}GB": capped_measurement(b, b.configs[name], cap) for cap in MEMORY_CAPS_GB}
+    caps = {f"{cap}GB": capped_measurement(b, b.configs[name], cap) for cap in MICRO_BATCH_CAPS_GB}
     return dict(config=name, timed=True, caps=caps)
+
+
+def section_recompiles(b, name):
+    """Graph breaks and recompiles over RECOMPILE_STEPS steps of a `python train.py` run
+    (AR_STEPS, TORCH_LOGS=graph_breaks,recompiles), counted from its log: each one is a step that
+    runs eager Python or compiles again. Off CUDA nothing is compiled, so both are 0."""
+    run = run_train_copy(
+        b, name, steps=RECOMPILE_STEPS, keep_folder=True, cold=False, extra_env=dict(TORCH_LOGS=RECOMPILE_LOGS)
+    )
+    log = (Path(run.pop("folder")) / "run.log").read_text().splitlines()
+    breaks = [line.strip() for line in log if "Graph break" in line]
+    recompiles = [line.strip() for line in log if "Recompiling function" in line]
+    return dict(
+        config=name,
+        steps=RECOMPILE_STEPS,
+        returncode=run["returncode"],
+        graph_breaks=len(breaks),
+        recompiles=len(recompiles),
+        first_graph_breaks=breaks[:5],
+        first_recompiles=recompiles[:5],
+    )
+
+
+def section_score(b, name):
+    """The sealed scorer's total time: `python prepare.py score CHECKPOINT` in a fresh process,
+    from its start to its JSON line, on the launch run's checkpoint (or one of a short run of its
+    own). Until prepare.py has the `score` command this records its crash line."""
+    checkpoint = b.checkpoints.get(name)
+    if checkpoint is None:
+        folder = Path(run_train_copy(b, name, b.args.launch_budget, keep_folder=True)["folder"])
+        checkpoint = folder / "checkpoint.pt"
+    if not checkpoint.exists():
+        return dict(config=name, error="the training run left no checkpoint")
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(harness_file()), "score", str(checkpoint)],
+        cwd=checkpoint.parent,
+        env=train_env(b, checkpoint.parent, b.args.launch_budget),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    seconds = time.time() - start
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        reason = next((line for line in reversed(lines) if line.startswith("crash: ")), "no output")
+        return dict(config=name, returncode=proc.returncode, total_seconds=seconds, error=f"prepare.py score: {reason}")
+    return dict(config=name, returncode=0, total_seconds=seconds, answer=json.loads(lines[-1]))
+
+
+def gpu_hold(b):
+    """Keep the GPU busy for about GPU_HOLD_S (torch.cuda._sleep, calibrated here); the event
+    recorded after it. None off CUDA."""
+    if not b.cuda:
+        return None
+    cycles = 10_000_000
+    ms = elapsed(b.device, lambda: torch.cuda._sleep(cycles)) * 1000
+    torch.cuda._sleep(int(cycles * GPU_HOLD_S * 1000 / max(ms, 1e-3)))
+    done = torch.cuda.Event()
+    done.record()
+    return done
+
+
+def host_and_gpu_time(b, cfg):
+    """Per step of `cfg`: GPU time (free-running steps, CUDA events) and host time (HOST_TIME_STEPS
+    issued while the GPU is held busy, so the host never waits on it). Host time above GPU time
+    means the GPU idles: Muon's eager Newton-Schulz ops are the suspect."""
+    fresh_device_state(b.device)
+    run, model, optimizer = training_setup(b, cfg)
+    free = Phases(b.device, on=False)
+
+    def steps(n):
+        for _ in range(n):
+            loop_step(b, run, model, optimizer, cfg, free)
+
+    warmup = b.args.warmup or run.excluded_steps
+    with tracked(run), quietly():
+        steps(warmup)  # compiles; the Tracker syncs on each
+        gpu_s = elapsed(b.device, lambda: steps(prepare.METRICS_EVERY)) / prepare.METRICS_EVERY
+        held = gpu_hold(b)
+        start = time.perf_counter()
+        steps(HOST_TIME_STEPS)
+        host_s = (time.perf_counter() - start) / HOST_TIME_STEPS
+        waited = held.query() if held is not None else None  # the hold ended first: the host waited somewhere
+        sync(b.device)
+    return dict(
+        batch=cfg.batch,
+        micro_batch=run.micro_batch,
+        gpu_ms=1000 * gpu_s,
+        host_ms=1000 * host_s,
+        host_bound=host_s > gpu_s,
+        host_waited=waited,
+    )
+
+
+def section_hosttime(b, name):
+    """Host time against GPU time per step at the config's batch and at one rank's share under torchrun."""
+    cfg = b.configs[name]
+    batches = (cfg.batch, HOST_TIME_BATCHES[-1]) if b.args.tiny else HOST_TIME_BATCHES
+    return dict(config=name, batches={str(n): host_and_gpu_time(b, replace(cfg, batch=n)) for n in batches})
 
 
 def section_tolerance(b, name):
@@ -935,7 +1140,10 @@ def section_tolerance(b, name):
 SECTIONS = dict(
     ceilings=section_ceilings,
     throughput=section_throughput,
-    memcap=section_memcap,
+    microbatch=section_microbatch,
+    recompiles=section_recompiles,
+    score=section_score,
+    hosttime=section_hosttime,
     tolerance=section_tolerance,
     baseline=section_baseline,
     eval=section_eval,
@@ -1032,16 +1240,32 @@ def quality_rows(_, q):
     ]
 
 
-def memcap_rows(_, m):
+def microbatch_rows(_, m):
     if not m.get("timed"):
-        return [("memory caps", f"not measured: {m.get('reason')}", "")]
+        return [("micro-batch truth table", f"not measured: {m.get('reason')}", "")]
     rows = []
     for cap, r in m["caps"].items():
         value = r.get("error") or (
-            f"micro_batch {r['micro_batch']}, peak {r['peak_memory_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
+            f"micro_batch {r['micro_batch']}, fitting peak {r['fitting_peak_mb']:,.0f} MB, compiled peak "
+            f"{r['compiled_peak_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
         )
-        rows.append((f"default model capped to {cap}", value, "fits"))
+        rows.append((f"default model capped to {cap}", value, "fits, micro-batch > 1"))
     return rows
+
+
+def recompiles_rows(_, r):
+    return [(f"graph breaks / recompiles over {r['steps']} steps", f"{r['graph_breaks']} / {r['recompiles']}", "0 / 0")]
+
+
+def score_rows(_, r):
+    return [("sealed scorer, total", f"{r['total_seconds']:.1f} s", "")]
+
+
+def hosttime_rows(_, h):
+    return [
+        (f"host / GPU ms per step at {n} sequences", f"{r['host_ms']:.1f} / {r['gpu_ms']:.1f}", "host < GPU")
+        for n, r in h["batches"].items()
+    ]
 
 
 def tolerance_rows(_, t):
@@ -1052,7 +1276,10 @@ def tolerance_rows(_, t):
 
 ROWS = dict(
     ceilings=ceiling_rows,
-    memcap=memcap_rows,
+    microbatch=microbatch_rows,
+    recompiles=recompiles_rows,
+    score=score_rows,
+    hosttime=hosttime_rows,
     tolerance=tolerance_rows,
     throughput=throughput_rows,
     baseline=baseline_rows,
@@ -1070,8 +1297,9 @@ def report_rows(results):
     for section, value in results.items():
         entries = value.items() if section in KEYED_SECTIONS else [(None, value)]
         for name, entry in entries:
-            if "error" in entry:
-                rows.append((f"{section} {name or ''}".strip(), f"error: {entry['error']}", ""))
+            if "error" in entry or "skipped" in entry:
+                problem = f"error: {entry['error']}" if "error" in entry else f"skipped: {entry['skipped']}"
+                rows.append((f"{section} {name or ''}".strip(), problem, ""))
             elif section in ROWS:
                 rows += ROWS[section](name, entry)
     return rows
@@ -1125,21 +1353,39 @@ def run_section(b, section, name):
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
+def use_run_allocator():
+    """The CUDA allocator setting of a real run (prepare.main's), before CUDA starts: memory
+    figures must be the ones a run sees."""
+    if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
+        os.environ.setdefault("PYTORCH_ALLOC_CONF", prepare.ALLOC_CONF)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.plan:
+        raise SystemExit(0 if print_plan(args) else 1)
+    use_run_allocator()
+    started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         b = open_bench(args, workdir)
         for section, name in section_plan(args):
             start = time.time()
-            print(f"== {section}" + (f" {name}" if name else ""), flush=True)
-            result = run_section(b, section, name)
+            what = label(section, name)
+            print(f"== {what}", flush=True)
+            spent = start - started
+            if args.budget and spent + ESTIMATES.get(what, 0) > args.budget:
+                result = dict(
+                    skipped=f"{spent:.0f} s spent, about {ESTIMATES[what]} s more would pass {args.budget:g} s"
+                )
+            else:
+                result = run_section(b, section, name)
             if section in KEYED_SECTIONS:
                 b.results.setdefault(section, {})[name] = result
             else:
                 b.results[section] = result
-            b.results.setdefault("seconds", {})[f"{section}:{name}" if name else section] = time.time() - start
-            b.save()
+            b.results.setdefault("seconds", {})[what] = time.time() - start
+            b.save()  # each section's figures are on disk as soon as it ends
         b.results["meta"]["load_average_at_end"] = os.getloadavg()
         b.save()
         print_report(b.results, b.out)

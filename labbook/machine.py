@@ -44,8 +44,8 @@ END = "<!-- END MACHINE -->"
 WIDTHS = {0.5: (0.75, 1.0), 0.75: (1.0,), 1.0: (0.75, 1.0, 1.5), 1.5: (1.0, 1.5), 2.0: (1.0, 1.5)}  # x DIM: x DEPTH
 MEASURE_TIMEOUT = 600
 FIXED_BYTES_PER_PARAM = 4 + 4 + 2 + 3 * 4  # FP32 weights, FP32 gradients, BF16 copies, optimizer (harness rule)
-CARD_FILL = 0.95  # prepare.Run.leaves_room_for_optimizer: the peak plus the optimizer under 95% of the card
-REFERENCE_CARDS_GB = (8, 12, 24, 80)  # off the GPU: the micro-batch on cards of these sizes (GiB)
+CARD_FILL = prepare.CARD_FILL  # prepare.Run.leaves_room_for_optimizer: the peak plus the optimizer under 95%
+REFERENCE_CARDS_GB = (8, 12, 16, 24, 80)  # off the GPU: the micro-batch on cards of these sizes (GiB)
 ESTIMATE_SEQ_LEN = 32  # the short length the CPU count runs at (activations scale linearly in length)
 
 
@@ -167,8 +167,8 @@ def model_sizes(train):
 
 
 def flops_per_token(params, dim, depth):
-    """The summary's formula (prepare.make_summary): 6N plus the attention over MAX_SEQ_LEN."""
-    return 6 * params + 12 * depth * dim * prepare.MAX_SEQ_LEN
+    """The summary's formula (prepare.flops_per_token) for windows of MAX_SEQ_LEN predictions."""
+    return prepare.flops_per_token(params, depth, dim, prepare.MAX_SEQ_LEN)
 
 
 class ActivationMemory:

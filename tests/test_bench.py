@@ -13,7 +13,11 @@ import contextlib
 import importlib
 import io
 import json
+import os
+import re
 import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +29,17 @@ import prepare
 
 BENCH = REPO / "bench" / "bench.py"
 SECTIONS = ("meta", "ceilings", "throughput", "baseline", "eval", "launch", "optimizer", "fp8")
+SECTIONS += ("microbatch", "recompiles", "score", "hosttime")
+SESSION_ORDER = [  # the issue's order of value
+    "throughput:default",
+    "microbatch:default",
+    "launch:default",
+    "recompiles:default",
+    "eval:default",
+    "score:default",
+    "fp8:dim1024",
+    "hosttime:default",
+]
 CONFIGS = ("default", "fork", "dim1024")
 HOST_READS = {"item", "tolist", "cpu", "numpy", "synchronize"}
 
@@ -41,10 +56,10 @@ def bench():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One CPU smoke run of the bench, as CI runs it: (process, parsed JSON)."""
+    """One CPU smoke run of every section of the bench, as CI runs it: (process, parsed JSON)."""
     tmp = tmp_path_factory.mktemp("bench_smoke")
     out = tmp / "bench.json"
-    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--out", str(out)]
+    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--sections", "all", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp, env=base_env(tmp), capture_output=True, text=True, timeout=180)
     return proc, json.loads(out.read_text()) if out.exists() else {}
 
@@ -107,6 +122,22 @@ def test_smoke_baseline_eval_launch_and_optimizer_have_positive_figures(smoke):
     assert opt["muon_matrices"] > 0 and opt["adam_tensors"] > 0
 
 
+def test_smoke_session_sections_report_their_figures(smoke):
+    _, results = smoke
+    assert results["meta"]["alloc_conf"] == prepare.ALLOC_CONF  # the allocator of a real run
+    assert results["microbatch"]["timed"] is False and "CUDA" in results["microbatch"]["reason"]
+    recompiles = results["recompiles"]
+    assert recompiles["returncode"] == 0 and recompiles["steps"] == 30
+    assert recompiles["graph_breaks"] == recompiles["recompiles"] == 0  # nothing compiles on a CPU
+    assert results["score"]["total_seconds"] > 0  # the crash line of a prepare.py without `score`, or its answer
+    assert "answer" in results["score"] or results["score"]["error"].startswith("prepare.py score: crash: ")
+    assert set(results["hosttime"]["batches"]) == {"2", "8"}  # --tiny's batch, and one rank's share under torchrun
+    for batch in ("2", "8"):
+        host = results["hosttime"]["batches"][batch]
+        assert host["host_ms"] > 0 and host["gpu_ms"] > 0 and host["host_waited"] is None
+    assert set(results["seconds"]) >= set(SESSION_ORDER)
+
+
 def test_smoke_fp8_is_counted_but_not_timed_off_the_gpu(smoke):
     _, results = smoke
     for name in ("default", "dim1024"):
@@ -144,6 +175,47 @@ def test_quality_runs_first_and_stands_in_for_the_launch_run(bench):
     assert plan[0] == ("quality", None)
     assert "launch" not in {section for section, _ in plan}
     assert ("launch", "default") in bench.section_plan(bench.parse_args(["--device", "cpu"]))
+
+
+def test_the_session_plan_is_ordered_by_value_and_fits_400_s(bench):
+    plan = bench.section_plan(bench.parse_args(["--device", "cpu"]))
+    assert [bench.label(section, name) for section, name in plan] == SESSION_ORDER
+    rows, total = bench.plan_lines(plan)
+    assert total <= bench.SESSION_BUDGET_S == 400
+    assert all(seconds > 0 for _, seconds in rows)
+
+
+def test_every_named_section_exists_with_its_config_and_an_estimate(bench):
+    configs = bench.make_configs(bench.train_module(), bench.parse_args(["--device", "cpu"]))
+    for entry in bench.CATALOGUE + ("quality",):
+        section, _, name = entry.partition(":")
+        assert section in bench.SECTIONS and entry in bench.ESTIMATES, entry
+        assert not name or name in configs, entry
+    assert set(SESSION_ORDER) <= set(bench.CATALOGUE)
+    plan = bench.section_plan(bench.parse_args(["--device", "cpu", "--sections", "fp8,eval:default"]))
+    assert plan == [("eval", "default"), ("fp8", "default"), ("fp8", "dim1024")]
+
+
+def test_gpu_session_with_no_arguments_plans_within_400_s(tmp_path):
+    env = base_env(tmp_path, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_session.sh"), "--plan"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total = re.search(r"^total .* (\d+) s of a 400 s budget$", proc.stdout, flags=re.M)
+    assert total and int(total.group(1)) <= 400, proc.stdout
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:-1]] == SESSION_ORDER
+
+
+def test_a_section_that_would_pass_the_budget_is_skipped_and_recorded(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--sections", "ceilings", "--budget", "1"]
+    proc = subprocess.run(
+        cmd + ["--out", str(out)], cwd=tmp_path, env=base_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "would pass 1 s" in json.loads(out.read_text())["ceilings"]["skipped"]
+    assert "ceilings" in proc.stdout and "skipped:" in proc.stdout
 
 
 def test_unknown_section_names_are_refused(bench):

@@ -144,7 +144,7 @@ def test_cpu_estimate_is_labelled_as_an_estimate(tmp_path):
     assert not memory.measured and memory.source == "an estimate (saved-tensor count on a CPU), not measured"
     cards = [g * 2**30 for g in machine.REFERENCE_CARDS_GB]
     lines = machine.sizing_table(train, None, memory, cards)
-    assert "act./seq (CPU est.) | peak at 4 | micro-batch, 8/12/24/80 GB |" in lines[0]
+    assert "act./seq (CPU est.) | peak at 4 | micro-batch, 8/12/16/24/80 GB |" in lines[0]
     assert len(lines[1].split("|")) == len(lines[0].split("|"))
     note = " ".join(machine.memory_note(train, memory, cards))
     assert "an estimate (saved-tensor count on a CPU), not measured" in note and "dim × depth" in note
