@@ -1636,7 +1636,6 @@ def setup(env):
     print0(
         f"data: {path} ({identity}) | train {len(train):,} val {val_size:,} bytes | scoring {eval_bytes:,} val bytes"
     )
-    guard_data_files(path)
     if device.type == "cuda":  # TF32 for the FP32 matmuls left (Newton-Schulz)
         # torch >= 2.9 raises on a legacy read (get_float32_matmul_precision) once its fp32_precision
         # API was used; a legacy write never raises and makes the state readable again
@@ -1712,6 +1711,7 @@ def run_training(guards, env):
     recorder = SpecRecorder()
     train.build_model = recorder.wrap(train.build_model)
     run = setup(env)
+    guard_data_files(run.data_path)
     ACTIVE_RUN = run
     seed_everything(env["seed"])
     run.tracker = guards.steps.tracker = Tracker(run)
@@ -1912,6 +1912,8 @@ def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=No
     here, then = eval_numerics(device), summary.get("eval_numerics", "")
     if then and here.split("-", 1)[1] != then.split("-", 1)[1]:
         raise HarnessError(f"the run was scored with {then} numerics and this machine gives {here}: score it there")
+    if library_digest() != summary["libraries"]:  # each file is checked against its RECORD hash first
+        raise HarnessError("the installed libraries differ from the ones the run trained with: reinstall, rerun")
     blob, bounds, identity = run_data(summary)
     model = rebuilt_model(saved, device)
     seed_everything(int(summary["seed"]))

@@ -150,7 +150,7 @@ class Bench:
     args: argparse.Namespace
     module: object  # train.py's text as a module (prepare.source_module)
     run: object  # the Run that prepare.setup() returned: device, precision, training data
-    heldout: dict  # the bytes prepare.setup() keeps for scoring: "val" (and a "train" slice)
+    heldout: dict  # "val": the validation bytes, which only the sealed scorer reads in a real run
     configs: dict
     workdir: Path
     corpus: Path
@@ -1111,8 +1111,8 @@ def section_hosttime(b, name):
 
 
 def section_tolerance(b, name):
-    """The run's own val_bpc_exact against `python prepare.py rescore` of its checkpoint in a fresh
-    process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py stands for."""
+    """The run's own val_bpc_exact (its sealed scorer's) against `python prepare.py score` of its
+    checkpoint in another fresh process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py stands for."""
     budget = 1.0 if b.args.tiny else TOLERANCE_BUDGET  # --tiny: the CPU smoke's one-second run
     run = run_train_copy(b, name, budget, keep_folder=True)
     folder = Path(run.pop("folder"))
@@ -1121,7 +1121,7 @@ def section_tolerance(b, name):
     if run["returncode"] != 0 or exact is None:
         return dict(config=name, error="the training run failed", log_tail=run.get("log_tail"))
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, prepare; prepare.rescore_main(sys.argv[1:])", str(folder / "checkpoint.pt")],
+        [sys.executable, str(harness_file()), "score", str(folder / "checkpoint.pt")],
         cwd=folder, env=train_env(b, folder, budget), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -1336,7 +1336,9 @@ def open_bench(args, workdir):
     if args.device:
         os.environ["AR_DEVICE"] = args.device
     module = train_module()
-    run, heldout = prepare.setup(prepare.read_env())
+    splits, _, _ = prepare.load_corpus(prepare.read_env())  # the bench scores val itself: the harness never does
+    run = prepare.setup(prepare.read_env())
+    heldout = {"val": splits["val"].to(run.device)}
     bench = Bench(args, module, run, heldout, make_configs(module, args), workdir, corpus, output_path(args, run), {})
     bench.results["meta"] = meta(bench)
     return bench

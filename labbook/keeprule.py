@@ -43,7 +43,7 @@ Design, and why:
 * **Near-misses** have one definition (`near_misses()`): discarded experiments whose mean beat
   the reference they were judged against, but not by the threshold.
 
-The candidate's value comes through one seam, `candidate_value(tsv, log_path)`: the re-score.
+The candidate's value comes through one seam, `candidate_value(tsv, log_path)`: the sealed score.
 """
 
 import ast
@@ -69,7 +69,8 @@ NOTE_PREFIX = "rule: "  # a row's note, as the keep rule writes it: "rule: <verd
 
 def candidate_value(tsv, log_path):
     """The val_bpc a decision rests on: the sealed scorer's score of the run, from the journal
-    (labbook/rescore.py), or None when the run is, or would record as, a crash."""
+    (labbook/rescore.py), or None when the run records as a crash. Raises Refusal when the journal
+    holds no usable score for it (then `record` refuses too)."""
     from labbook.ledger import sealed_run
 
     summary, problem = sealed_run(log_path)
@@ -294,7 +295,7 @@ CRASH_NEXT = {
     "outcome": "   # out of memory, a diverging loss, a hang, a leak or a refused score: the idea's own result",
     "mistake": "   # or, for a typo or a wrong shape: fix it, git commit -a --amend --no-edit, run again",
 }
-RESCORE_REFUSED = "the harness's re-score did not confirm the run's summary"
+RESCORE_REFUSED = "run.log is not one finished run"
 OUTCOMES = (
     "out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal", RESCORE_REFUSED,
 )  # fmt: skip
@@ -631,7 +632,7 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         value = None
     crash = crash_reason(log)
     if value is None and "val_bpc" in summary and not crash:
-        crash = f"{RESCORE_REFUSED} (python analysis.py record says why)"
+        crash = f"{RESCORE_REFUSED} (a second summary block, or a crash line after it)"
     explicit = bool(description)
     if not description:
         description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"

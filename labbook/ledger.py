@@ -364,9 +364,10 @@ def reported_value(summary):
 
 
 def sealed_run(log_path, log=None):
-    """(the journal's summary of the run behind `log_path`, as text, or None, the problem or None).
-    The number and every provenance field come from the sealed scorer's journal entry, never
-    from run.log's text; a log that is not one finished run is a problem too."""
+    """(the journal's summary of the run behind `log_path`, as text, None), or (None, why the log is
+    not one finished run: it records as a crash). The number and every provenance field come from
+    the sealed scorer's journal entry, never from run.log's text; a run with no usable entry there
+    (none for its run_id, a checkpoint that is not the one scored) is a Refusal: nothing to record."""
     from labbook.rescore import journal_score
 
     log = read_log(log_path) if log is None else log
@@ -374,7 +375,7 @@ def sealed_run(log_path, log=None):
         return None, problem
     entry, problem = journal_score(log_path, parse_summary(log), log)
     if problem:
-        return None, problem
+        raise Refusal(f"{problem}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1)")
     return {k: str(v) for k, v in entry["summary"].items()}, None
 
 
@@ -395,20 +396,17 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
             f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
             "the run did not finish; record it with --status crash"
         )
+    run_id = logged.get("run_id", "").strip()
+    if run_id and run_id in recorded_run_ids(tsv):
+        raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
     summary, sealed = logged, None
     if status != "crash" and not problem:
-        sealed, why = sealed_run(log_path, log)
-        if why:
-            raise Refusal(
-                f"{why}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1), then record"
-            )
-        summary = sealed
+        sealed, problem = sealed_run(log_path, log)
+        summary = sealed or logged
     git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
     if git_problem and not force:
         raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
     run_id = summary.get("run_id", "").strip()
-    if run_id and run_id in recorded_run_ids(tsv):
-        raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
     description = checked_description(description)
     reported = reported_value(logged)[0] if logged.get("val_bpc_exact") else None
     if sealed is not None:

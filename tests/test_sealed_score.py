@@ -339,3 +339,11 @@ def test_a_legitimate_research_edit_is_recorded_with_no_flag(lab_repo, corpus, e
     assert cli.main(["record", "--status", "discard", "--description", edit]) == 0, capsys.readouterr()
     row = ledger.read_results(lab_repo / "results.tsv").rows[-1]
     assert row.status == "discard" and row.extra["flags"] == "none" and row.description == edit
+
+
+def test_state_set_after_construction_is_not_scored_and_is_flagged(tmp_path, corpus, honest):
+    body = HONEST_LOOP + "    model.net.register_forward_hook(lambda module, args, out: out * 2)\n    return model"
+    code, log, summary = run_text(tmp_path, corpus, with_code(train_body=body))
+    assert code == 0, log[-2000:]
+    assert summary["val_bpc_exact"] == honest["val_bpc_exact"] and summary["flags"] == "state_not_in_spec"
+    assert "state set after construction is not part of the spec" in log
