@@ -52,7 +52,10 @@ RUNTIME_FILES = (
     "progress.png",
     "memory.png",
     "curves.png",
+    "timeline.png",
+    "best_vs_baseline.png",
     "analysis.ipynb",
+    "analysis.html",
     "worktrees",
 )
 PATH_SUFFIXES = {
