@@ -94,11 +94,13 @@ if IN_NOTEBOOK:
     print(morning.kept_table(night, "simplification"))
 
 # %% [markdown]
-# ## Crashes and their reasons
+# ## Crashes and refusals
+# Crashed runs with their reasons, then the runs `decide` or `record` refused (never recorded).
 
 # %%
 if IN_NOTEBOOK:
     print(morning.crashes_table(night))
+    print("\nrefused\n" + morning.refusals_table(night))
 
 # %% [markdown]
 # ## Near-misses and confirmations

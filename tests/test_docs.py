@@ -56,6 +56,7 @@ RUNTIME_FILES = (
     "best_vs_baseline.png",
     "analysis.ipynb",
     "analysis.html",
+    "refusals.log",
     "worktrees",
 )
 PATH_SUFFIXES = {
