@@ -376,10 +376,18 @@ def setup_problem(rows, tip):
 
 
 def same_program(rows, candidate, programs):
-    """The latest earlier row whose commit's train.py is the candidate's program, or None."""
+    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the
+    candidate's program, or None. A worker's screening run (recorded with --status) is no judgment:
+    its promoted cherry-pick is judged here for the first time."""
     if not candidate.program or not programs:
         return None
-    twins = [r for r in rows if r.commit != candidate.commit and programs.get(r.commit) == candidate.program]
+    twins = [
+        r
+        for r in rows
+        if r.commit != candidate.commit
+        and programs.get(r.commit) == candidate.program
+        and r.extra.get("note", "").startswith(NOTE_PREFIX)
+    ]
     return twins[-1] if twins else None
 
 

@@ -279,3 +279,13 @@ def test_simplifications_since_the_last_real_keep_cost_at_most_the_bound_togethe
     rows += [row("impr", 1.29, "discard", "experiment"), row("impr", 1.29, "keep", "confirm", seed=6)]
     fresh = decide(rows, Candidate("s3", 1.29 + 0.8 * S, "drop bias", simplification=True, statements=90), None, 100)
     assert fresh.verdict == "rerun" and fresh.threshold == pytest.approx(fresh.sigma * keeprule.SIMPLIFICATION_BOUND)
+
+
+def test_a_promoted_cherry_pick_of_a_workers_screened_commit_is_judged_not_refused():
+    rows = setup_rows() + [row("w1", 1.3 - 3 * S, "discard", "experiment", description="[gpu1] lr 3e-3")]
+    programs = {"base": "p0", "w1": "p1"}  # the worker's row was recorded with --status: no rule note
+    promoted = decide(rows, Candidate("pick", 1.3 - 3 * S, "lr 3e-3", program="p1"), programs=programs)
+    assert promoted.verdict == "rerun"
+    rows[-1].extra["note"] = "rule: discard mean 1.294000 of 1 vs 1.300000"  # had the rule judged it
+    with pytest.raises(keeprule.SameProgram, match="same program as at w1"):
+        decide(rows, Candidate("pick", 1.3 - 3 * S, "lr 3e-3", program="p1"), programs=programs)

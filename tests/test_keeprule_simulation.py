@@ -36,7 +36,7 @@ class Night:
         return keeprule.Candidate(commit, self.truth[commit] + self.rng.gauss(0.0, SIGMA), "x", seed=seed)
 
     def record(self, candidate, verdict):
-        extra = {"seed": str(candidate.seed), "kind": verdict.kind}
+        extra = {"seed": str(candidate.seed), "kind": verdict.kind, "note": keeprule.verdict_note(verdict)}
         row = Row(
             len(self.rows) + 2, candidate.commit, candidate.val_bpc, 2.0, verdict.status, "x", extra, verdict.kind
         )
