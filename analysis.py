@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Autoresearch: what happened overnight
 #
@@ -7,32 +15,12 @@
 # The machinery is `labbook/morning.py` and `labbook/plots.py`.
 
 # %%
-"""Record experiments in results.tsv and report on them: the night's memory and the morning's view.
+"""The lab book of a night: the morning notebook (this file, top to bottom) and the command line.
 
-Usage:
-  python analysis.py record --status keep --description "SwiGLU feed-forward"   # reads ./run.log
-  python analysis.py record --status crash --description "depth 16" path/to/run.log
-  python analysis.py                  # report: totals, kept changes, noise floor, audit; writes
-                                      # progress.png and memory.png next to results.tsv (or --out DIR)
-  python analysis.py --json           # the same for the agent (never evaluates the test split)
-  python analysis.py audit            # rows not comparable with the baseline; exit 1 if any
-  python analysis.py curves metrics.jsonl checkpoints/abc1234.metrics.jsonl --out curves.png
-  python analysis.py evaluate checkpoints/abc1234.pt --split test   # for the person, in the morning
-  python analysis.py restore          # bring back rows lost from results.tsv, from the backup
-  python analysis.py fix-header       # put the header line back on top of a headerless results.tsv
-  python analysis.py --tsv other.tsv audit    # --tsv works with every subcommand
-
-Noise floor: rerun the baseline with AR_SEED=1, 2, ... and record each as
-  python analysis.py record --status discard --description "noise: AR_SEED=1"
-Twice the sample std of the baseline and its replicates is the keep threshold the report uses.
-
-results.tsv sits at the top of the main worktree, with a backup in the git directory: see
-labbook/ledger.py. The machinery is the labbook package next to this file.
-
-As a notebook: `jupytext --to notebook analysis.py` writes analysis.ipynb, which runs top to
-bottom on the results.tsv in its working directory; `jupytext --to notebook --execute analysis.py`
-runs it, `jupyter nbconvert --to html analysis.ipynb` makes a page with the plots embedded.
-Test scores are computed only when asked: AR_TEST=1 jupytext --to notebook --execute analysis.py.
+python analysis.py decide --explain           # the keep rule; `decide` judges ./run.log by it
+python analysis.py --help                     # every command: record, decide, audit, curves, evaluate, ...
+jupytext --to notebook --execute analysis.py  # this notebook on ./results.tsv (AR_TEST=1: test scores too)
+jupyter nbconvert --to html analysis.ipynb    # analysis.html, its plots embedded
 """
 
 import sys
@@ -106,11 +94,13 @@ if IN_NOTEBOOK:
     print(morning.kept_table(night, "simplification"))
 
 # %% [markdown]
-# ## Crashes and their reasons
+# ## Crashes and refusals
+# Crashed runs with their reasons, then the runs `decide` or `record` refused (never recorded).
 
 # %%
 if IN_NOTEBOOK:
     print(morning.crashes_table(night))
+    print("\nrefused\n" + morning.refusals_table(night))
 
 # %% [markdown]
 # ## Near-misses and confirmations
@@ -161,4 +151,4 @@ if IN_NOTEBOOK:
         print(f"missing: {what}")
     if found:
         labels, paths = zip(*found)
-        show(plots.plot_curves(list(paths), OUT / "curves.png", labels=list(labels)))
+        show(plots.plot_curves(list(paths), OUT / "best_vs_baseline.png", labels=list(labels)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from labbook import agentview, keeprule
 from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, harness_commit, restore
 from labbook.plots import plot_curves
+from labbook.refusals import note_refusal
 from labbook.report import TEST_SPLIT_NOTE, show_audit, show_report
 from labbook.rescore import evaluate_checkpoint
 
@@ -105,6 +106,8 @@ def main(argv=None):
         return run_command(args, tsv)
     except Refusal as e:
         print(f"error: {e}", file=sys.stderr)
+        if args.command in ("decide", "record"):
+            note_refusal(tsv, args.command, args.log, e)
         return 2
     except OSError as e:  # an unreadable input the subcommand did not name itself
         print(f"error: cannot read {e.filename or 'an input'}: {e.strerror or e}", file=sys.stderr)

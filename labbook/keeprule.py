@@ -40,6 +40,13 @@ Design, and why:
   worse than the reference by more than SIMPLIFICATION_BOUND sigma, and kept when the mean of its
   runs also is. A declared simplification that is not simpler is judged as an experiment. Kept
   simplifications are listed apart from improvements (`simplifications()`), never as gains.
+  Simplifications cannot ratchet the tip down: those kept since the last real keep (the baseline or
+  a confirmed improvement, `anchor()`) may together cost at most SIMPLIFICATION_BOUND sigma against
+  its mean (`simplification_allowance`).
+* **A program is judged once.** The default seed comes from train.py's text, so a commit that only
+  changes comments, docstrings or formatting is a fresh draw of the same program: retrying an idea
+  that way fishes for a false keep. A first run whose train.py has the syntax tree of an earlier
+  commit's (`program_key`) is refused (`SameProgram`), naming that commit.
 * **Near-misses** have one definition (`near_misses()`): discarded experiments whose mean beat
   the reference they were judged against, but not by the threshold.
 
@@ -47,6 +54,7 @@ The candidate's value comes through one seam, `candidate_value(tsv, log_path)`: 
 """
 
 import ast
+import hashlib
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -111,6 +119,20 @@ def t_quantile(p, df):
                 lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
             _T_CACHE[key] = (lo + hi) / 2
     return _T_CACHE[key]
+
+
+def program_key(source):
+    """A digest of train.py's program: its syntax tree without docstrings, so comments, docstrings
+    and formatting do not change it; None when the source does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            node.body = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
 
 
 def statement_count(source):
@@ -223,6 +245,7 @@ class Candidate:
     tokens_per_sec: float | None = None
     explicit: bool = True  # the description was given (--description), not the commit's subject
     crash: str | None = None  # the run log's `crash:` reason, if any
+    program: str | None = None  # program_key of this commit's train.py
 
 
 @dataclass
@@ -327,14 +350,70 @@ def is_simpler(candidate, reference_params=None, reference_statements=None):
     return False, "not simpler (" + ", ".join(known) + ")"
 
 
-class NotReady(Exception):
+class CannotJudge(Exception):
+    """The rule will not judge this run: the message says why and what to do instead."""
+
+
+class NotReady(CannotJudge):
     """The ledger cannot judge an experiment yet (setup unfinished): the message says what to run."""
+
+
+class SameProgram(CannotJudge):
+    """The run's train.py is a program an earlier commit already ran: not a new experiment."""
+
+
+def setup_problem(rows, tip):
+    """Why setup is not complete (the tip's replicates, sigma's degrees of freedom), or None."""
+    sigma, df = pooled_sigma(rows)
+    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip and measured(r)]
+    missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
+    if sigma is not None and df >= SETUP_REPLICATES and missing <= 0:
+        return None
+    return (
+        f"setup is not complete: sigma has {df} degrees of freedom and the tip {tip} lacks {max(missing, 0)} "
+        f"replicates. Setup runs the baseline and {SETUP_REPLICATES} replicates before any experiment, with HEAD "
+        f"at {tip}: {run_command(next_seed(rows, tip))}, then python analysis.py decide and what it says"
+    )
+
+
+def same_program(rows, candidate, programs):
+    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the
+    candidate's program, or None. A worker's screening run (recorded with --status) is no judgment:
+    its promoted cherry-pick is judged here for the first time."""
+    if not candidate.program or not programs:
+        return None
+    twins = [
+        r
+        for r in rows
+        if r.commit != candidate.commit
+        and programs.get(r.commit) == candidate.program
+        and r.extra.get("note", "").startswith(NOTE_PREFIX)
+    ]
+    return twins[-1] if twins else None
+
+
+def anchor(rows):
+    """The last real keep: the baseline or a kept experiment (a history entry), never a simplification."""
+    kept = [e for e in history(rows) if e["status"] == "keep" and e["kind"] != "simplification"]
+    return kept[-1] if kept else None
+
+
+def simplification_allowance(rows, sigma):
+    """How much worse than the reference (the tip's mean) a simplification may be: SIMPLIFICATION_BOUND
+    sigma, less what the simplifications kept since the last real keep already cost against its mean."""
+    base, tip = anchor(rows), tip_commit(rows)
+    spent = 0.0
+    if base is not None and tip is not None:
+        spent = max(
+            0.0, statistics.fmean(commit_values(rows, tip)) - statistics.fmean(commit_values(rows, base["commit"]))
+        )
+    return SIMPLIFICATION_BOUND * sigma - spent
 
 
 def replicate_verdict(rows, candidate, tip):
     """A run of the tip's own commit: setup's replicates, or replicates of a new keep."""
     values = commit_values(rows, tip) + [candidate.val_bpc]
-    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip]
+    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip and measured(r)]
     replicates = tip_kinds.count("replicate") + 1
     wanted = SETUP_REPLICATES if "baseline" in tip_kinds else REPLICATES_AFTER_KEEP
     description = candidate.description if candidate.explicit else f"{tip}, seed {candidate.seed}"
@@ -358,17 +437,26 @@ def replicate_verdict(rows, candidate, tip):
     return verdict
 
 
-def decide(rows, candidate, reference_params=None, reference_statements=None):
-    """The verdict on `candidate` given every row recorded before it. Raises NotReady when an
-    experiment arrives before setup's replicates give sigma its degrees of freedom."""
+def decide(rows, candidate, reference_params=None, reference_statements=None, programs=None):
+    """The verdict on `candidate` given every row recorded before it. Raises NotReady when a run of
+    another commit than the tip arrives before setup's replicates give sigma its degrees of freedom,
+    SameProgram when a new commit's train.py is a program an earlier commit ran (`programs`:
+    commit -> program_key)."""
     tip = tip_commit(rows)
+    if tip is not None and candidate.commit != tip and (problem := setup_problem(rows, tip)):
+        raise NotReady(problem)
     if candidate.val_bpc is None:
         prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
         kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
         ended = crash_kind(candidate.crash)
         verdict = Verdict("crash", kind, "crash", CRASH_REASONS[ended].format(crash=candidate.crash), candidate.commit)
         first = tip is None and not candidate.explicit  # the baseline's own run crashed
-        verdict.record_command = record_command("baseline" if first else candidate.description or "crash")
+        description = "baseline" if first else candidate.description or "crash"
+        if candidate.commit == tip:  # a replicate that crashed: labelled as one, with the seed it ran
+            verdict.kind = "replicate"
+            seed = candidate.seed if candidate.seed is not None else next_seed(rows, tip)
+            description = f"{NOISE_PREFIX} {tip}, seed {seed}"
+        verdict.record_command = record_command(description)
         verdict.commands = [RESET + CRASH_NEXT[ended]]
         if tip is None or candidate.commit == tip:
             verdict.commands = ["# fix the crash, commit, and run again: the tip itself must run"]
@@ -382,15 +470,15 @@ def decide(rows, candidate, reference_params=None, reference_statements=None):
         return verdict
     if candidate.commit == tip:
         return replicate_verdict(rows, candidate, tip)
-    sigma, df = pooled_sigma(rows)
-    tip_kinds = [k for r, k in kinds(rows) if r.commit == tip]
-    missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
-    if sigma is None or df < SETUP_REPLICATES or missing > 0:
-        raise NotReady(
-            f"sigma has {df} degrees of freedom and the tip {tip} lacks {max(missing, 0)} replicates: setup "
-            f"runs the baseline and {SETUP_REPLICATES} replicates ({run_command(1)} on the baseline commit, "
-            f"recorded with python analysis.py record) before any experiment"
+    twin = None if any(r.commit == candidate.commit for r in rows) else same_program(rows, candidate, programs)
+    if twin is not None:
+        raise SameProgram(
+            f"train.py at {candidate.commit} is the same program as at {twin.commit} (results.tsv line "
+            f"{twin.line}, {twin.status}: {twin.description}): comments, docstrings and formatting change only "
+            f"the seed, so this run is another draw of a program already measured, not a new experiment. "
+            f"{RESET}, then change the code itself"
         )
+    sigma, df = pooled_sigma(rows)
     return experiment_verdict(rows, candidate, tip, sigma, df, reference_params, reference_statements)
 
 
@@ -410,7 +498,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
         )
         first_kind = kind = "simplification" if simple else "experiment"
     if simple:
-        threshold = SIMPLIFICATION_BOUND * sigma
+        threshold = simplification_allowance(rows, sigma)
     else:
         rate = PROVISIONAL_RATE if k == 1 else FALSE_KEEP_RATE
         threshold = -t_quantile(1 - rate, df) * se
@@ -540,7 +628,7 @@ def standing(rows):
             "reference_se": sigma / math.sqrt(n),
             "rerun_below": ref - t_quantile(1 - PROVISIONAL_RATE, df) * se1,
             "keep_mean_of_2_below": ref - t_quantile(1 - FALSE_KEEP_RATE, df) * se2,
-            "simplification_up_to": ref + SIMPLIFICATION_BOUND * sigma,
+            "simplification_up_to": ref + simplification_allowance(rows, sigma),
         }
     return out
 
@@ -560,7 +648,10 @@ def explain():
         "times the standard error; otherwise it is discarded. "
         "A simplification is declared with --simplification and must have fewer parameters or a smaller "
         f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
-        f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma. "
+        f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma, and the simplifications kept since the last "
+        f"kept improvement (or the baseline) cost at most {SIMPLIFICATION_BOUND:g} sigma together against its mean. "
+        "A commit whose train.py is the program of an earlier commit (only comments, docstrings or formatting "
+        "differ) is not judged: it is the same experiment with another seed. "
         f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
         "A run without val_bpc is a crash. "
         "`python analysis.py decide` applies this rule and prints the commands to run next."
@@ -658,15 +749,46 @@ def judged_rows(tsv):
     return comparable_rows(read_results(tsv), results_repo(tsv))
 
 
+def programs_at(commits, repo="."):
+    """{commit: program_key of its train.py} for the commits git knows."""
+    sources = {commit: source_at(commit, repo) for commit in dict.fromkeys(commits)}
+    return {commit: program_key(source) for commit, source in sources.items() if source is not None}
+
+
+def recorded_row(tsv, log_path):
+    """The row of results.tsv that already records this run.log's run (its run_id), or None."""
+    from labbook.ledger import read_results
+    from labbook.runlog import parse_summary
+
+    try:
+        run_id = parse_summary(Path(log_path).read_bytes().decode("utf-8", errors="replace")).get("run_id", "").strip()
+    except OSError:
+        return None  # no log: nothing recorded from it
+    rows = read_results(tsv).rows if run_id and Path(tsv).is_file() else []
+    return next((r for r in rows if r.extra.get("run_id", "").strip() == run_id), None)
+
+
 def verdict_for_log(tsv, log_path, description="", simplification=False):
-    """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`."""
+    """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`.
+    A run already recorded is judged against the rows before its own, as `record` judged it, and
+    its verdict says so and offers no second record command."""
     rows = judged_rows(tsv)
+    recorded = recorded_row(tsv, log_path)
+    if recorded is not None:
+        rows = [r for r in rows if r.line < recorded.line]
     candidate = candidate_from_log(tsv, log_path, description, simplification)
+    candidate.program = programs_at([candidate.commit]).get(candidate.commit)
     tip = tip_commit(rows)
-    reference = {}
+    reference = {"programs": programs_at(r.commit for r in rows)}
     if candidate.simplification and tip:
-        reference = {"reference_params": params_of_kept(tsv, tip), "reference_statements": statements_at(tip)}
-    return candidate, decide(rows, candidate, **reference)
+        reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
+    verdict = decide(rows, candidate, **reference)
+    if recorded is not None:
+        verdict.record_command = ""
+        verdict.reason += (
+            f" (already recorded: line {recorded.line} of {Path(tsv).name}, {recorded.status}; run what follows)"
+        )
+    return candidate, verdict
 
 
 def decide_command(args, tsv):
@@ -678,7 +800,7 @@ def decide_command(args, tsv):
         return 0
     try:
         _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
-    except NotReady as e:
+    except CannotJudge as e:
         raise Refusal(str(e)) from None
     print(verdict.text())
     return 0
@@ -702,7 +824,7 @@ def record_with_rule(args, tsv):
 
     try:
         _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
-    except NotReady as e:
+    except CannotJudge as e:
         if not args.status:
             raise Refusal(str(e)) from None
         verdict = None

@@ -9,12 +9,13 @@ import os
 import re
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from labbook import keeprule
 from labbook.ledger import checkpoints_dir, git, read_results, results_repo
-from labbook.report import summarize
+from labbook.report import recorded_at as when
+from labbook.report import runs, summarize
 
 IDLE_MINUTES = 15  # a gap between two recorded runs longer than a run and this: the agent was idle
 RUN_MINUTES = 6  # about one run: 5 minutes of training, start-up and the re-score
@@ -42,13 +43,6 @@ def load(tsv="results.tsv"):
     flagged = {f["line"]: f["reasons"] for f in report.get("flagged_rows", [])}
     kinds = {row.line: kind for row, kind in keeprule.kinds(results.rows)}
     return Night(tsv, repo, results.rows, kinds, flagged, report)
-
-
-def when(row):
-    try:
-        return datetime.fromisoformat(row.extra.get("recorded_at", "").strip())
-    except ValueError:
-        return None
 
 
 def short(text, width=40):
@@ -97,11 +91,14 @@ def overview_text(night):
         return f"No rows in {night.tsv}: nothing ran yet (or the file is elsewhere: python analysis.py --tsv PATH)."
     o = overview(night)
     span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
-    return (
-        f"{o['rows']} runs {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed; "
+    text = (
+        f"{runs(o['rows'])} {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed; "
         f"{o['replicates']} replicates, {o['confirmations']} confirmation runs; {o['flagged']} rows flagged by the "
         "audit (they never count)."
     )
+    if problem := night.report.get("setup_incomplete"):
+        text += "\nSetup is incomplete: " + problem.removeprefix("setup is not complete: ")
+    return text
 
 
 def standing_text(night):
@@ -113,7 +110,9 @@ def standing_text(night):
     for name in ("best", "tip"):
         e = s[name]
         vs = f", {e['mean'] - base['mean']:+.6f} vs the baseline {base['mean']:.6f}" if base else ""
-        lines.append(f"{name:<4} {e['commit']}  mean val_bpc {e['mean']:.6f} of {e['runs']} runs{vs}")
+        if base and e["commit"] == base["commit"]:
+            vs = ": the baseline itself"
+        lines.append(f"{name:<4} {e['commit']}  mean val_bpc {e['mean']:.6f} of {runs(e['runs'])}{vs}")
     if s["sigma"] is not None:
         lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from unselected runs")
     return "\n".join(lines)
@@ -174,6 +173,13 @@ def crashes_table(night):
     rows = [dict(line=r.line, commit=r.commit, description=short(re.sub(r"\s*\(crash: .*\)\s*$", "", r.description)),
                  reason=short(crash_reason(r), 70)) for r in night.rows if r.status == "crash"]  # fmt: skip
     return table(rows, [("line", "line"), ("commit", "commit"), ("description", "tried"), ("reason", "reason")])
+
+
+def refusals_table(night):
+    """The runs `decide` or `record` refused (refusals.log): never rows, so never in the tables above."""
+    rows = [dict(when=r["when"][11:16], commit=r["commit"], command="+".join(r["commands"]),
+                 message=short(r["message"], 100)) for r in night.report.get("refused", [])]  # fmt: skip
+    return table(rows, [("when", "at"), ("commit", "commit"), ("command", "refused by"), ("message", "why")])
 
 
 def near_misses_table(night):
@@ -278,7 +284,14 @@ def timeline_text(night):
         return "No recorded_at times in the rows: no timeline."
     rate = statistics.fmean(sum(p[1:]) for p in t["per_hour"])
     gaps = ", ".join(f"{m} min from {t['start'] + timedelta(hours=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
-    return f"{rate:.1f} runs an hour on average; idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    text = f"{rate:.1f} runs an hour on average; idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    if wall := night.report.get("time"):
+        text += (
+            f"\n{wall['median_minutes']:.1f} min between records (median), the longest {wall['longest_minutes']:.0f} "
+            f"min (ending at line {wall['longest_line']}); crashes took {wall['crash_minutes']:.0f} min "
+            f"({runs(wall['crash_runs'])})"
+        )
+    return text
 
 
 # Loss curves: the best run against the baseline

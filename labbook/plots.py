@@ -40,21 +40,23 @@ def commit_means(rows):
 
 
 def steps_of(rows, flagged):
-    """(running best, reference) as [(x, value)] after each row: the best kept commit's mean and
-    the tip's mean, over the rows the audit did not flag."""
+    """(running best, reference) as [(x, value)] after each row, over the rows the audit did not
+    flag. The running best is the lowest mean, over all of its runs, of the commits kept so far: it
+    never rises. The reference is the tip's mean as it stood then: replicates move it."""
     from labbook import keeprule
 
-    best, reference, sound = [], [], []
+    sound = [r for r in rows if r.line not in flagged]
+    final = commit_means(sound)
+    best, reference, seen = [], [], []
     for x, row in enumerate(rows, start=1):
         if row.line not in flagged:
-            sound.append(row)
-        tip = keeprule.tip_commit(sound)
+            seen.append(row)
+        tip = keeprule.tip_commit(seen)
         if tip is None:
             continue
-        means = commit_means(sound)
-        kept = {r.commit for r in sound if r.status == "keep"}
-        best.append((x, min(means[c] for c in kept if c in means)))
-        reference.append((x, means.get(tip)))
+        kept = {r.commit for r in seen if r.status == "keep" and r.commit in final}
+        best.append((x, min(final[c] for c in kept)))
+        reference.append((x, commit_means(seen).get(tip)))
     return best, reference
 
 
@@ -108,21 +110,49 @@ def shorten(text, width):
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+MIN_RUNS_SHOWN = 10  # a short night's axis leaves room for the runs to come: one run is not a wide bar
+
+
 def integer_ticks(ax, n):
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(max(n, 1), 20)))
-    margin = max(0.7, 0.012 * n)
-    ax.set_xlim(1 - margin, n + margin)
+    shown = max(n, MIN_RUNS_SHOWN)
+    if shown <= 20:
+        ax.set_xticks(range(1, shown + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
+    margin = max(0.7, 0.012 * shown)
+    ax.set_xlim(1 - margin, shown + margin)
 
 
-def plot_progress(results, path, flagged=None):
+def plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def progress_title(data, n_rows):
+    """What the night kept, in words: the baseline is kept, and counted apart from kept changes."""
+    base = {p["commit"] for p in data["points"] if p["kind"] == "baseline" and p["kept"]}
+    changes = {p["commit"] for p in data["points"] if p["kept"]} - base
+    kept = ("the baseline" if base else "no baseline") + f" and {plural(len(changes), 'kept change')}"
+    best = f"; best mean {data['best'][-1][1]:.6f}" if data["best"] else ""
+    return f"{plural(n_rows, 'run')}: {kept}{best}"
+
+
+LABEL_SIZE = 7  # points: the kept commits' labels above the value axes
+
+
+def progress_figure(results, flagged=None):
+    """The progress figure: every run on the value axes, crashes in a strip of their own below them
+    (a crash has no value), the kept commits named above the axes."""
     rows = results.rows
     flagged = set(flagged_lines(results) if flagged is None else flagged)
     data = progress_data(rows, flagged)
     lo, hi = data["ylim"]
     fig = new_figure(13.0, 6.5)
-    ax = fig.add_subplot()
+    if data["crashes"]:
+        ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[14, 1], hspace=0.08))
+    else:
+        ax, strip = fig.add_subplot(), None
     by_commit = {}
     for p in data["points"]:
         by_commit.setdefault(p["commit"], []).append(p)
@@ -172,35 +202,41 @@ def plot_progress(results, path, flagged=None):
             zorder=5,
             label="flagged by the audit (never counts)",
         )
-    if data["crashes"]:
-        ax.scatter(data["crashes"], [lo + 0.03 * (hi - lo)] * len(data["crashes"]), marker="x", color="tab:red",
-                   s=40, zorder=3, label="crash (no value)")  # fmt: skip
     if data["best"]:
         xs, ys = zip(*data["best"])
-        ax.step(xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.8, label="running best (commit mean)")
+        ax.step(xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.8,
+                label="running best (a kept commit's mean over all its runs)")  # fmt: skip
     if data["reference"]:
         xs, ys = zip(*data["reference"])
-        ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.0, linestyle="--", label="reference (tip mean)")
-        ax.annotate(f"tip {ys[-1]:.4f}", (xs[-1], ys[-1]), xytext=(6, 6), textcoords="offset points",
-                    fontsize=8, color="tab:blue")  # fmt: skip
-    for i, lab in enumerate(data["labels"]):
-        ax.annotate(lab["text"], (lab["x"], lab["y"]), xytext=(4, 8 + 10 * (i % 3)), textcoords="offset points",
-                    rotation=20, fontsize=7, color="darkgreen",
-                    arrowprops=dict(arrowstyle="-", color="darkgreen", linewidth=0.4))  # fmt: skip
+        ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.0, linestyle="--",
+                label=f"reference (the tip's mean; now {ys[-1]:.4f})")  # fmt: skip
+    if strip is not None:
+        strip.scatter(data["crashes"], [0.5] * len(data["crashes"]), marker="x", color="tab:red", s=40)
+        strip.set_ylim(0, 1)
+        strip.set_yticks([])
+        strip.set_ylabel("crash", rotation=0, ha="right", va="center")
+        ax.scatter([], [], marker="x", color="tab:red", s=40, label="crash (below: it has no value)")
+    label_band = 0
+    for lab in data["labels"]:
+        ax.annotate(lab["text"], (lab["x"], 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                    textcoords="offset points", rotation=45, ha="left", va="bottom", fontsize=LABEL_SIZE,
+                    color="darkgreen", annotation_clip=False)  # fmt: skip
+        ax.plot([lab["x"], lab["x"]], [lab["y"], hi], color="darkgreen", linewidth=0.4, linestyle=":", zorder=1)
+        label_band = max(label_band, 0.5 * LABEL_SIZE * len(lab["text"]) * 0.71 + LABEL_SIZE)
     ax.set_ylim(lo, hi)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-    integer_ticks(ax, len(rows))
-    ax.set_xlabel("run (in the order recorded)")
+    bottom = strip if strip is not None else ax
+    integer_ticks(bottom, len(rows))
+    bottom.set_xlabel("run (in the order recorded)")
     ax.set_ylabel("val_bpc (lower is better)")
-    base = {p["commit"] for p in data["points"] if p["kind"] == "baseline"}
-    kept_commits = {p["commit"] for p in data["points"] if p["kept"]} - base
-    title = f"{len(rows)} runs, {len(kept_commits)} commits kept"
-    if data["best"]:
-        title += f"; best mean {data['best'][-1][1]:.6f}"
-    ax.set_title(title)
+    ax.set_title(progress_title(data, len(rows)), pad=6 + label_band)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
+    return fig
+
+
+def plot_progress(results, path, flagged=None):
+    progress_figure(results, flagged).savefig(path, bbox_inches="tight")
     return Path(path)
 
 
@@ -213,13 +249,13 @@ def memory_data(rows, flagged=()):
                  flagged=r.line in set(flagged)) for x, r in enumerate(rows, start=1)]  # fmt: skip
 
 
-def plot_memory(results, path, flagged=None):
+def memory_figure(results, flagged=None):
     rows = results.rows
     data = memory_data(rows, flagged_lines(results) if flagged is None else flagged)
     fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
     colors = {"keep": KEPT_COLOR, "discard": "0.6", "crash": "tab:red"}
-    for status, label in (("keep", "kept commit's run"), ("discard", "discarded"), ("crash", "crash (0 recorded)")):
+    for status, label in (("keep", "kept commit's run"), ("discard", "discarded")):
         chosen = [d for d in data if d["status"] == status]
         if chosen:
             ax.bar([d["x"] for d in chosen], [d["memory"] for d in chosen], color=colors[status], label=label,
@@ -230,7 +266,8 @@ def plot_memory(results, path, flagged=None):
                edgecolor="tab:red", width=0.8, label="flagged by the audit")  # fmt: skip
     crashes = [d["x"] for d in data if d["status"] == "crash"]
     if crashes:
-        ax.scatter(crashes, [0] * len(crashes), marker="x", color="tab:red", s=40, zorder=3, clip_on=False)
+        ax.scatter(crashes, [0] * len(crashes), marker="x", color="tab:red", s=40, zorder=3, clip_on=False,
+                   label="crash (no memory recorded)")  # fmt: skip
     top = max([d["memory"] for d in data] + [1.0])
     shown = set()
     for d in data:  # each commit named once, at its first run
@@ -243,7 +280,14 @@ def plot_memory(results, path, flagged=None):
     ax.set_xlabel("run (in the order recorded); each commit named at its first run")
     ax.set_ylabel("peak memory (GB)")
     ax.set_title("peak memory per run")
-    return finish(fig, ax, path)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def plot_memory(results, path, flagged=None):
+    memory_figure(results, flagged).savefig(path, bbox_inches="tight")
+    return Path(path)
 
 
 def finish(fig, ax, path):
@@ -271,18 +315,20 @@ def plot_timeline(line, path):
                 bottom=bottom,
                 width=0.9,
                 color=color,
+                zorder=2,
                 label="keep (replicates included)" if status == "keep" else status,
             )
         bottom = [b + c for b, c in zip(bottom, counts)]
     ax.scatter([a for a, _ in line["runs"]], [-0.4] * len(line["runs"]), marker="|", color="black", s=60,
                label="a recorded run", clip_on=False)  # fmt: skip
     for i, (a, b, minutes) in enumerate(line["gaps"]):
-        ax.axvspan(a, b, color="tab:orange", alpha=0.25, label="idle gap" if i == 0 else None)
-        ax.annotate(f"idle {minutes} min", ((a + b) / 2, max(bottom) * 0.9 + 0.5), ha="center", fontsize=8)
+        ax.axvspan(a, b, color="tab:orange", alpha=0.25, zorder=0, label="idle gap" if i == 0 else None)
+        ax.annotate(f"idle {minutes} min", ((a + b) / 2, max(bottom) * 1.2 + 0.5), ha="center", va="bottom",
+                    fontsize=8, zorder=3)  # fmt: skip
     ax.set_xticks(hours + [len(hours)])
     ax.set_xticklabels([f"{line['start'] + timedelta(hours=h):%H:%M}" for h in hours + [len(hours)]], fontsize=8)
     ax.set_xlim(0, len(hours))
-    ax.set_ylim(-0.8, max(bottom) * 1.2 + 1)
+    ax.set_ylim(-0.8, max(bottom) * 1.45 + 1.5)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("runs in the hour")
     ax.set_title("the night, hour by hour")

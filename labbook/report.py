@@ -9,10 +9,12 @@ import math
 import re
 import statistics
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from labbook import keeprule
 from labbook.ledger import FORCED_PREFIX, STATUSES, Refusal, git, git_show, read_results, results_repo
+from labbook.refusals import read_refusals
 from labbook.rescore import best_test_bpc, kept_rescores, rescore_lines, tolerance
 
 TEST_SPLIT_NOTE = (
@@ -56,6 +58,34 @@ def crashes(rows):
     return out
 
 
+def recorded_at(row):
+    """When `record` wrote the row (its recorded_at column), or None."""
+    try:
+        return datetime.fromisoformat(row.extra.get("recorded_at", "").strip())
+    except ValueError:
+        return None
+
+
+def wall_times(rows):
+    """Where the night's time went: minutes between each row's record and the one before it (a
+    run's wall time with the agent's turn around it), their median, the longest, and the minutes
+    that ended in crashes. None without two recorded times."""
+    timed = [(t, r) for r in rows if (t := recorded_at(r)) is not None]
+    if len(timed) < 2:
+        return None
+    gaps = [((b - a).total_seconds() / 60, row) for (a, _), (b, row) in zip(timed, timed[1:])]
+    longest = max(gaps, key=lambda g: g[0])
+    crashed = [m for m, row in gaps if row.status == "crash"]
+    return {
+        "hours": (timed[-1][0] - timed[0][0]).total_seconds() / 3600,
+        "median_minutes": statistics.median(m for m, _ in gaps),
+        "longest_minutes": longest[0],
+        "longest_line": longest[1].line,
+        "crash_minutes": sum(crashed),
+        "crash_runs": len(crashed),
+    }
+
+
 def summarize(results, repo=None):
     """Everything the report shows, as plain data. The numbers are the keep rule's over the
     comparable rows; flagged rows count in the totals only."""
@@ -72,6 +102,7 @@ def summarize(results, repo=None):
     base_values = keeprule.commit_values(sound, baseline.commit) if baseline else []
     base_mean = statistics.fmean(base_values) if base_values else None  # what setup's verdicts used
     improvement = base_mean - best["mean"] if best and base_mean is not None else None
+    tip = now["tip"]["commit"] if now["tip"] else None
     return {
         "file": str(results.path),
         "totals": {
@@ -98,6 +129,9 @@ def summarize(results, repo=None):
         "near_misses": keeprule.near_misses(sound),
         "crashes": crashes(rows),
         "crash_streak": keeprule.crash_streak(rows),
+        "setup_incomplete": keeprule.setup_problem(sound, tip) if tip else None,
+        "refused": read_refusals(results.path),
+        "time": wall_times(rows),
         "flagged_rows": [{"line": n, "reasons": why} for n, why in sorted(flagged.items())],
         "header_missing": results.header_missing,
         "malformed": [{"line": n, "reason": reason} for n, reason in results.malformed],
@@ -249,15 +283,19 @@ def text_standing(report, test_bpc, test_note):
     else:
         mean = base["mean"] if base["mean"] is not None else base["val_bpc"]
         lines.append(
-            f"baseline  {base['commit']:<8} {mean:.6f}  mean of {base['runs']} runs (first: line {base['line']})"
+            f"baseline  {base['commit']:<8} {mean:.6f}  mean of {runs(base['runs'])} (first: line {base['line']})"
         )
     if tip:
-        lines.append(f"tip       {tip['commit']:<8} {tip['mean']:.6f}  mean of {tip['runs']} runs (the reference)")
+        lines.append(f"tip       {tip['commit']:<8} {tip['mean']:.6f}  mean of {runs(tip['runs'])} (the reference)")
     if best:
         change = ""
-        if report["improvement"] is not None:
+        if base is not None and best["commit"] == base["commit"]:
+            change = "  the baseline itself: nothing has beaten it"
+        elif report["improvement"] is not None:
             change = f"  {-report['improvement']:+.6f} ({-report['improvement_pct']:+.2f}%) vs the baseline"
-        lines.append(f"best      {best['commit']:<8} {best['mean']:.6f}  mean of {best['runs']} runs{change}")
+        lines.append(f"best      {best['commit']:<8} {best['mean']:.6f}  mean of {runs(best['runs'])}{change}")
+    if report.get("setup_incomplete"):
+        lines.append("setup     incomplete: " + report["setup_incomplete"].removeprefix("setup is not complete: "))
     if test_bpc is not None:
         lines.append(f"          test_bpc {test_bpc:.6f} of the best (held-out, for the person, never for decisions)")
     if test_note:
@@ -266,11 +304,22 @@ def text_standing(report, test_bpc, test_note):
         lines.append("sigma unknown: setup runs the baseline and its replicates (python analysis.py decide --explain)")
     else:
         lines.append(f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from unselected runs)")
-    if report["next"]:
+    if report["next"] and not report.get("setup_incomplete"):
         nxt = report["next"]
         lines.append(
             f"next      rerun below {nxt['rerun_below']:.6f}, keep a mean of 2 below {nxt['keep_mean_of_2_below']:.6f}, "
             f"a simplification up to {nxt['simplification_up_to']:.6f}"
+        )
+    if report.get("time"):
+        t = report["time"]
+        lines.append(
+            f"time      {t['hours']:.1f} h between the first and last record; {t['median_minutes']:.1f} min between "
+            f"records (median), the longest {t['longest_minutes']:.0f} min (ending at line {t['longest_line']}); "
+            + (
+                f"crashes took {t['crash_minutes']:.0f} min ({runs(t['crash_runs'])})"
+                if t["crash_runs"]
+                else "no crashes"
+            )
         )
     lines.append(f"crash streak {report['crash_streak']}")
     if report["crash_streak"] >= 3:
@@ -278,10 +327,13 @@ def text_standing(report, test_bpc, test_note):
     return lines
 
 
+def runs(n):
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
 def entry_line(e):
-    runs = f"{e['runs']} run{'s' if e['runs'] != 1 else ''}"
     return (
-        f"  line {e['line']:>4}  {e['commit']:<8} mean {num(e['mean'])} ({runs})  delta {num(e['delta'], '{:+.6f}')} "
+        f"  line {e['line']:>4}  {e['commit']:<8} mean {num(e['mean'])} ({runs(e['runs'])})  delta {num(e['delta'], '{:+.6f}')} "
         f"vs {num(e['reference'])} ({e['reference_commit']})  {e['description']}"
     )
 
@@ -296,6 +348,10 @@ def text_lists(report):
     for key, title in sections:
         if report[key]:
             lines += ["", title] + [entry_line(e) for e in report[key]]
+    if report.get("refused"):
+        lines += ["", "refused by decide or record (never recorded as these runs)"]
+        for r in report["refused"]:
+            lines.append(f"  {r['when'][:16]}  {r['commit']:<8} {'+'.join(r['commands'])}: {r['message']}")
     if report["crashes"]:
         lines += ["", "crashes"]
         for c in report["crashes"]:

@@ -52,7 +52,11 @@ RUNTIME_FILES = (
     "progress.png",
     "memory.png",
     "curves.png",
+    "timeline.png",
+    "best_vs_baseline.png",
     "analysis.ipynb",
+    "analysis.html",
+    "refusals.log",
     "worktrees",
 )
 PATH_SUFFIXES = {

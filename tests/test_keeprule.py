@@ -205,3 +205,87 @@ def test_the_last_replicate_reports_the_reference_and_sigma_it_leaves():
     assert verdict.reference == pytest.approx(sum(values) / 5)
     assert verdict.df == 4 and verdict.sigma == pytest.approx(keeprule.pooled_sigma(setup_rows())[0])
     assert "reference_runs=5" in verdict.text() and "df=4" in verdict.text()
+
+
+def test_decide_after_record_says_the_run_is_recorded_and_does_not_count_it_again(repo, capsys):
+    base = head(repo)
+    write_log(repo, base, val_bpc=1.3)
+    main(capsys, "record", "--description", "baseline")
+    write_log(repo, base, val_bpc=1.302, seed=1)
+    code, recorded, _ = main(capsys, "record", "--description", "noise: seed 1")
+    code, out, _ = main(capsys, "decide")
+    assert code == 0 and out.splitlines()[0] == "keep"
+    assert "replicate 1 of 4" in out and "runs=2" in out and "already recorded: line 3" in out
+    after = out.split("next:\n")[1].splitlines()
+    assert after[0].strip().startswith("AR_SEED=2 timeout")  # no record command for this run: the next run first
+    assert len(rows_of(repo)) == 2
+
+
+def test_a_crashed_replicate_is_labelled_a_replicate_of_the_tip_and_does_not_count():
+    rows = setup_rows()[:3]  # the baseline and seeds 1 and 2
+    verdict = decide(rows, Candidate("base", None, "machine facts", explicit=False, crash="interrupted (SIGTERM)"))
+    assert verdict.kind == "replicate" and verdict.status == "crash"
+    assert verdict.record_command == 'python analysis.py record --description "noise: base, seed 3"'
+    rows.append(row("base", 0.0, "crash", "replicate", seed=3))
+    again = decide(rows, Candidate("base", 1.3, "", explicit=False, seed=3))
+    assert "replicate 3 of 4" in again.reason
+
+
+def test_the_setup_guard_names_the_seed_that_is_next():
+    with pytest.raises(keeprule.NotReady, match="AR_SEED=3 timeout"):
+        decide(setup_rows()[:3], Candidate("exp1", 1.2))
+
+
+def test_a_crash_of_a_new_commit_before_setup_is_complete_is_not_recorded_as_an_experiment():
+    with pytest.raises(keeprule.NotReady, match="setup is not complete"):
+        decide(setup_rows()[:3], Candidate("exp1", None, "lr 3e-3", crash="NameError: name 'LRR' is not defined"))
+
+
+def test_a_comment_only_commit_of_a_tried_idea_is_refused_naming_the_commit_that_ran_it(repo, capsys):
+    base = head(repo)
+    for seed, value in enumerate([1.3, 1.302, 1.298, 1.301, 1.299]):
+        write_log(repo, base, val_bpc=value, **({"seed": seed} if seed else {}))
+        main(capsys, "record", "--description", "baseline" if seed == 0 else f"seed {seed}")
+    idea = commit_change(repo, lr=0.003, message="lr 3e-3")
+    write_log(repo, idea, val_bpc=1.301)
+    assert main(capsys, "record", "--description", "lr 3e-3")[0] == 0
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "# lr 3e-3, one more time\n")
+    retry = commit_change(repo, message="lr 3e-3 again")
+    write_log(repo, retry, val_bpc=1.290)
+    code, out, err = main(capsys, "decide")
+    assert code == 2 and f"the same program as at {idea}" in err and "line 7, discard: lr 3e-3" in err
+    assert main(capsys, "record", "--description", "lr 3e-3 again")[0] == 2 and len(rows_of(repo)) == 6
+
+
+def test_the_program_key_ignores_comments_docstrings_and_formatting_only():
+    source = '"""A model."""\nLR = 0.001\n\n\ndef f(x):\n    return x * LR\n'
+    same = '"""Another docstring."""\n# a note\nLR = 0.001  # lr\n\ndef f(x):\n    """Scale."""\n    return (x * LR)\n'
+    assert keeprule.program_key(same) == keeprule.program_key(source)
+    assert keeprule.program_key(source.replace("0.001", "0.003")) != keeprule.program_key(source)
+
+
+def kept_simplification(commit, value, seed):
+    return [row(commit, value, "discard", "simplification", seed=42), row(commit, value, "keep", "confirm", seed=seed)]
+
+
+def test_simplifications_since_the_last_real_keep_cost_at_most_the_bound_together():
+    rows = setup_rows()
+    bound = keeprule.SIMPLIFICATION_BOUND * keeprule.pooled_sigma(rows)[0]
+    lone = decide(rows, Candidate("s2", 1.3 + 0.8 * S, "drop bias", simplification=True, statements=90), None, 100)
+    assert lone.verdict == "rerun" and lone.threshold == pytest.approx(bound)  # alone, within the bound
+    rows += kept_simplification("s1", 1.3 + 0.8 * S, 5)  # a first simplification spent 0.8 sigma of it
+    chained = decide(rows, Candidate("s2", 1.3 + 1.6 * S, "drop bias", simplification=True, statements=90), None, 100)
+    assert chained.verdict == "discard" and chained.threshold == pytest.approx(bound - 0.8 * S)
+    rows += [row("impr", 1.29, "discard", "experiment"), row("impr", 1.29, "keep", "confirm", seed=6)]
+    fresh = decide(rows, Candidate("s3", 1.29 + 0.8 * S, "drop bias", simplification=True, statements=90), None, 100)
+    assert fresh.verdict == "rerun" and fresh.threshold == pytest.approx(fresh.sigma * keeprule.SIMPLIFICATION_BOUND)
+
+
+def test_a_promoted_cherry_pick_of_a_workers_screened_commit_is_judged_not_refused():
+    rows = setup_rows() + [row("w1", 1.3 - 3 * S, "discard", "experiment", description="[gpu1] lr 3e-3")]
+    programs = {"base": "p0", "w1": "p1"}  # the worker's row was recorded with --status: no rule note
+    promoted = decide(rows, Candidate("pick", 1.3 - 3 * S, "lr 3e-3", program="p1"), programs=programs)
+    assert promoted.verdict == "rerun"
+    rows[-1].extra["note"] = "rule: discard mean 1.294000 of 1 vs 1.300000"  # had the rule judged it
+    with pytest.raises(keeprule.SameProgram, match="same program as at w1"):
+        decide(rows, Candidate("pick", 1.3 - 3 * S, "lr 3e-3", program="p1"), programs=programs)

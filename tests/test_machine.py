@@ -5,6 +5,7 @@ measurement that cannot be taken (no GPU, a crashed run) is one line, never a tr
 """
 
 import re
+import shutil
 
 import pytest
 import torch
@@ -51,6 +52,32 @@ def test_machine_command_fills_the_block_on_a_cpu_machine(tmp_path):
     assert "act./seq (CPU est.)" in block and "an estimate (saved-tensor count on a CPU), not measured" in block
     # no GPU is one line, not a traceback
     assert proc.stderr.strip().splitlines() == ["no CUDA GPU: throughput not measured (facts and model sizes only)"]
+
+
+def clone_for_machine(folder, **values):
+    """The files tools/machine.py touches, as a clone has them: the tool, labbook, prepare.py,
+    train.py (with `values`) and an AGENTS.md whose machine block is empty."""
+    folder.mkdir()
+    (folder / "tools").mkdir()
+    shutil.copy(MACHINE, folder / "tools" / "machine.py")
+    shutil.copytree(REPO / "labbook", folder / "labbook", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prepare.py", folder / "prepare.py")
+    train_copy(folder, **values)
+    (folder / "AGENTS.md").write_text(f"# Agents\n{machine.BEGIN}\nempty\n{machine.END}\n")
+    return folder
+
+
+@NO_CUDA
+def test_machine_command_writes_the_clone_it_is_run_from_not_the_installed_one(tmp_path):
+    """Two clones, one install: PYTHONPATH puts clone A's labbook ahead of everything but the
+    script's own folder (pip's editable install of A sits behind it); B's tool sizes B's train.py
+    and writes B's AGENTS.md."""
+    a = clone_for_machine(tmp_path / "a", DIM=64, DEPTH=2)
+    b = clone_for_machine(tmp_path / "b", DIM=96, DEPTH=3)
+    proc = run_script(b / "tools" / "machine.py", "--no-measure", cwd=b, env=base_env(tmp_path, PYTHONPATH=a))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 96 (train.py now) | 3 |" in (b / "AGENTS.md").read_text()
+    assert "empty" in (a / "AGENTS.md").read_text()
 
 
 def test_repository_agents_md_has_the_machine_block():

@@ -2,6 +2,8 @@
 fits, with the same batch and a normal summary; out of memory at a micro-batch of 1, or after the
 first step, is still the one-line crash."""
 
+import re
+
 import pytest
 import torch
 from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_copy, parse_summary, run_train
@@ -19,6 +21,8 @@ def fitting_loss(model, x):
     CALLS[0] += 1
     if len(x) > FITS or (FAIL_AFTER and CALLS[0] > FAIL_AFTER):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+    if CALLS[0] == 3:  # the first forward that fits: what loss_fn(model, x) is handed
+        print(f"loss_fn's x: {tuple(x.shape)} {x.dtype} in [{int(x.min())}, {int(x.max())}]")
     return model(x)
 """
 
@@ -49,6 +53,9 @@ def test_a_model_that_runs_out_of_memory_above_two_sequences_trains_at_two(fitte
     assert "notice: a micro-batch of 8 sequences does not fit" in log
     assert "notice: a micro-batch of 4 sequences does not fit" in log
     assert "micro_batch: 2 sequences per forward/backward (8 per step per rank)" in log
+    shape = re.search(r"^loss_fn's x: \(2, (\d+)\) torch.int64 in \[(\d+), (\d+)\]$", log, re.M)
+    assert shape and int(shape.group(1)) == prepare.MAX_SEQ_LEN + 1  # TRAIN_SEQ_LEN (its default) + 1
+    assert 0 <= int(shape.group(2)) <= int(shape.group(3)) <= 255
 
 
 def test_out_of_memory_at_a_micro_batch_of_one_is_the_one_line_crash(tmp_path, corpus):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from fixtures_results import ANALYSIS, is_real_png
-from nights import write_night
+from nights import night_rows, write_night
 
 from labbook import cli, ledger, morning, plots
 
@@ -51,7 +51,8 @@ def test_a_wild_run_is_drawn_at_the_edge_with_its_value(night):
 
 def test_the_running_best_is_the_best_kept_mean_so_far_and_every_kept_commit_is_labelled(night):
     data = plots.progress_data(night.rows, night.flagged)
-    # a commit's mean moves as its replicates come in, so the step can rise: it is never one lucky run
+    values = [y for _, y in data["best"]]
+    assert all(b <= a for a, b in zip(values, values[1:]))  # each kept commit at its mean over all its runs
     assert data["best"][-1][1] == pytest.approx(morning.keeprule.best_commit(night.sound)["mean"])
     kept = {e["commit"] for e in morning.keeprule.history(night.sound) if e["status"] == "keep"}
     assert len(data["labels"]) == len(kept)
@@ -71,7 +72,7 @@ def test_the_plots_are_written(night, tmp_path):
     assert all(is_real_png(p) for p in paths)
 
 
-@pytest.mark.parametrize("n", [3, 12, 100])
+@pytest.mark.parametrize("n", [1, 3, 12, 100])
 def test_ticks_are_integers(n):
     fig = plots.new_figure()
     ax = fig.add_subplot()
@@ -126,3 +127,57 @@ def test_the_command_line_says_one_error_line_for_a_missing_metrics_file(tmp_pat
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: cannot read missing.jsonl: No such file or directory"
     ]
+
+
+def first_rows(tmp_path, n):
+    """The first `n` rows of a generated night (one run, setup only, ...) in a results.tsv of their own."""
+    values = night_rows(tmp_path / "lab", 12)[:n]
+    tsv = tmp_path / "lab" / "results.tsv"
+    tsv.write_text("\t".join(ledger.COLUMNS) + "\n" + "".join(ledger.format_row(v, ledger.COLUMNS) for v in values))
+    return morning.load(tsv)
+
+
+def drawn(night):
+    results = ledger.read_results(night.tsv)
+    fig = plots.progress_figure(results, night.flagged)
+    fig.canvas.draw()
+    return fig, plots.progress_data(night.rows, night.flagged)
+
+
+def test_crashes_are_marked_in_a_strip_below_the_values_never_among_them(night):
+    fig, data = drawn(night)
+    values, strip = fig.axes[:2]
+    assert strip.get_ylabel() == "crash" and not strip.get_yticks().size
+    assert sorted(x for c in strip.collections for x, _ in c.get_offsets()) == sorted(data["crashes"])
+    assert not {x for c in values.collections for x, _ in c.get_offsets()} & set(data["crashes"])
+
+
+def test_the_title_counts_the_baseline_apart_from_kept_changes(tmp_path):
+    fig, _ = drawn(first_rows(tmp_path, 1))
+    assert fig.axes[0].get_title().startswith("1 run: the baseline and 0 kept changes; best mean ")
+    assert len(fig.axes) == 1  # no crash, no strip
+
+
+@pytest.mark.parametrize("n", [1, 12, 100])
+def test_no_label_overlaps_another_or_the_title(n, tmp_path):
+    night = first_rows(tmp_path, n) if n == 1 else None
+    if night is None:
+        write_night(tmp_path / "lab", n, seed=n)
+        night = morning.load(tmp_path / "lab" / "results.tsv")
+    fig, data = drawn(night)
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text() in {lab["text"] for lab in data["labels"]}]
+    assert len(texts) == len(data["labels"]) >= 1
+    boxes = [t.get_window_extent(renderer) for t in texts] + [ax.title.get_window_extent(renderer)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_the_memory_legend_marks_a_crash_as_drawn(night, tmp_path):
+    results = ledger.read_results(night.tsv)
+    plots.plot_memory(results, tmp_path / "memory.png", night.flagged)
+    fig = plots.memory_figure(results, night.flagged)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "crash (no memory recorded)" in legend and not any("0 recorded" in text for text in legend)

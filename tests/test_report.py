@@ -5,9 +5,21 @@ import statistics
 
 import numpy as np
 import pytest
-from fixtures_results import NIGHT, RULE_NIGHT, is_real_png, results_text, write_night
+from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+    NIGHT,
+    RULE_NIGHT,
+    commit_change,
+    fake_rescore,
+    head,
+    is_real_png,
+    make_repo,
+    results_text,
+    write_log,
+    write_night,
+)
+from nights import night_rows
 
-from labbook import cli, keeprule, ledger, plots
+from labbook import cli, keeprule, ledger, plots, report
 
 
 @pytest.fixture
@@ -36,7 +48,7 @@ def test_the_report_shows_the_keep_rules_numbers_never_its_own(night, capsys):
     text = report_text(capsys, night.tsv)
     c = night.commits
     assert now["tip"]["commit"] == c["exp7"] and now["best"]["commit"] == c["exp6"]
-    assert f"tip       {c['exp7']:<8} {now['tip']['mean']:.6f}  mean of 1 runs" in text
+    assert f"tip       {c['exp7']:<8} {now['tip']['mean']:.6f}  mean of 1 run (the reference)" in text
     assert f"best      {c['exp6']:<8} {now['best']['mean']:.6f}  mean of 4 runs" in text
     assert f"sigma     {now['sigma']:.6f} ({now['df']} df" in text
     assert f"rerun below {now['next']['rerun_below']:.6f}" in text
@@ -192,3 +204,41 @@ def test_a_crash_reason_keeps_its_own_closing_parentheses():
         ("muon lr x2", "interrupted (SIGTERM)"),
         ("dim 4096", "out of memory (peak 7,900 MB, 85.1M parameters)"),
     ]
+
+
+def test_one_run_reads_as_one_run_the_baseline_itself_and_setup_incomplete(tmp_path, capsys):
+    lab = write_night(tmp_path / "lab", RULE_NIGHT[:3])  # the baseline and two replicates
+    text = report_text(capsys, lab.tsv)
+    assert "mean of 3 runs  the baseline itself" in text and "-0.000000" not in text and "-0.00%" not in text
+    assert "setup     incomplete:" in text and "lacks 2 replicates" in text and "AR_SEED=1 timeout" in text  # seeds 42
+    assert "next      rerun below" not in text  # no bounds for experiments that would be refused
+    one = write_night(tmp_path / "one", RULE_NIGHT[:1])
+    assert "mean of 1 run (first: line 2)" in report_text(capsys, one.tsv)
+
+
+def test_the_report_lists_the_runs_decide_and_record_refused(tmp_path, monkeypatch, capsys):
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    write_log(repo, head(repo), val_bpc=1.3)
+    assert cli.main(["record", "--description", "baseline"]) == 0
+    early = commit_change(repo, lr=0.003, message="lr 3e-3")
+    write_log(repo, early, val_bpc=1.29)
+    assert cli.main(["decide"]) == 2 and cli.main(["record", "--description", "lr 3e-3"]) == 2
+    capsys.readouterr()
+    text = report_text(capsys, repo / "results.tsv")
+    section = text.split("refused by decide or record (never recorded as these runs)\n", 1)[1].split("\n\n")[0]
+    assert section.count("\n") == 0 and f"{early:<8} decide+record: setup is not complete" in section
+
+
+def test_the_report_shows_the_time_between_records_and_what_crashes_cost(tmp_path, capsys):
+    values = night_rows(tmp_path / "lab", 12)
+    tsv = tmp_path / "lab" / "results.tsv"
+    tsv.write_text("\t".join(ledger.COLUMNS) + "\n" + "".join(ledger.format_row(v, ledger.COLUMNS) for v in values))
+    rows = ledger.read_results(tsv).rows
+    times = [report.recorded_at(r) for r in rows]
+    minutes = [(b - a).total_seconds() / 60 for a, b in zip(times, times[1:])]
+    crashed = [m for m, r in zip(minutes, rows[1:]) if r.status == "crash"]
+    assert crashed and max(minutes) > 40  # the generated night has a crash and an idle gap
+    text = report_text(capsys, tsv)
+    assert f"{statistics.median(minutes):.1f} min between records (median), the longest {max(minutes):.0f} min" in text
+    assert f"crashes took {sum(crashed):.0f} min ({len(crashed)} run" in text

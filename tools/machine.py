@@ -9,8 +9,12 @@ The logic is in labbook/machine.py.
 """
 
 import sys
+from pathlib import Path
 
-from labbook.machine import main  # the installed package (pip install -e .), or PYTHONPATH=. on a plain checkout
+# this checkout's labbook and prepare.py, even when pip's editable install points at another clone
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from labbook.machine import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

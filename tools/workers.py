@@ -14,8 +14,12 @@ discard (or a crash): `keep` is reserved for commits on the research branch, whe
 """
 
 import sys
+from pathlib import Path
 
-from labbook.workers import main  # the installed package (pip install -e .), or PYTHONPATH=. on a plain checkout
+# this checkout's labbook and prepare.py, even when pip's editable install points at another clone
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from labbook.workers import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
