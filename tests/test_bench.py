@@ -267,15 +267,13 @@ def test_tiny_copies_shorten_the_training_window_not_the_evaluation_window(bench
 
 
 def test_no_file_here_loads_another_by_path():
-    for path in (
-        BENCH,
-        REPO / "labbook" / "machine.py",
-        REPO / "tools" / "machine.py",
-        *REPO.glob("tests/test_[bm]*.py"),
-    ):
+    for path in (BENCH, REPO / "labbook" / "machine.py", *REPO.glob("tests/test_[bm]*.py")):
         text = path.read_text()
         assert "spec_from_file_location" not in text.replace('"spec_from_file_location"', ""), path
         assert "sys.path.insert" not in text.replace('"sys.path.insert"', ""), path
+    for tool in REPO.glob("tools/*.py"):  # a tool puts its own checkout first, and nothing else
+        inserts = [line.strip() for line in tool.read_text().splitlines() if "sys.path.insert" in line]
+        assert inserts in ([], ["sys.path.insert" + "(0, str(Path(__file__).resolve().parents[1]))"]), tool
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +288,7 @@ def cpu_run(corpus, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(prepare.gc, "freeze", lambda: None)  # keep the test process's heap collectable
     with contextlib.redirect_stdout(io.StringIO()):
-        run, _ = prepare.setup(prepare.read_env())
+        run = prepare.setup(prepare.read_env())
         run.tracker = prepare.Tracker(run)  # every batch drawn is counted by the Run's tracker
         return run
 
