@@ -1,7 +1,7 @@
 """A scripted night: a deterministic fake agent follows program.md's commands as written.
 
 A temporary research repository holds a copy of train.py, prepare.py, analysis.py, labbook/,
-tools/, AGENTS.md, program.md and .gitignore. The CPU rehearsal (README's sed line, with smaller
+tools/, AGENTS.md, program.md and .gitignore. The CPU rehearsal (README's tools/rehearsal.py, with smaller
 constants) is committed with a learning rate that barely trains; then the agent runs the setup
 (branch, dependency check, data, machine facts, baseline and the replicates `decide` asks for)
 and a night of the loop, taking every command string from program.md, docs/scale-out.md or from
@@ -41,7 +41,7 @@ from harness import REPO, base_env, edit_constants, kill_session
 TAG = "rehearsal"  # README: follow program.md with the run tag `rehearsal`
 STEPS = 3
 EVAL_BYTES = 4096
-SIZES = {"DIM": "32", "DEPTH": "2", "HEADS": "2", "BATCH_SIZE": "4", "TRAIN_SEQ_LEN": "64"}  # README's sed, smaller
+SIZES = {"DIM": "32", "DEPTH": "2", "HEADS": "2", "BATCH_SIZE": "4", "TRAIN_SEQ_LEN": "64"}  # README's sizes, smaller
 SLOW_LR, GOOD_LR = 1e-5, 1e-2  # the rehearsal's baseline barely trains; the first experiment's LR does
 
 PROGRAM = (REPO / "program.md").read_text()
@@ -102,17 +102,14 @@ PINNED_RUN = block_line(SCALE_OUT, "CUDA_VISIBLE_DEVICES=0 timeout -k 30 600 pyt
 SYNC = block_line(SCALE_OUT, "python tools/workers.py sync")
 PARALLEL_REPLICATES = re.search(r"```bash\n(for i in 0 1 2 3; do\n  AR_SEED=.*?)\n```", SCALE_OUT, re.S).group(1)
 # README's CPU rehearsal
-REHEARSAL_SED = block_line(README, "sed -i.bak -e 's|^DIM = ")
+REHEARSAL_SIZE = block_line(README, "python tools/rehearsal.py")
 REHEARSAL_COMMIT = block_line(README, 'git commit -am "CPU rehearsal size"')
 
 
-def rehearsal_sed():
-    """README's sed line with this test's smaller sizes."""
-    line = REHEARSAL_SED
-    for name, value in SIZES.items():
-        line, n = re.subn(rf"\|{name} = \d+  # CPU rehearsal\|", f"|{name} = {value}  # CPU rehearsal|", line)
-        assert n == 1, f"README's sed line no longer sets {name}"
-    return line
+def rehearsal_size():
+    """README's resize command with this test's smaller sizes."""
+    options = " ".join(f"--{name.lower().replace('_', '-')} {value}" for name, value in SIZES.items())
+    return f"{comment_of(REHEARSAL_SIZE)} {options}"
 
 
 def comment_of(cmd):
@@ -235,7 +232,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     # --- setup (program.md), with README's CPU rehearsal right after step 2 ---
     assert sh(BRANCHES).stdout.strip() == ""
     sh(CREATE_BRANCH.replace("<tag>", TAG))
-    sh(rehearsal_sed())
+    sh(rehearsal_size())
     agent.edit(LR=SLOW_LR, MUON_LR=SLOW_LR)  # this night's baseline barely trains
     sh(REHEARSAL_COMMIT)
     sh(DEPS)
