@@ -1,1 +1,22 @@
-"""The lab book of an autoresearch effort: results.tsv, its report and plots, and the commands of analysis.py."""
+"""The lab book of an autoresearch effort: results.tsv, its report and plots, and the commands of analysis.py.
+
+Its modules stand in layers; a module imports only from its own layer or the ones below it, never
+in a circle (tests/test_layers.py checks this, and that no import hides inside a function):
+
+1. base (git, paths, the lock, atomic writes, Refusal), runlog (what a run.log says)
+2. keeprule (the rule: pure, it imports no labbook module), outcomes (what its history adds up
+   to), sources (train.py as the rule compares it), ledger (results.tsv and its backup)
+3. rescore (the sealed scorer's journal and fresh scores), audit (which rows count)
+4. recording (the record and decide use case)
+5. report, plots, agentview, morning, refusals, machine, workers
+6. cli (the command line: the one place that composes the report with its plots)
+"""
+
+LAYERS = (
+    ("base", "runlog"),
+    ("keeprule", "outcomes", "sources", "ledger"),
+    ("rescore", "audit"),
+    ("recording",),
+    ("report", "plots", "agentview", "morning", "refusals", "machine", "workers"),
+    ("cli",),
+)

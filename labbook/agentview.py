@@ -1,7 +1,7 @@
 """What the agent reads every iteration (`python analysis.py --json`): bounded, whatever the night.
 
 The JSON stays under MAX_BYTES however many rows results.tsv holds: the tip and the best (means
-of their runs), sigma and the bounds the next experiment faces (labbook.keeprule), the last few
+of their runs), sigma and the bounds the next experiment faces (labbook/outcomes.py), the last few
 rows, the top near-misses, the streaks, machine noise, and a capped one-line-per-idea digest of
 what has been tried. `python analysis.py --full` prints everything. No test-split number ever
 appears in either: decisions rest on validation alone.
@@ -9,8 +9,10 @@ appears in either: decisions rest on validation alone.
 
 import json
 
-from labbook import keeprule
+from labbook import keeprule, outcomes
+from labbook.audit import audit, comparable_rows
 from labbook.ledger import read_results
+from labbook.report import summarize
 
 MAX_BYTES = 4096
 LAST_ROWS = 4
@@ -52,7 +54,7 @@ def machine_noise(rows, tolerance=keeprule.MACHINE_NOISE_TPS):
 
 def streaks(rows):
     """Crashes in a row at the end, and experiments (new commits) since the last keep row."""
-    crashes = keeprule.crash_streak(rows)
+    crashes = outcomes.crash_streak(rows)
     tagged = keeprule.kinds(rows)
     last_keep = max((i for i, (row, _) in enumerate(tagged) if row.status == "keep"), default=-1)
     since = {row.commit for row, kind in tagged[last_keep + 1 :] if kind in keeprule.FIRST_KINDS}
@@ -89,12 +91,10 @@ def entry_view(entry):
 
 def agent_view(results, max_bytes=MAX_BYTES, rows=None):
     """The bounded JSON-ready dict; the digest fills what the budget leaves. The keep rule's
-    numbers are over the comparable rows (report.comparable_rows: the audit's flagged rows never
+    numbers are over the comparable rows (audit.comparable_rows: the audit's flagged rows never
     become the tip, the reference or the best)."""
-    from labbook.report import comparable_rows
-
     rows = comparable_rows(results) if rows is None else rows
-    now = keeprule.standing(rows)
+    now = outcomes.standing(rows)
     kinds = keeprule.kinds(rows)
     view = {
         "rule": "python analysis.py decide --explain",
@@ -104,8 +104,8 @@ def agent_view(results, max_bytes=MAX_BYTES, rows=None):
         "sigma_df": now["df"],
         "next": round_all(now["next"]),
         "last_rows": [compact_row(r, k) for r, k in kinds[-LAST_ROWS:]],
-        "near_misses": [entry_view(e) for e in keeprule.near_misses(rows)[:TOP_NEAR_MISSES]],
-        "simplifications_kept": len(keeprule.simplifications(rows)),
+        "near_misses": [entry_view(e) for e in outcomes.near_misses(rows)[:TOP_NEAR_MISSES]],
+        "simplifications_kept": len(outcomes.simplifications(rows)),
         **streaks(rows),
         "machine_noise": machine_noise(rows)[:2],
         "rows": len(results.rows),
@@ -141,15 +141,13 @@ def dumps(view):
 def full_view(results):
     """Everything, for `--full`: the rule's history (every judged commit with its mean and delta),
     improvements and simplifications apart, every near-miss, every row. No test-split number."""
-    from labbook.report import audit, summarize
-
     report = summarize(results)  # the keep rule's numbers over the comparable rows
     found = audit(results, report)
     checks = {k: found[k] for k in ("baseline_commit", "not_comparable", "flagged", "small_gains")}
     flagged = {f["line"] for f in report["flagged_rows"]}
     rows = [r for r in results.rows if r.line not in flagged]
     return {
-        "standing": keeprule.standing(rows),
+        "standing": outcomes.standing(rows),
         "sigma": report["sigma"],
         "sigma_df": report["sigma_df"],
         "history": report["history"],

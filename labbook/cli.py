@@ -1,18 +1,22 @@
 """Record experiments in results.tsv and report on them: the night's memory and the morning's view.
 
-The command line of analysis.py (its docstring lists the commands)."""
+The command line of analysis.py (its docstring lists the commands): the top layer of labbook, and
+the one place that composes the report with its plots."""
 
 import argparse
 import contextlib
 import sys
 from pathlib import Path
 
-from labbook import agentview, keeprule
-from labbook.ledger import STATUSES, Refusal, default_tsv, fix_header, harness_commit, restore
-from labbook.plots import plot_curves
+from labbook import agentview
+from labbook.audit import harness_commit
+from labbook.base import Refusal, default_tsv
+from labbook.ledger import STATUSES, fix_header, restore
+from labbook.plots import plot_curves, write_plots
+from labbook.recording import decide_command, record_with_rule
 from labbook.refusals import note_refusal
-from labbook.report import TEST_SPLIT_NOTE, show_audit, show_report
-from labbook.rescore import evaluate_checkpoint
+from labbook.report import TEST_SPLIT_NOTE, build_report, format_report, show_audit
+from labbook.rescore import best_test_bpc, evaluate_checkpoint, kept_rescores, rescore_lines
 
 
 def build_parser():
@@ -73,9 +77,9 @@ def build_parser():
 
 def run_command(args, tsv):
     if args.command == "record":
-        return keeprule.record_with_rule(args, tsv)
+        return record_with_rule(args, tsv)
     if args.command == "decide":
-        return keeprule.decide_command(args, tsv)
+        return decide_command(args, tsv)
     if args.command == "restore":
         return restore(tsv)
     if args.command == "fix-header":
@@ -97,6 +101,20 @@ def run_command(args, tsv):
     if args.json or args.full:
         return agentview.show(tsv, full=args.full)
     return show_report(args, tsv)
+
+
+def show_report(args, tsv):
+    """The report, its plots (unless --no-plots) and the morning check of the kept checkpoints."""
+    results, report = build_report(tsv)
+    if not args.no_plots:
+        flagged = [f["line"] for f in report["flagged_rows"]]
+        report["plots"] = [str(p) for p in write_plots(results, args.out or Path(tsv).resolve().parent, flagged)]
+    # The test split only when the person asks (--test): scored fresh, never cached.
+    test_bpc, note = best_test_bpc(results, report, compute=getattr(args, "test", False))
+    print(format_report(report, test_bpc, note))
+    if report["totals"]["rows"]:
+        print("\n".join(rescore_lines(kept_rescores(results, report, with_test=getattr(args, "test", False)))))
+    return 0
 
 
 def main(argv=None):

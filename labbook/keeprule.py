@@ -35,30 +35,28 @@ Design, and why:
   confirmation at most PROVISIONAL_RATE of the time and kept at most FALSE_KEEP_RATE of the time
   (the confirmed mean alone has that false-keep rate). There is no "near-miss rerun" by taste.
 * **Simplifications** are declared (`--simplification`) and checked: fewer parameters than the
-  tip's run, or fewer statements in train.py's syntax tree (`statement_count`, so comments and
+  tip's run, or fewer statements in train.py's syntax tree (labbook/sources.py's `statement_count`, so comments and
   formatting do not count). A checked simplification is provisional when its first run is no
   worse than the reference by more than SIMPLIFICATION_BOUND sigma, and kept when the mean of its
   runs also is. A declared simplification that is not simpler is judged as an experiment. Kept
-  simplifications are listed apart from improvements (`simplifications()`), never as gains.
+  simplifications are listed apart from improvements (labbook/outcomes.py), never as gains.
   Simplifications cannot ratchet the tip down: those kept since the last real keep (the baseline or
   a confirmed improvement, `anchor()`) may together cost at most SIMPLIFICATION_BOUND sigma against
   its mean (`simplification_allowance`).
 * **A program is judged once.** The default seed comes from train.py's text, so a commit that only
   changes comments, docstrings or formatting is a fresh draw of the same program: retrying an idea
   that way fishes for a false keep. A first run whose train.py has the syntax tree of an earlier
-  commit's (`program_key`) is refused (`SameProgram`), naming that commit.
-* **Near-misses** have one definition (`near_misses()`): discarded experiments whose mean beat
-  the reference they were judged against, but not by the threshold.
+  commit's (labbook/sources.py's `program_key`) is refused (`SameProgram`), naming that commit.
+* **Near-misses** have one definition (`labbook/outcomes.py`'s `near_misses()`): discarded
+  experiments whose mean beat the reference they were judged against, but not by the threshold.
 
-The candidate's value comes through one seam, `candidate_value(tsv, log_path)`: the sealed score.
+This module imports no other labbook module. The candidate's value, the sealed score, comes from
+the record and decide use case (labbook/recording.py: `candidate_value`).
 """
 
-import ast
-import hashlib
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 SETUP_REPLICATES = 4  # setup: the baseline, then this many replicates with AR_SEED=1, 2, ...
 REPLICATES_AFTER_KEEP = 2  # replicates of every newly kept commit, before the next experiment
@@ -71,18 +69,8 @@ KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm")
 UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
 DEFAULT_SEED = 42  # the simulation's first-run seed (a real first run's seed comes from its train.py text)
-NOISE_PREFIX = "noise:"  # description prefix of a replicate (the older report looks for it)
+NOISE_PREFIX = "noise:"  # description prefix of a replicate (rows from before the kind column have no other mark)
 NOTE_PREFIX = "rule: "  # a row's note, as the keep rule writes it: "rule: <verdict> ..."
-
-
-def candidate_value(tsv, log_path):
-    """The val_bpc a decision rests on: the sealed scorer's score of the run, from the journal
-    (labbook/rescore.py), or None when the run records as a crash. Raises Refusal when the journal
-    holds no usable score for it (then `record` refuses too)."""
-    from labbook.ledger import sealed_run
-
-    summary, problem = sealed_run(log_path)
-    return None if problem else float(summary["val_bpc_exact"])
 
 
 # Small statistics: Student's t quantile without scipy
@@ -119,26 +107,6 @@ def t_quantile(p, df):
                 lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
             _T_CACHE[key] = (lo + hi) / 2
     return _T_CACHE[key]
-
-
-def program_key(source):
-    """A digest of train.py's program: its syntax tree without docstrings, so comments, docstrings
-    and formatting do not change it; None when the source does not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list):
-            node.body = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
-
-
-def statement_count(source):
-    """Nodes of a Python source's syntax tree: comments, blank lines and formatting do not count;
-    a removed statement, call argument or keyword (`attn_qk_norm=True`) does."""
-    return sum(1 for _ in ast.walk(ast.parse(source)))
 
 
 # Kinds, commits, the tip, sigma
@@ -203,16 +171,6 @@ def pooled_sigma(rows, replicate=None):
 def sent_to_confirmation(row):
     """Whether `row` is a first run the rule sent to a confirmation (recorded `discard`, pending)."""
     return row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
-
-
-def crash_streak(rows):
-    """Crashes in a row at the end of the ledger."""
-    streak = 0
-    for row in reversed(rows):
-        if row.status != "crash":
-            break
-        streak += 1
-    return streak
 
 
 def next_seed(rows, commit):
@@ -541,7 +499,18 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
     return verdict
 
 
-# The history: commits with their means, improvements, simplifications, near-misses
+def verdict_note(verdict):
+    """The decision as the row's note: the mean that the decision used, against what."""
+    if verdict.delta is None:
+        return f"{NOTE_PREFIX}{verdict.verdict}"
+    return (
+        f"{NOTE_PREFIX}{verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
+        f"({verdict.reference_commit}, {verdict.reference_runs} runs), delta {verdict.delta:+.6f}, "
+        f"bound {verdict.threshold:+.6f}, sigma {verdict.sigma:.6f} ({verdict.df} df)"
+    )
+
+
+# The history: each judged commit with its mean and the reference it faced (labbook/outcomes.py sums it up)
 
 
 def history(rows):
@@ -581,58 +550,6 @@ def history(rows):
     return out
 
 
-def improvements(rows):
-    """Kept experiments (never simplifications), best gain first."""
-    kept = [e for e in history(rows) if e["status"] == "keep" and e["kind"] == "experiment" and e["delta"] is not None]
-    return sorted(kept, key=lambda e: e["delta"])
-
-
-def simplifications(rows):
-    """Kept simplifications, in order, with what each cost (delta > 0) or gained."""
-    return [e for e in history(rows) if e["status"] == "keep" and e["kind"] == "simplification"]
-
-
-def near_misses(rows):
-    """The one definition: discarded experiments whose mean beat the reference they were judged
-    against, but not by the threshold. Closest to a keep first."""
-    misses = [
-        e
-        for e in history(rows)
-        if e["status"] == "discard" and e["kind"] in FIRST_KINDS and e["delta"] is not None and e["delta"] < 0
-    ]
-    return sorted(misses, key=lambda e: e["delta"])
-
-
-def best_commit(rows):
-    """The kept commit with the lowest mean (its runs), or None."""
-    kept = [e for e in history(rows) if e["status"] == "keep" and e["mean"] is not None]
-    return min(kept, key=lambda e: e["mean"]) if kept else None
-
-
-def standing(rows):
-    """Tip, best, sigma and the bounds the next experiment faces: what the agent needs every turn."""
-    tip = tip_commit(rows)
-    sigma, df = pooled_sigma(rows)
-    out = {"tip": None, "best": None, "sigma": sigma, "df": df, "next": None}
-    if tip:
-        values = commit_values(rows, tip)
-        out["tip"] = {"commit": tip, "mean": statistics.fmean(values), "runs": len(values)}
-    best = best_commit(rows)
-    if best:
-        out["best"] = {"commit": best["commit"], "mean": best["mean"], "runs": best["runs"]}
-    if tip and sigma is not None and df >= 1:
-        n, ref = out["tip"]["runs"], out["tip"]["mean"]
-        se1, se2 = sigma * math.sqrt(1 + 1 / n), sigma * math.sqrt(1 / 2 + 1 / n)
-        out["next"] = {
-            "reference": ref,
-            "reference_se": sigma / math.sqrt(n),
-            "rerun_below": ref - t_quantile(1 - PROVISIONAL_RATE, df) * se1,
-            "keep_mean_of_2_below": ref - t_quantile(1 - FALSE_KEEP_RATE, df) * se2,
-            "simplification_up_to": ref + simplification_allowance(rows, sigma),
-        }
-    return out
-
-
 def explain():
     """The rule in plain sentences, built from the constants (quoted verbatim by program.md and
     AGENTS.md)."""
@@ -656,188 +573,3 @@ def explain():
         "A run without val_bpc is a crash. "
         "`python analysis.py decide` applies this rule and prints the commands to run next."
     )
-
-
-# The command line's side: a run.log and the repository turned into a Candidate (not pure)
-
-
-def source_at(commit, repo="."):
-    from labbook.ledger import git
-
-    return git(["show", f"{commit}:train.py"], repo) if commit else None
-
-
-def statements_at(commit, repo="."):
-    source = source_at(commit, repo)
-    try:
-        return statement_count(source) if source is not None else None
-    except SyntaxError:
-        return None
-
-
-def summary_params(metrics):
-    """num_params_M with every digit, from the summary line of a metrics.jsonl (the log prints one decimal)."""
-    import json
-
-    try:
-        lines = [line for line in Path(metrics).read_text().splitlines() if line.strip()]
-        return float(json.loads(lines[-1])["summary"]["num_params_M"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def params_of_kept(tsv, commit):
-    """num_params_M of a kept commit's run, from its saved metrics.jsonl."""
-    from labbook.ledger import checkpoints_dir
-
-    return summary_params(checkpoints_dir(tsv) / f"{commit}.metrics.jsonl")
-
-
-def number(text, kind=float):
-    try:
-        return kind(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def candidate_from_log(tsv, log_path, description="", simplification=False):
-    """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
-    from pathlib import Path
-
-    from labbook.ledger import git
-    from labbook.runlog import crash_reason, parse_summary
-
-    try:
-        log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        log = ""
-    summary = parse_summary(log)
-    commit = summary.get("commit", "").removesuffix("-dirty")[:7] or (
-        git(["rev-parse", "--short=7", "HEAD"], ".") or ""
-    )
-    try:
-        value = candidate_value(tsv, log_path) if "val_bpc" in summary else None
-    except ValueError:
-        value = None
-    if value is not None and not (math.isfinite(value) and value > 0):
-        value = None
-    crash = crash_reason(log)
-    if value is None and "val_bpc" in summary and not crash:
-        crash = f"{RESCORE_REFUSED} (a second summary block, or a crash line after it)"
-    explicit = bool(description)
-    if not description:
-        description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
-    return Candidate(
-        commit=commit,
-        val_bpc=value,
-        description=description,
-        simplification=simplification,
-        params=summary_params(Path(log_path).resolve().parent / "metrics.jsonl") or number(summary.get("num_params_M")),
-        statements=statements_at(commit),
-        seed=number(summary.get("seed"), int),
-        tokens_per_sec=number(summary.get("tokens_per_sec")),
-        explicit=explicit,
-        crash=crash,
-    )
-
-
-def judged_rows(tsv):
-    """The rows a decision rests on: results.tsv minus the audit's flagged rows (labbook/report.py)."""
-    from labbook.ledger import read_results, results_repo
-    from labbook.report import comparable_rows
-
-    return comparable_rows(read_results(tsv), results_repo(tsv))
-
-
-def programs_at(commits, repo="."):
-    """{commit: program_key of its train.py} for the commits git knows."""
-    sources = {commit: source_at(commit, repo) for commit in dict.fromkeys(commits)}
-    return {commit: program_key(source) for commit, source in sources.items() if source is not None}
-
-
-def recorded_row(tsv, log_path):
-    """The row of results.tsv that already records this run.log's run (its run_id), or None."""
-    from labbook.ledger import read_results
-    from labbook.runlog import parse_summary
-
-    try:
-        run_id = parse_summary(Path(log_path).read_bytes().decode("utf-8", errors="replace")).get("run_id", "").strip()
-    except OSError:
-        return None  # no log: nothing recorded from it
-    rows = read_results(tsv).rows if run_id and Path(tsv).is_file() else []
-    return next((r for r in rows if r.extra.get("run_id", "").strip() == run_id), None)
-
-
-def verdict_for_log(tsv, log_path, description="", simplification=False):
-    """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`.
-    A run already recorded is judged against the rows before its own, as `record` judged it, and
-    its verdict says so and offers no second record command."""
-    rows = judged_rows(tsv)
-    recorded = recorded_row(tsv, log_path)
-    if recorded is not None:
-        rows = [r for r in rows if r.line < recorded.line]
-    candidate = candidate_from_log(tsv, log_path, description, simplification)
-    candidate.program = programs_at([candidate.commit]).get(candidate.commit)
-    tip = tip_commit(rows)
-    reference = {"programs": programs_at(r.commit for r in rows)}
-    if candidate.simplification and tip:
-        reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
-    verdict = decide(rows, candidate, **reference)
-    if recorded is not None:
-        verdict.record_command = ""
-        verdict.reason += (
-            f" (already recorded: line {recorded.line} of {Path(tsv).name}, {recorded.status}; run what follows)"
-        )
-    return candidate, verdict
-
-
-def decide_command(args, tsv):
-    """`python analysis.py decide`: the verdict on ./run.log, its numbers, the commands to run next."""
-    from labbook.ledger import Refusal
-
-    if args.explain:
-        print(explain())
-        return 0
-    try:
-        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
-    except CannotJudge as e:
-        raise Refusal(str(e)) from None
-    print(verdict.text())
-    return 0
-
-
-def verdict_note(verdict):
-    """The decision as the row's note: the mean that the decision used, against what."""
-    if verdict.delta is None:
-        return f"{NOTE_PREFIX}{verdict.verdict}"
-    return (
-        f"{NOTE_PREFIX}{verdict.verdict} mean {verdict.mean:.6f} of {verdict.runs} vs {verdict.reference:.6f} "
-        f"({verdict.reference_commit}, {verdict.reference_runs} runs), delta {verdict.delta:+.6f}, "
-        f"bound {verdict.threshold:+.6f}, sigma {verdict.sigma:.6f} ({verdict.df} df)"
-    )
-
-
-def record_with_rule(args, tsv):
-    """`record` without --status records the rule's verdict; with --status, the person's override
-    (noted in the row). Prints the verdict and the commands to run next."""
-    from labbook.ledger import Refusal, record
-
-    try:
-        _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
-    except CannotJudge as e:
-        if not args.status:
-            raise Refusal(str(e)) from None
-        verdict = None
-    if args.status:
-        args.kind = verdict.kind if verdict else ""
-        rule = verdict.verdict if verdict else "not ready"
-        differs = verdict is not None and verdict.status != args.status
-        args.note = f"override: --status {args.status}, the rule said {rule}" if differs else ""
-    else:
-        args.status, args.kind, args.note = verdict.status, verdict.kind, verdict_note(verdict)
-        if verdict.kind == "replicate" and not args.description.startswith(NOISE_PREFIX):
-            args.description = f"{NOISE_PREFIX} {args.description}"
-    code = record(args, tsv)
-    if verdict is not None:
-        print(verdict.text(with_record=False))
-    return code

@@ -1,26 +1,22 @@
-"""results.tsv: reading it, appending a run under a lock, its backup in the git directory, restoring.
+"""results.tsv: its columns, reading it, appending a row (with its backup in the git directory),
+restoring from the backup and fixing a missing header. Nothing else: what a row says about a run
+is the record use case's (labbook/recording.py), which rows count is the audit's (labbook/audit.py).
 
 There is one results.tsv per research effort, at the top of the main git worktree (every other
 worktree records there too); it is git-ignored, and every row is also appended to a backup inside
 the git directory, $(git rev-parse --git-common-dir)/autoresearch/results.tsv, which neither
-`git reset --hard` nor `git clean -fdx` touch.
+`git reset --hard` nor `git clean -fdx` touch. The caller of append_row holds the lock (labbook/base.py).
 """
 
-import contextlib
-import fcntl
 import hashlib
 import math
 import os
-import re
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
+from labbook.base import Refusal, default_tsv, git_common_dir, locked, stage_file, write_atomically
+from labbook.keeprule import NOISE_PREFIX
 
 BASE_COLUMNS = ("commit", "val_bpc", "memory_gb", "status", "description")  # the originals' five
 PROVENANCE_COLUMNS = (
@@ -49,134 +45,11 @@ PROVENANCE_COLUMNS = (
 CHECKSUM_COLUMN = "crc"  # always last: first 8 hex of sha256 of the rest of the line
 COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind", CHECKSUM_COLUMN)  # kind: see labbook/keeprule.py
 STATUSES = ("keep", "discard", "crash")
-NOISE_PREFIX = "noise:"  # description of a baseline replicate run with another AR_SEED
 # the provenance columns copied from the summary as they are; the others `record` computes
 SUMMARY_TO_ROW = tuple(
     c for c in PROVENANCE_COLUMNS if c not in ("reported_bpc", "rescore_seconds", "recorded_at", "worker", "note")
 )
 FORCED_PREFIX = "forced:"
-
-
-class Refusal(Exception):
-    """Something analysis.py will not do, with the reason and the fix: printed as one line."""
-
-
-# Where results live: git worktrees, the backup, the lock
-
-
-def git(args, cwd):
-    """Output of a git command run in `cwd`, or None when it fails (no repository, unknown commit)."""
-    try:
-        proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
-    except OSError:
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def git_show(commit, path, cwd):
-    """The exact text of `path` at `commit`, or None when git does not know it."""
-    if not re.fullmatch(r"[0-9a-fA-F]{4,40}", commit or ""):
-        return None
-    try:
-        proc = subprocess.run(["git", "-C", str(cwd), "show", f"{commit}:{path}"], capture_output=True)
-    except OSError:
-        return None
-    return proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
-
-
-def git_common_dir(cwd):
-    """The .git directory that every worktree of the repository shares."""
-    out = git(["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd)
-    return Path(out) if out else None
-
-
-def main_worktree_top(cwd):
-    common = git_common_dir(cwd)
-    if common is None:
-        return None
-    if common.name == ".git":
-        return common.parent
-    top = git(["rev-parse", "--show-toplevel"], cwd)  # a submodule or a separate git dir
-    return Path(top) if top else None
-
-
-def default_tsv(cwd="."):
-    """The effort's one results.tsv: top of the main worktree, or `cwd` outside git."""
-    return (main_worktree_top(cwd) or Path(cwd).resolve()) / "results.tsv"
-
-
-def backup_path(tsv):
-    """Where rows appended to `tsv` are also kept: inside the git directory, out of reach of
-    `git reset` and `git clean`. None when `tsv` is not inside a git repository."""
-    tsv = Path(tsv).resolve()
-    common = git_common_dir(tsv.parent) if tsv.parent.is_dir() else None
-    if common is None:
-        return None
-    canonical = tsv == default_tsv(tsv.parent)
-    name = "results.tsv" if canonical else f"results-{hashlib.sha1(str(tsv).encode()).hexdigest()[:10]}.tsv"
-    return common / "autoresearch" / name
-
-
-def results_repo(tsv):
-    """The git repository a results file's commits live in: the one holding it, else the current one."""
-    parent = Path(tsv).resolve().parent
-    return parent if parent.is_dir() and git_common_dir(parent) else Path(".").resolve()
-
-
-def checkpoints_dir(tsv):
-    return Path(tsv).resolve().parent / "checkpoints"
-
-
-@contextlib.contextmanager
-def locked(tsv):
-    """Exclusive lock on results.tsv.lock: one writer at a time, across processes and worktrees."""
-    tsv = Path(tsv)
-    tsv.parent.mkdir(parents=True, exist_ok=True)
-    with open(tsv.with_name(tsv.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def write_all(fd, data):
-    """os.write until every byte is out (a full disk raises OSError(ENOSPC))."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def stage_file(path, data):
-    """A temporary file next to `path` holding `data`, flushed to disk: (temporary path)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_atomically(path, data):
-    """Replace `path` with `data` (bytes): readers see the old file or the new one, never half."""
-    tmp = stage_file(path, data)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def copy_atomically(src, dest):
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # Reading results.tsv
@@ -304,79 +177,21 @@ def read_results(path):
     return results
 
 
-# Recording a run
+# Appending a row
 #
-# `record` parses the summary block of run.log itself, so no number is ever typed, checks that
-# the log belongs to the current commit and says one thing, re-scores the run's checkpoint with
-# the baseline's prepare.py (labbook/rescore.py) and records that re-score as val_bpc. A run that
-# fails any check is recorded as a crash with the reason, so the history stays complete.
-#
-# Checkpoint retention: the baseline's and every keep's checkpoint.pt (and metrics.jsonl) are
-# copied to checkpoints/<commit>.pt (.metrics.jsonl) next to results.tsv; every other run's
-# checkpoint is removed once it is recorded (a run is recorded once, so it is never needed again).
+# A row is appended to results.tsv and its backup in one step, under the lock (labbook/base.py).
 
 
-def one_line(text):
-    return re.sub(r"[\t\r\n]+", " ", str(text)).strip()
-
-
-def checked_description(text):
-    if re.search(r"[\t\r\n]", text):
-        raise Refusal("the description contains a tab or a line break: write it on one line, without tabs")
-    if not text.strip():
-        raise Refusal("the description is empty: say what this experiment changed")
-    return text.strip()
-
-
-def commit_problem(log_commit, head):
-    """Why a run log's commit is not the clean code of HEAD, or None when it is."""
-    if log_commit.endswith("-dirty"):
-        return f"run.log says commit {log_commit}: train.py or prepare.py had uncommitted changes when it ran"
-    if not log_commit or log_commit == "none" or not head.startswith(log_commit):
-        return f"run.log is from commit {log_commit or '(none)'}, but HEAD is {head[:7]}"
-    return None
-
-
-def worker_name(cwd="."):
-    top = git(["rev-parse", "--show-toplevel"], cwd)
-    return os.environ.get("AR_WORKER") or (Path(top).name if top else "")
-
-
-def harness_commit(tsv):
-    """The commit whose prepare.py re-scores checkpoints: the baseline's, or None (HEAD) before one exists."""
-    from labbook.report import baseline_row  # the report is built on this module
-
-    results = read_results(tsv)
-    baseline = baseline_row(results.rows, results_repo(tsv))
-    return baseline.commit if baseline else None
-
-
-def reported_value(summary):
-    """(the run's exact val_bpc as run.log prints it, or None, why it cannot be read)."""
-    try:
-        shown = finite_number(summary.get("val_bpc", ""), "val_bpc")
-        exact = finite_number(summary.get("val_bpc_exact", ""), "val_bpc_exact")
-    except ValueError as e:
-        return None, f"the summary reports {e}"
-    if abs(shown - exact) > 5.1e-7:
-        return None, f"the summary's val_bpc {shown:.6f} disagrees with its val_bpc_exact {exact!r}"
-    return exact, None
-
-
-def sealed_run(log_path, log=None):
-    """(the journal's summary of the run behind `log_path`, as text, None), or (None, why the log is
-    not one finished run: it records as a crash). The number and every provenance field come from
-    the sealed scorer's journal entry, never from run.log's text; a run with no usable entry there
-    (none for its run_id, a checkpoint that is not the one scored) is a Refusal: nothing to record."""
-    from labbook.rescore import journal_score
-
-    log = read_log(log_path) if log is None else log
-    if problem := integrity_problem(log):
-        return None, problem
-    entry, problem = journal_score(log_path, parse_summary(log), log)
-    if problem:
-        raise Refusal(f"{problem}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1)")
-    return {k: str(v) for k, v in entry["summary"].items()}, None
+def backup_path(tsv):
+    """Where rows appended to `tsv` are also kept: inside the git directory, out of reach of
+    `git reset` and `git clean`. None when `tsv` is not inside a git repository."""
+    tsv = Path(tsv).resolve()
+    common = git_common_dir(tsv.parent) if tsv.parent.is_dir() else None
+    if common is None:
+        return None
+    canonical = tsv == default_tsv(tsv.parent)
+    name = "results.tsv" if canonical else f"results-{hashlib.sha1(str(tsv).encode()).hexdigest()[:10]}.tsv"
+    return common / "autoresearch" / name
 
 
 def recorded_run_ids(tsv):
@@ -385,55 +200,6 @@ def recorded_run_ids(tsv):
     if backup is not None:
         ids |= {row.extra.get("run_id", "").strip() for row in read_results(backup).rows}
     return ids - {""}
-
-
-def row_values(tsv, log_path, log, status, description, head, force=False, kind="", note=""):
-    """(column name -> text of the row that `record` appends, the problem that made it a crash)."""
-    logged = parse_summary(log)
-    problem = integrity_problem(log)
-    if status != "crash" and "val_bpc" not in logged and not problem:
-        raise Refusal(
-            f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
-            "the run did not finish; record it with --status crash"
-        )
-    run_id = logged.get("run_id", "").strip()
-    if run_id and run_id in recorded_run_ids(tsv):
-        raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
-    summary, sealed = logged, None
-    if status != "crash" and not problem:
-        sealed, problem = sealed_run(log_path, log)
-        summary = sealed or logged
-    git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
-    if git_problem and not force:
-        raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
-    run_id = summary.get("run_id", "").strip()
-    description = checked_description(description)
-    reported = reported_value(logged)[0] if logged.get("val_bpc_exact") else None
-    if sealed is not None:
-        score = float(sealed["val_bpc_exact"])
-        edited = "" if reported == score else f"; run.log says {reported!r}: its text is not the score"
-        print(f"score: val_bpc {score:.6f} from the sealed scorer's journal (run {run_id}){edited}")
-    crashed = status == "crash" or problem is not None
-    if problem:
-        description += f" (crash: {one_line(problem)})"
-    elif status == "crash" and (reason := crash_reason(log)):
-        description += f" (crash: {one_line(reason)})"
-    commit = summary.get("commit", "").removesuffix("-dirty")
-    values = dict(
-        commit=commit[:7] if git_problem and re.fullmatch(r"[0-9a-f]{7,40}", commit) else head[:7],
-        val_bpc="0.000000" if crashed else f"{float(summary['val_bpc_exact']):.6f}",
-        memory_gb="0.0" if crashed else f"{float(summary.get('peak_vram_mb') or 0) / 1024:.1f}",
-        status="crash" if crashed else status,
-        description=description,
-        reported_bpc="" if reported is None else repr(reported),
-        rescore_seconds="" if crashed else f"{float(summary.get('eval_seconds') or 0):.1f}",
-        recorded_at=datetime.now().astimezone().isoformat(timespec="seconds"),
-        worker=worker_name(),
-        note="; ".join(filter(None, [f"{FORCED_PREFIX} {git_problem}" if git_problem else "", note])),
-        kind=kind,
-    )
-    values.update({key: one_line(summary.get(key, "")) for key in SUMMARY_TO_ROW})
-    return values, problem
 
 
 def format_row(values, columns):
@@ -508,75 +274,6 @@ def append_row(tsv, values):
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     return columns
-
-
-def save_keep_artifacts(tsv, checkpoint, commit):
-    """A kept run's checkpoint (and the metrics.jsonl next to it) as checkpoints/<commit>.pt(.metrics.jsonl)."""
-    run_dir = Path(checkpoint).parent
-    if not Path(checkpoint).exists():
-        print(f"note: no checkpoint at {checkpoint}: the weights of this keep are not saved")
-        return None
-    dest = checkpoints_dir(tsv) / f"{commit}.pt"
-    copy_atomically(checkpoint, dest)
-    if (run_dir / "metrics.jsonl").exists():
-        copy_atomically(run_dir / "metrics.jsonl", dest.with_suffix(".metrics.jsonl"))
-    print(f"saved the weights as {dest}")
-    return dest
-
-
-def drop_checkpoint(tsv, checkpoint):
-    """Remove a recorded non-keep run's checkpoint (never one under checkpoints/)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_file() and checkpoints_dir(tsv) not in checkpoint.resolve().parents:
-        with contextlib.suppress(OSError):
-            checkpoint.unlink()
-
-
-def record(args, tsv):
-    """`analysis.py record`: see record_run."""
-    kind, note = getattr(args, "kind", ""), getattr(args, "note", "")  # set by the keep rule
-    return record_run(tsv, args.log, args.status, args.description, force=args.force, kind=kind, note=note)
-
-
-def record_run(tsv, log_path, status, description, force=False, kind="", note=""):
-    """Record the run of `log_path` with `status` (keep/discard/crash, e.g. a keep rule's
-    decision). Returns 0, or 1 when the run was recorded as a crash though asked otherwise."""
-    log = read_log(log_path)
-    head = git(["rev-parse", "HEAD"], ".")
-    if not head:
-        raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
-    if status not in STATUSES:
-        raise Refusal(f"status {status!r} is not keep, discard or crash")
-    file_layout(tsv)  # a results file that cannot take a row refuses before anything else is checked
-    values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
-    with locked(tsv):
-        if values["run_id"] and values["run_id"] in recorded_run_ids(tsv):
-            raise Refusal(f"run {values['run_id']} ({log_path}) is already recorded in {tsv}: a run is recorded once")
-        was_missing = not Path(tsv).exists()
-        columns = append_row(tsv, values)
-    backup = backup_path(tsv)
-    print(f"recorded in {tsv}: " + format_row(values, BASE_COLUMNS).rstrip("\n"))
-    if was_missing and backup and len(read_results(backup).rows) > 1:
-        print(f"warning: {tsv} was missing, but the backup has earlier rows: run `python analysis.py restore`")
-    if "fingerprint" not in columns:
-        print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
-    checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
-    saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
-    if values["status"] == "keep" and not (values.get("kind") == "replicate" and saved):
-        save_keep_artifacts(tsv, checkpoint, values["commit"])
-    else:  # a replicate keeps the commit's first saved weights: the baseline's stay the baseline's
-        drop_checkpoint(tsv, checkpoint)
-    if problem and status != "crash":
-        print(f"crash: recorded as a crash, not a {status}: {problem}. Reset this commit and move on.")
-        return 1
-    return 0
-
-
-def read_log(path):
-    try:
-        return Path(path).read_bytes().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise Refusal(f"cannot read the run log {path}: {e.strerror}") from None
 
 
 # Restoring from the backup

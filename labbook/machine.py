@@ -34,6 +34,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import prepare
 from labbook.runlog import crash_reason, parse_summary
@@ -229,8 +230,6 @@ def estimate_activations(train, short=ESTIMATE_SEQ_LEN):
     quadratically). Attention-probability matrices are left out: a flash kernel keeps none."""
     full = train.TRAIN_SEQ_LEN + 1  # the harness hands the wrapper seq_len + 1 bytes
     try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         mode = FakeTensorMode()
         with mode:
             model = train.build_model()

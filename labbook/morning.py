@@ -2,8 +2,9 @@
 a one-line summary of each kept change's diff. Everything reads results.tsv and git; checkpoints
 and metrics files are optional, and a missing one is said, never raised.
 
-The numbers come from the keep rule (labbook/keeprule.py: kinds, history, improvements, ...) and
-the report's audit (labbook/report.py: flagged rows), never recomputed here."""
+The numbers come from the keep rule (labbook/keeprule.py: kinds, history; labbook/outcomes.py: standing,
+near-misses, the best commit) and
+the audit (labbook/audit.py: flagged rows, through the report), never recomputed here."""
 
 import os
 import re
@@ -12,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from labbook import keeprule
-from labbook.ledger import checkpoints_dir, git, read_results, results_repo
+from labbook import keeprule, outcomes
+from labbook.base import checkpoints_dir, git, results_repo
+from labbook.ledger import read_results
 from labbook.report import recorded_at as when
 from labbook.report import runs, summarize
+from labbook.rescore import RescoreError, harness_text, rescore_subprocess
 
 IDLE_MINUTES = 15  # a gap between two recorded runs longer than a run and this: the agent was idle
 RUN_MINUTES = 6  # about one run: 5 minutes of training, start-up and the re-score
@@ -102,7 +105,7 @@ def overview_text(night):
 
 
 def standing_text(night):
-    s = keeprule.standing(night.sound)
+    s = outcomes.standing(night.sound)
     if not s["tip"]:
         return "Nothing kept yet: no baseline."
     base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
@@ -183,7 +186,7 @@ def refusals_table(night):
 
 
 def near_misses_table(night):
-    rows = [{**e, "description": short(e["description"])} for e in keeprule.near_misses(night.sound)]
+    rows = [{**e, "description": short(e["description"])} for e in outcomes.near_misses(night.sound)]
     return table(rows, [("commit", "commit"), ("decision_mean", "mean"), ("delta", "delta"), ("description", "tried")])
 
 
@@ -220,8 +223,6 @@ def test_gaps(night, compute=None):
     """Each kept commit's val mean and, when asked, its checkpoint's test_bpc (scored by the
     baseline's prepare.py with the checkpoint's own settings, never cached) and the gap. A score
     whose device or data differ from the run's row is labelled not comparable."""
-    from labbook.rescore import RescoreError, harness_text, rescore_subprocess
-
     compute = test_requested() if compute is None else compute
     base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
     out = []
@@ -301,7 +302,7 @@ def curve_files(night):
     """[(label, path)] of the baseline's and the best commit's saved metrics, and what is missing."""
     history = keeprule.history(night.sound)
     base = next((e for e in history if e["kind"] == "baseline"), None)
-    best = keeprule.best_commit(night.sound)
+    best = outcomes.best_commit(night.sound)
     found, missing = [], []
     for label, e in (("baseline", base), ("best", best)):
         if e is None:

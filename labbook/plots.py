@@ -5,9 +5,12 @@ matplotlib is imported inside new_figure: the report without plots, and `record`
 import json
 import statistics
 import sys
+from datetime import timedelta
 from pathlib import Path
 
-from labbook.ledger import Refusal
+from labbook import keeprule
+from labbook.audit import flag_rows
+from labbook.base import Refusal, results_repo
 
 
 def new_figure(width=12.0, height=6.0):
@@ -43,8 +46,6 @@ def steps_of(rows, flagged):
     """(running best, reference) as [(x, value)] after each row, over the rows the audit did not
     flag. The running best is the lowest mean, over all of its runs, of the commits kept so far: it
     never rises. The reference is the tip's mean as it stood then: replicates move it."""
-    from labbook import keeprule
-
     sound = [r for r in rows if r.line not in flagged]
     final = commit_means(sound)
     best, reference, seen = [], [], []
@@ -80,8 +81,6 @@ def progress_data(rows, flagged=()):
     """What plot_progress draws, as data: every non-crash row is a point (its y, the y it is drawn
     at, and whether that is the edge: off-scale), crashes on the floor, the running best and the
     reference as steps, the kept commits' labels, and the y limits."""
-    from labbook import keeprule
-
     flagged = set(flagged)
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
     best, reference = steps_of(rows, flagged)
@@ -242,8 +241,6 @@ def plot_progress(results, path, flagged=None):
 
 def memory_data(rows, flagged=()):
     """[(x, memory_gb, status, kind, commit, flagged)] for every row (crashes record 0)."""
-    from labbook import keeprule
-
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
     return [dict(x=x, memory=r.memory_gb, status=r.status, kind=kinds[r.line], commit=r.commit,
                  flagged=r.line in set(flagged)) for x, r in enumerate(rows, start=1)]  # fmt: skip
@@ -300,7 +297,6 @@ def finish(fig, ax, path):
 
 def plot_timeline(line, path):
     """Runs per clock hour (stacked by outcome) and the idle gaps, from morning.timeline()."""
-    from datetime import timedelta
 
     fig = new_figure(13.0, 4.0)
     ax = fig.add_subplot()
@@ -336,10 +332,8 @@ def plot_timeline(line, path):
 
 
 def flagged_lines(results):
-    """The lines the report's audit flags (never the baseline, a reference or the best)."""
-    from labbook.report import summarize
-
-    return [f["line"] for f in summarize(results)["flagged_rows"]] if results.rows else []
+    """The lines the audit flags (never the baseline, a reference or the best), in order."""
+    return sorted(flag_rows(results.rows, results_repo(results.path))[1]) if results.rows else []
 
 
 def write_plots(results, out_dir, flagged=None):

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from labbook.ledger import Refusal, checkpoints_dir, git, git_common_dir, git_show, results_repo
+from labbook.base import Refusal, checkpoints_dir, git, git_common_dir, git_show, results_repo
 from labbook.runlog import logged_checkpoint
 
 RESCORE_TOLERANCE = 1e-6  # bits per byte; CPU runs: eval is FP32 and deterministic, measured |diff| = 0.0

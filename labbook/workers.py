@@ -1,7 +1,7 @@
 """Parallel experiments on one machine: one git worktree, one branch and one GPU per worker.
 
 Every worker records into the one results.tsv of the main worktree (analysis.py finds it), so
-the keep rule's sigma, reference and near-misses (labbook/keeprule.py) are computed over all
+the keep rule's sigma, reference and near-misses (labbook/keeprule.py, labbook/outcomes.py) are computed over all
 workers. A worker's row is a discard (or a crash): `keep` is reserved for commits on the research
 branch. A worker's run that the rule would send to a confirmation (below the rule's `rerun_below`
 bound against the tip) is marked PROMOTE: cherry-pick it onto the research branch, run it there
@@ -19,14 +19,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from labbook.ledger import NOISE_PREFIX, STATUSES
-from labbook.runlog import parse_summary
+from labbook.base import Refusal, git, git_or_refuse, main_worktree_top
+from labbook.keeprule import NOISE_PREFIX
+from labbook.ledger import STATUSES
+from labbook.runlog import crash_reason, parse_summary
 
 WORKTREES = "worktrees"  # under the main worktree, git-ignored
-
-
-class Refusal(Exception):
-    """Something the helper will not do, with the reason and the fix: printed as one line."""
 
 
 # ---------------------------------------------------------------------------
@@ -34,22 +32,12 @@ class Refusal(Exception):
 # ---------------------------------------------------------------------------
 
 
-def git(args, cwd, check=True):
-    """Stripped stdout of a git command; a Refusal with git's own message when it fails."""
-    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise Refusal(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
 def main_worktree(cwd="."):
     """Top of the main worktree, from any worktree of the repository."""
-    common = git(["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd, check=False)
-    if not common:
+    top = main_worktree_top(cwd)
+    if top is None:
         raise Refusal("not inside a git repository: run this from the project's checkout")
-    if Path(common).name != ".git":  # a separate git directory: no worktree sits above it
-        return Path(git(["rev-parse", "--show-toplevel"], cwd))
-    return Path(common).parent
+    return top
 
 
 def worker_name(gpu):
@@ -62,7 +50,7 @@ def worker_dir(root, gpu):
 
 def worker_gpus(root):
     """GPU ids of the registered worktrees under worktrees/, in order."""
-    listing = git(["worktree", "list", "--porcelain"], root)
+    listing = git_or_refuse(["worktree", "list", "--porcelain"], root)
     gpus = []
     for line in listing.splitlines():
         path = Path(line.removeprefix("worktree ")) if line.startswith("worktree ") else None
@@ -79,16 +67,16 @@ def existing_worker(root, gpu):
 
 
 def has_uncommitted_changes(path):
-    return bool(git(["status", "--porcelain", "--untracked-files=no"], path))
+    return bool(git_or_refuse(["status", "--porcelain", "--untracked-files=no"], path))
 
 
 def short_head(path):
-    return git(["rev-parse", "--short=7", "HEAD"], path)
+    return git_or_refuse(["rev-parse", "--short=7", "HEAD"], path)
 
 
 def upstream(path):
     """The research branch a worker branch tracks, or None."""
-    return git(["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"], path, check=False)
+    return git(["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"], path)
 
 
 @contextmanager
@@ -120,11 +108,6 @@ def is_running(root, gpu):
 # ---------------------------------------------------------------------------
 
 
-def crash_reason(log):
-    reasons = [line.removeprefix("crash:").strip() for line in log.splitlines() if line.startswith("crash:")]
-    return reasons[-1] if reasons else None
-
-
 def one_line(text):
     return re.sub(r"\s+", " ", text).strip()
 
@@ -152,7 +135,7 @@ def default_status(summary):
 
 def margin_to_promote(val_bpc, view):
     """How far `val_bpc` is below the keep rule's bound for a provisional first run against the
-    tip (the agent view's next.rerun_below, labbook/keeprule.standing): > 0 promote it. None
+    tip (the agent view's next.rerun_below, labbook/outcomes.standing): > 0 promote it. None
     while the rule has no bound (nothing kept, or setup's replicates missing)."""
     bound = (view.get("next") or {}).get("rerun_below")
     return None if bound is None else bound - float(val_bpc)
@@ -198,21 +181,23 @@ def parse_gpus(text):
 
 def setup(args):
     root = main_worktree()
-    base = args.base or git(["symbolic-ref", "--quiet", "--short", "HEAD"], root, check=False)
+    base = args.base or git(["symbolic-ref", "--quiet", "--short", "HEAD"], root)
     if not base:
         raise Refusal("the main worktree is not on a branch: check out the research branch, or pass --base BRANCH")
-    if git(["check-ignore", "-q", f"{WORKTREES}/gpu0"], root, check=False) is None:
+    if git(["check-ignore", "-q", f"{WORKTREES}/gpu0"], root) is None:
         raise Refusal(f"{WORKTREES}/ is not git-ignored: add the line `{WORKTREES}/` to .gitignore and commit it")
     for gpu in args.gpus:
         path, branch = worker_dir(root, gpu), f"autoresearch/{args.tag}-{worker_name(gpu)}"
         if path.exists():
-            print(f"{worker_name(gpu)}: {path} exists, left as it is (on {git(['branch', '--show-current'], path)})")
+            print(
+                f"{worker_name(gpu)}: {path} exists, left as it is (on {git_or_refuse(['branch', '--show-current'], path)})"
+            )
             continue
-        if git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], root, check=False):
+        if git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], root):
             raise Refusal(f"branch {branch} already exists: pick another --tag, or delete it (git branch -D {branch})")
         # --track makes the research branch the worker's upstream: `status` counts commits against
         # it and `sync` resets to it
-        git(["worktree", "add", "--quiet", "--track", "-b", branch, str(path), base], root)
+        git_or_refuse(["worktree", "add", "--quiet", "--track", "-b", branch, str(path), base], root)
         print(f"{worker_name(gpu)}: {path} on {branch} from {base} ({short_head(path)})")
     if not workers_find_data():
         first = worker_dir(root, args.gpus[0])
@@ -255,7 +240,7 @@ def run(args):
     print(f"{name}: exit {training.returncode}, {log_outcome(text)}")
     if not recording:
         return training.returncode
-    description = args.description or git(["log", "-1", "--format=%s"], path)
+    description = args.description or git_or_refuse(["log", "-1", "--format=%s"], path)
     command = [sys.executable, str(root / "analysis.py"), "record"]
     command += ["--status", args.status or default_status(parse_summary(text))]
     command += ["--description", tagged_description(description, name), "run.log"]
@@ -274,7 +259,7 @@ def status(args):
     for gpu in gpus:
         path, name = worker_dir(root, gpu), worker_name(gpu)
         base = upstream(path)
-        ahead = git(["rev-list", "--count", "@{upstream}..HEAD"], path, check=False) if base else None
+        ahead = git(["rev-list", "--count", "@{upstream}..HEAD"], path) if base else None
         position = f"+{ahead} on {base}" if ahead is not None else "no upstream"
         dirty = " (uncommitted changes)" if has_uncommitted_changes(path) else ""
         log = path / "run.log"
@@ -282,7 +267,7 @@ def status(args):
         row = last_recorded_row(root, name)
         recorded = f"{row['status']} {row['commit']} {row['val_bpc']}" if row else "nothing recorded"
         print(
-            f"{name}  {git(['branch', '--show-current'], path)}  {short_head(path)}{dirty}  {position}  "
+            f"{name}  {git_or_refuse(['branch', '--show-current'], path)}  {short_head(path)}{dirty}  {position}  "
             f"{'running' if is_running(root, gpu) else 'idle'}  last run: {last_run}  last row: {recorded}"
             + promotion_hint(row, short_head(path), report)
         )
@@ -327,7 +312,7 @@ def sync(args):
         if has_uncommitted_changes(path):
             raise Refusal(f"{name} has uncommitted changes: commit or discard them (git -C {path} checkout -- .)")
         before = short_head(path)
-        git(["reset", "--quiet", "--hard", "@{upstream}"], path)
+        git_or_refuse(["reset", "--quiet", "--hard", "@{upstream}"], path)
         print(f"{name}: {before} -> {short_head(path)} ({base})")
     return 0
 
@@ -337,7 +322,7 @@ def result_line(args):
     log = Path(args.log)
     text = log.read_text(errors="replace") if log.exists() else ""
     summary = parse_summary(text)
-    commit = summary.get("commit") or git(["rev-parse", "--short=7", "HEAD"], log.resolve().parent, check=False)
+    commit = summary.get("commit") or git(["rev-parse", "--short=7", "HEAD"], log.resolve().parent)
     finished = "val_bpc" in summary
     fields = [
         "RESULT",

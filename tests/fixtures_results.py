@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from harness import REPO, run_script
 
-from labbook import cli, ledger, plots, rescore, runlog
+from labbook import cli, ledger, plots, recording, rescore, runlog
 
 ANALYSIS = REPO / "analysis.py"
 HEADER5 = "commit\tval_bpc\tmemory_gb\tstatus\tdescription"
@@ -134,12 +134,12 @@ analysis = SimpleNamespace(
 
 
 def log_as_sealed(log_path, log=None):
-    """ledger.sealed_run for the fake run logs of these tests (no checkpoint, no journal): the
+    """recording.sealed_run for the fake run logs of these tests (no checkpoint, no journal): the
     sealed scorer's summary is the log's own."""
     log = Path(log_path).read_text() if log is None else log
     if problem := runlog.integrity_problem(log):
         return None, problem
-    summary = ledger.parse_summary(log)
+    summary = runlog.parse_summary(log)
     summary.setdefault("val_bpc_exact", summary.get("val_bpc", ""))
     return summary, None
 
@@ -148,7 +148,7 @@ def log_as_sealed(log_path, log=None):
 def fake_journal(monkeypatch):
     """Imported by a test module, the log stands for the journal in its in-process records; real
     sealed scores are tested in test_rescore_record.py and through the `real_run` fixture."""
-    monkeypatch.setattr(ledger, "sealed_run", log_as_sealed)
+    monkeypatch.setattr(recording, "sealed_run", log_as_sealed)
 
 
 def git(repo, *args):

@@ -10,7 +10,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     write_log,
 )
 
-from labbook import cli, keeprule, ledger
+from labbook import cli, keeprule, ledger, outcomes, recording, sources
 from labbook.keeprule import Candidate, decide
 
 S = 0.002  # sigma of the generated rows
@@ -30,10 +30,10 @@ def setup_rows(base=1.3, spread=(0.0, S, -S, S / 2, -S / 2)):
 def test_the_syntax_tree_size_ignores_comments_and_formatting_but_counts_removed_code():
     source = "x = 1\nif x:\n    y = 2\n"
     formatted = "# a comment\nx = (\n    1\n)\n\n\nif x:\n    y = 2  # note\n"
-    assert keeprule.statement_count(formatted) == keeprule.statement_count(source)
-    assert keeprule.statement_count("x = 1\n") < keeprule.statement_count(source)
+    assert sources.statement_count(formatted) == sources.statement_count(source)
+    assert sources.statement_count("x = 1\n") < sources.statement_count(source)
     call = "f(a, qk_norm=True, flash=True)\n"
-    assert keeprule.statement_count("f(a, flash=True)\n") < keeprule.statement_count(call)  # a removed keyword
+    assert sources.statement_count("f(a, flash=True)\n") < sources.statement_count(call)  # a removed keyword
 
 
 def test_t_quantiles_match_the_tables():
@@ -90,10 +90,10 @@ def test_simplifications_are_listed_apart_from_improvements():
     rows += [row("simp", 1.301, "keep", "replicate", seed=2), row("simp", 1.302, "keep", "replicate", seed=3)]
     rows += [row("impr", 1.29, "discard", "experiment"), row("impr", 1.292, "keep", "confirm", seed=1)]
     rows += [row("miss", 1.2905, "discard", "experiment")]
-    assert [e["commit"] for e in keeprule.simplifications(rows)] == ["simp"]
-    assert [e["commit"] for e in keeprule.improvements(rows)] == ["impr"]
-    assert keeprule.simplifications(rows)[0]["delta"] > 0
-    assert [e["commit"] for e in keeprule.near_misses(rows)] == ["miss"]
+    assert [e["commit"] for e in outcomes.simplifications(rows)] == ["simp"]
+    assert [e["commit"] for e in outcomes.improvements(rows)] == ["impr"]
+    assert outcomes.simplifications(rows)[0]["delta"] > 0
+    assert [e["commit"] for e in outcomes.near_misses(rows)] == ["miss"]
 
 
 def test_an_experiment_before_setup_is_finished_is_refused():
@@ -172,7 +172,7 @@ def test_status_is_the_persons_override_and_is_noted(repo, capsys):
 def test_the_decision_reads_the_value_through_one_seam(repo, capsys, monkeypatch):
     base = head(repo)
     write_log(repo, base, val_bpc=1.3)
-    monkeypatch.setattr(keeprule, "candidate_value", lambda tsv, log_path: None)
+    monkeypatch.setattr(recording, "candidate_value", lambda tsv, log_path: None)
     code, out, _ = main(capsys, "decide")
     assert out.splitlines()[0] == "crash"
 
@@ -260,8 +260,8 @@ def test_a_comment_only_commit_of_a_tried_idea_is_refused_naming_the_commit_that
 def test_the_program_key_ignores_comments_docstrings_and_formatting_only():
     source = '"""A model."""\nLR = 0.001\n\n\ndef f(x):\n    return x * LR\n'
     same = '"""Another docstring."""\n# a note\nLR = 0.001  # lr\n\ndef f(x):\n    """Scale."""\n    return (x * LR)\n'
-    assert keeprule.program_key(same) == keeprule.program_key(source)
-    assert keeprule.program_key(source.replace("0.001", "0.003")) != keeprule.program_key(source)
+    assert sources.program_key(same) == sources.program_key(source)
+    assert sources.program_key(source.replace("0.001", "0.003")) != sources.program_key(source)
 
 
 def kept_simplification(commit, value, seed):

@@ -6,7 +6,7 @@ import os
 import pytest
 from fixtures_results import head, make_repo, write_log
 
-from labbook import cli, ledger
+from labbook import base, cli, ledger
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_a_full_disk_is_one_error_line_and_no_partial_row(repo, monkeypatch, cap
     def full(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ledger.os, "write", full)
+    monkeypatch.setattr(base.os, "write", full)
     code = cli.main(["record", "--status", "crash", "--description", "second"])
     monkeypatch.undo()
     err = capsys.readouterr().err

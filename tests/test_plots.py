@@ -11,7 +11,7 @@ import pytest
 from fixtures_results import ANALYSIS, is_real_png
 from nights import night_rows, write_night
 
-from labbook import cli, ledger, morning, plots
+from labbook import cli, keeprule, ledger, morning, outcomes, plots
 
 
 @pytest.fixture(scope="module", params=[12, 100])
@@ -53,10 +53,10 @@ def test_the_running_best_is_the_best_kept_mean_so_far_and_every_kept_commit_is_
     data = plots.progress_data(night.rows, night.flagged)
     values = [y for _, y in data["best"]]
     assert all(b <= a for a, b in zip(values, values[1:]))  # each kept commit at its mean over all its runs
-    assert data["best"][-1][1] == pytest.approx(morning.keeprule.best_commit(night.sound)["mean"])
-    kept = {e["commit"] for e in morning.keeprule.history(night.sound) if e["status"] == "keep"}
+    assert data["best"][-1][1] == pytest.approx(outcomes.best_commit(night.sound)["mean"])
+    kept = {e["commit"] for e in keeprule.history(night.sound) if e["status"] == "keep"}
     assert len(data["labels"]) == len(kept)
-    assert data["reference"][-1][1] == pytest.approx(morning.keeprule.standing(night.sound)["tip"]["mean"])
+    assert data["reference"][-1][1] == pytest.approx(outcomes.standing(night.sound)["tip"]["mean"])
 
 
 def test_memory_has_every_row_with_its_commit(night):

@@ -19,7 +19,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     write_log,
 )
 
-from labbook import cli, ledger
+from labbook import cli, ledger, runlog
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_recording_from_a_second_worktree_lands_in_the_main_worktrees_results(tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (worktree / "results.tsv").exists()
     rows = data_lines(repo / "results.tsv")
-    summary = ledger.parse_summary((lab.run_a / "run.log").read_text())
+    summary = runlog.parse_summary((lab.run_a / "run.log").read_text())
     assert [r[:4] for r in rows] == [[lab.c1, f"{float(summary['val_bpc_exact']):.6f}", rows[0][2], "keep"]]
     row = dict(zip(ledger.COLUMNS, rows[0]))
     assert row["worker"] == "agent-2" and row["run_id"] == summary["run_id"] and row["rescore_seconds"] != ""

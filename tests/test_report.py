@@ -19,7 +19,7 @@ from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
 )
 from nights import night_rows
 
-from labbook import cli, keeprule, ledger, plots, report
+from labbook import cli, keeprule, ledger, outcomes, plots, recording, report
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def rows_of(tsv, drop=()):
 
 def test_the_report_shows_the_keep_rules_numbers_never_its_own(night, capsys):
     rows = rows_of(night.tsv, drop=[night.commits["hack"]])  # the flagged row never counts
-    now = keeprule.standing(rows)
+    now = outcomes.standing(rows)
     text = report_text(capsys, night.tsv)
     c = night.commits
     assert now["tip"]["commit"] == c["exp7"] and now["best"]["commit"] == c["exp6"]
@@ -91,7 +91,7 @@ def test_a_flagged_row_is_never_the_tip_or_the_best_for_report_decide_and_the_ag
     view = json.loads(capsys.readouterr().out)
     assert view["tip"]["commit"] == night.commits["exp7"] and view["best"]["commit"] == night.commits["exp6"]
     assert view["flagged_rows"] == 1
-    judged = keeprule.judged_rows(night.tsv)
+    judged = recording.judged_rows(night.tsv)
     assert hack not in {r.commit for r in judged} and len(judged) == len(rows_of(night.tsv)) - 1
     verdict = keeprule.decide(judged, keeprule.Candidate("abc1234", 1.3999, "next idea"))
     assert verdict.reference_commit == night.commits["exp7"]

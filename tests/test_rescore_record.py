@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from fixtures_results import copy_run, tiny_lab
 
-from labbook import cli, keeprule, ledger, report, rescore
+from labbook import cli, ledger, recording, report, rescore, runlog
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def rows(tsv):
 
 
 def summary_of(log_path):
-    return ledger.parse_summary(log_path.read_text())
+    return runlog.parse_summary(log_path.read_text())
 
 
 def journal(lab):
@@ -75,10 +75,10 @@ def test_a_run_is_recorded_once(lab, capsys):
 def test_decide_and_record_read_the_same_journal_entry(lab, tmp_path, monkeypatch):
     log = copy_run(lab.run_a, tmp_path / "a")
     monkeypatch.chdir(lab.repo)
-    summary, problem = ledger.sealed_run(log)
+    summary, problem = recording.sealed_run(log)
     entry = journal(lab)[summary["run_id"]]
     assert problem is None and float(summary["val_bpc_exact"]) == entry["val_bpc_exact"]
-    assert keeprule.candidate_value(lab.main_tsv, log) == entry["val_bpc_exact"]
+    assert recording.candidate_value(lab.main_tsv, log) == entry["val_bpc_exact"]
 
 
 def test_an_edited_val_bpc_and_a_planted_cache_do_not_change_the_recorded_number(lab, tmp_path, capsys):

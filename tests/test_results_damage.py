@@ -140,8 +140,8 @@ APPENDER = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import fixtures_results
-from labbook import cli, ledger
-ledger.sealed_run = fixtures_results.log_as_sealed
+from labbook import cli, recording
+recording.sealed_run = fixtures_results.log_as_sealed
 commit = fixtures_results.head(".")
 for i in range({rows}):
     log = fixtures_results.write_log(".", commit, val_bpc=1.44, name=f"run-{{sys.argv[1]}}-{{i}}.log")

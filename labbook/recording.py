@@ -1,0 +1,367 @@
+"""The record and decide use case: a run.log turned into the keep rule's verdict (`decide`) and into
+one row of results.tsv (`record`), with the kept run's weights saved.
+
+`record` parses the summary block of run.log itself, so no number is ever typed, checks that the
+log belongs to the current commit and says one thing, takes the run's score from the sealed
+scorer's journal (labbook/rescore.py) and records it as val_bpc. A run that fails any check is
+recorded as a crash with the reason, so the history stays complete. `decide` judges the same run
+with the keep rule (labbook/keeprule.py) over the rows the audit lets count (labbook/audit.py).
+
+Checkpoint retention: the baseline's and every keep's checkpoint.pt (and metrics.jsonl) are copied
+to checkpoints/<commit>.pt (.metrics.jsonl) next to results.tsv; every other run's checkpoint is
+removed once it is recorded (a run is recorded once, so it is never needed again).
+
+The one seam tests replace is `sealed_run` (the journal's summary of a run): `decide` and `record`
+both read a run's score through it.
+"""
+
+import contextlib
+import json
+import math
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+from labbook.audit import comparable_rows
+from labbook.base import Refusal, checkpoints_dir, copy_atomically, git, locked, results_repo
+from labbook.keeprule import (
+    NOISE_PREFIX,
+    RESCORE_REFUSED,
+    Candidate,
+    CannotJudge,
+    decide,
+    explain,
+    tip_commit,
+    verdict_note,
+)
+from labbook.ledger import (
+    BASE_COLUMNS,
+    FORCED_PREFIX,
+    STATUSES,
+    SUMMARY_TO_ROW,
+    append_row,
+    backup_path,
+    file_layout,
+    finite_number,
+    format_row,
+    read_results,
+    recorded_run_ids,
+)
+from labbook.rescore import journal_score
+from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
+from labbook.sources import programs_at, statements_at
+
+# A run and its sealed score
+
+
+def read_log(path):
+    try:
+        return Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise Refusal(f"cannot read the run log {path}: {e.strerror}") from None
+
+
+def sealed_run(log_path, log=None):
+    """(the journal's summary of the run behind `log_path`, as text, None), or (None, why the log is
+    not one finished run: it records as a crash). The number and every provenance field come from
+    the sealed scorer's journal entry, never from run.log's text; a run with no usable entry there
+    (none for its run_id, a checkpoint that is not the one scored) is a Refusal: nothing to record."""
+    log = read_log(log_path) if log is None else log
+    if problem := integrity_problem(log):
+        return None, problem
+    entry, problem = journal_score(log_path, parse_summary(log), log)
+    if problem:
+        raise Refusal(f"{problem}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1)")
+    return {k: str(v) for k, v in entry["summary"].items()}, None
+
+
+def candidate_value(tsv, log_path):
+    """The val_bpc a decision rests on: the sealed scorer's score of the run, from the journal
+    (labbook/rescore.py), or None when the run records as a crash. Raises Refusal when the journal
+    holds no usable score for it (then `record` refuses too)."""
+    summary, problem = sealed_run(log_path)
+    return None if problem else float(summary["val_bpc_exact"])
+
+
+def reported_value(summary):
+    """(the run's exact val_bpc as run.log prints it, or None, why it cannot be read)."""
+    try:
+        shown = finite_number(summary.get("val_bpc", ""), "val_bpc")
+        exact = finite_number(summary.get("val_bpc_exact", ""), "val_bpc_exact")
+    except ValueError as e:
+        return None, f"the summary reports {e}"
+    if abs(shown - exact) > 5.1e-7:
+        return None, f"the summary's val_bpc {shown:.6f} disagrees with its val_bpc_exact {exact!r}"
+    return exact, None
+
+
+def summary_params(metrics):
+    """num_params_M with every digit, from the summary line of a metrics.jsonl (the log prints one decimal)."""
+    try:
+        lines = [line for line in Path(metrics).read_text().splitlines() if line.strip()]
+        return float(json.loads(lines[-1])["summary"]["num_params_M"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def params_of_kept(tsv, commit):
+    """num_params_M of a kept commit's run, from its saved metrics.jsonl."""
+    return summary_params(checkpoints_dir(tsv) / f"{commit}.metrics.jsonl")
+
+
+def number(text, kind=float):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def candidate_from_log(tsv, log_path, description="", simplification=False):
+    """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
+    try:
+        log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        log = ""
+    summary = parse_summary(log)
+    commit = summary.get("commit", "").removesuffix("-dirty")[:7] or (
+        git(["rev-parse", "--short=7", "HEAD"], ".") or ""
+    )
+    try:
+        value = candidate_value(tsv, log_path) if "val_bpc" in summary else None
+    except ValueError:
+        value = None
+    if value is not None and not (math.isfinite(value) and value > 0):
+        value = None
+    crash = crash_reason(log)
+    if value is None and "val_bpc" in summary and not crash:
+        crash = f"{RESCORE_REFUSED} (a second summary block, or a crash line after it)"
+    explicit = bool(description)
+    if not description:
+        description = git(["log", "-1", "--format=%s", commit], ".") or "experiment" if commit else "experiment"
+    return Candidate(
+        commit=commit,
+        val_bpc=value,
+        description=description,
+        simplification=simplification,
+        params=summary_params(Path(log_path).resolve().parent / "metrics.jsonl") or number(summary.get("num_params_M")),
+        statements=statements_at(commit),
+        seed=number(summary.get("seed"), int),
+        tokens_per_sec=number(summary.get("tokens_per_sec")),
+        explicit=explicit,
+        crash=crash,
+    )
+
+
+# Deciding: the keep rule's verdict on a run
+
+
+def judged_rows(tsv):
+    """The rows a decision rests on: results.tsv minus the audit's flagged rows (labbook/audit.py)."""
+    return comparable_rows(read_results(tsv), results_repo(tsv))
+
+
+def recorded_row(tsv, log_path):
+    """The row of results.tsv that already records this run.log's run (its run_id), or None."""
+    try:
+        run_id = parse_summary(Path(log_path).read_bytes().decode("utf-8", errors="replace")).get("run_id", "").strip()
+    except OSError:
+        return None  # no log: nothing recorded from it
+    rows = read_results(tsv).rows if run_id and Path(tsv).is_file() else []
+    return next((r for r in rows if r.extra.get("run_id", "").strip() == run_id), None)
+
+
+def verdict_for_log(tsv, log_path, description="", simplification=False):
+    """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`.
+    A run already recorded is judged against the rows before its own, as `record` judged it, and
+    its verdict says so and offers no second record command."""
+    rows = judged_rows(tsv)
+    recorded = recorded_row(tsv, log_path)
+    if recorded is not None:
+        rows = [r for r in rows if r.line < recorded.line]
+    candidate = candidate_from_log(tsv, log_path, description, simplification)
+    candidate.program = programs_at([candidate.commit]).get(candidate.commit)
+    tip = tip_commit(rows)
+    reference = {"programs": programs_at(r.commit for r in rows)}
+    if candidate.simplification and tip:
+        reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
+    verdict = decide(rows, candidate, **reference)
+    if recorded is not None:
+        verdict.record_command = ""
+        verdict.reason += (
+            f" (already recorded: line {recorded.line} of {Path(tsv).name}, {recorded.status}; run what follows)"
+        )
+    return candidate, verdict
+
+
+def decide_command(args, tsv):
+    """`python analysis.py decide`: the verdict on ./run.log, its numbers, the commands to run next."""
+    if args.explain:
+        print(explain())
+        return 0
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
+    except CannotJudge as e:
+        raise Refusal(str(e)) from None
+    print(verdict.text())
+    return 0
+
+
+# Recording: one row of results.tsv
+
+
+def one_line(text):
+    return re.sub(r"[\t\r\n]+", " ", str(text)).strip()
+
+
+def checked_description(text):
+    if re.search(r"[\t\r\n]", text):
+        raise Refusal("the description contains a tab or a line break: write it on one line, without tabs")
+    if not text.strip():
+        raise Refusal("the description is empty: say what this experiment changed")
+    return text.strip()
+
+
+def commit_problem(log_commit, head):
+    """Why a run log's commit is not the clean code of HEAD, or None when it is."""
+    if log_commit.endswith("-dirty"):
+        return f"run.log says commit {log_commit}: train.py or prepare.py had uncommitted changes when it ran"
+    if not log_commit or log_commit == "none" or not head.startswith(log_commit):
+        return f"run.log is from commit {log_commit or '(none)'}, but HEAD is {head[:7]}"
+    return None
+
+
+def worker_name(cwd="."):
+    top = git(["rev-parse", "--show-toplevel"], cwd)
+    return os.environ.get("AR_WORKER") or (Path(top).name if top else "")
+
+
+def row_values(tsv, log_path, log, status, description, head, force=False, kind="", note=""):
+    """(column name -> text of the row that `record` appends, the problem that made it a crash)."""
+    logged = parse_summary(log)
+    problem = integrity_problem(log)
+    if status != "crash" and "val_bpc" not in logged and not problem:
+        raise Refusal(
+            f"{log_path} has no val_bpc in a summary block (the lines after the last `---`): "
+            "the run did not finish; record it with --status crash"
+        )
+    run_id = logged.get("run_id", "").strip()
+    if run_id and run_id in recorded_run_ids(tsv):
+        raise Refusal(f"run {run_id} ({log_path}) is already recorded in {tsv}: a run is recorded once")
+    summary, sealed = logged, None
+    if status != "crash" and not problem:
+        sealed, problem = sealed_run(log_path, log)
+        summary = sealed or logged
+    git_problem = commit_problem(summary.get("commit", ""), head) if summary and not problem else None
+    if git_problem and not force:
+        raise Refusal(f"{git_problem}. Commit, rerun and record; or pass --force to record it anyway (the row says so)")
+    run_id = summary.get("run_id", "").strip()
+    description = checked_description(description)
+    reported = reported_value(logged)[0] if logged.get("val_bpc_exact") else None
+    if sealed is not None:
+        score = float(sealed["val_bpc_exact"])
+        edited = "" if reported == score else f"; run.log says {reported!r}: its text is not the score"
+        print(f"score: val_bpc {score:.6f} from the sealed scorer's journal (run {run_id}){edited}")
+    crashed = status == "crash" or problem is not None
+    if problem:
+        description += f" (crash: {one_line(problem)})"
+    elif status == "crash" and (reason := crash_reason(log)):
+        description += f" (crash: {one_line(reason)})"
+    commit = summary.get("commit", "").removesuffix("-dirty")
+    values = dict(
+        commit=commit[:7] if git_problem and re.fullmatch(r"[0-9a-f]{7,40}", commit) else head[:7],
+        val_bpc="0.000000" if crashed else f"{float(summary['val_bpc_exact']):.6f}",
+        memory_gb="0.0" if crashed else f"{float(summary.get('peak_vram_mb') or 0) / 1024:.1f}",
+        status="crash" if crashed else status,
+        description=description,
+        reported_bpc="" if reported is None else repr(reported),
+        rescore_seconds="" if crashed else f"{float(summary.get('eval_seconds') or 0):.1f}",
+        recorded_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+        worker=worker_name(),
+        note="; ".join(filter(None, [f"{FORCED_PREFIX} {git_problem}" if git_problem else "", note])),
+        kind=kind,
+    )
+    values.update({key: one_line(summary.get(key, "")) for key in SUMMARY_TO_ROW})
+    return values, problem
+
+
+def save_keep_artifacts(tsv, checkpoint, commit):
+    """A kept run's checkpoint (and the metrics.jsonl next to it) as checkpoints/<commit>.pt(.metrics.jsonl)."""
+    run_dir = Path(checkpoint).parent
+    if not Path(checkpoint).exists():
+        print(f"note: no checkpoint at {checkpoint}: the weights of this keep are not saved")
+        return None
+    dest = checkpoints_dir(tsv) / f"{commit}.pt"
+    copy_atomically(checkpoint, dest)
+    if (run_dir / "metrics.jsonl").exists():
+        copy_atomically(run_dir / "metrics.jsonl", dest.with_suffix(".metrics.jsonl"))
+    print(f"saved the weights as {dest}")
+    return dest
+
+
+def drop_checkpoint(tsv, checkpoint):
+    """Remove a recorded non-keep run's checkpoint (never one under checkpoints/)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file() and checkpoints_dir(tsv) not in checkpoint.resolve().parents:
+        with contextlib.suppress(OSError):
+            checkpoint.unlink()
+
+
+def record_run(tsv, log_path, status, description, force=False, kind="", note=""):
+    """Record the run of `log_path` with `status` (keep/discard/crash, e.g. a keep rule's
+    decision). Returns 0, or 1 when the run was recorded as a crash though asked otherwise."""
+    log = read_log(log_path)
+    head = git(["rev-parse", "HEAD"], ".")
+    if not head:
+        raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
+    if status not in STATUSES:
+        raise Refusal(f"status {status!r} is not keep, discard or crash")
+    file_layout(tsv)  # a results file that cannot take a row refuses before anything else is checked
+    values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
+    with locked(tsv):
+        if values["run_id"] and values["run_id"] in recorded_run_ids(tsv):
+            raise Refusal(f"run {values['run_id']} ({log_path}) is already recorded in {tsv}: a run is recorded once")
+        was_missing = not Path(tsv).exists()
+        columns = append_row(tsv, values)
+    backup = backup_path(tsv)
+    print(f"recorded in {tsv}: " + format_row(values, BASE_COLUMNS).rstrip("\n"))
+    if was_missing and backup and len(read_results(backup).rows) > 1:
+        print(f"warning: {tsv} was missing, but the backup has earlier rows: run `python analysis.py restore`")
+    if "fingerprint" not in columns:
+        print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
+    checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
+    saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
+    if values["status"] == "keep" and not (values.get("kind") == "replicate" and saved):
+        save_keep_artifacts(tsv, checkpoint, values["commit"])
+    else:  # a replicate keeps the commit's first saved weights: the baseline's stay the baseline's
+        drop_checkpoint(tsv, checkpoint)
+    if problem and status != "crash":
+        print(f"crash: recorded as a crash, not a {status}: {problem}. Reset this commit and move on.")
+        return 1
+    return 0
+
+
+def record_with_rule(args, tsv):
+    """`python analysis.py record`: without --status it records the rule's verdict; with --status,
+    the person's override (noted in the row). Prints the verdict and the commands to run next.
+    Returns 0, or 1 when the run was recorded as a crash though asked otherwise."""
+    try:
+        _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
+    except CannotJudge as e:
+        if not args.status:
+            raise Refusal(str(e)) from None
+        verdict = None
+    status, description = args.status, args.description
+    if status:
+        kind = verdict.kind if verdict else ""
+        rule = verdict.verdict if verdict else "not ready"
+        differs = verdict is not None and verdict.status != status
+        note = f"override: --status {status}, the rule said {rule}" if differs else ""
+    else:
+        status, kind, note = verdict.status, verdict.kind, verdict_note(verdict)
+        if verdict.kind == "replicate" and not description.startswith(NOISE_PREFIX):
+            description = f"{NOISE_PREFIX} {description}"
+    code = record_run(tsv, args.log, status, description, force=args.force, kind=kind, note=note)
+    if verdict is not None:
+        print(verdict.text(with_record=False))
+    return code
