@@ -965,6 +965,7 @@ class Tracker:
         self.training_time = 0.0
         self.clock_start = None  # wall time of the call of train(run)
         self.warmup_seconds = 0.0  # spent inside forward_backward and step during the uncounted steps
+        self.last_step_at = 0.0  # elapsed() when the last optimizer step landed
         self.loop_start = self.window_start = time.time()
         self.last_status = 0.0
         self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
@@ -1018,6 +1019,7 @@ class Tracker:
         if self.stopped:
             raise HarnessError(f"optimizer step {self.steps + 1} after the harness said stop (run.done was True)")
         self.steps += 1
+        self.last_step_at = self.elapsed()  # the overrun grace is a multiple of the steps' pace, not of idle time
         step, tokens = self.steps, self.served_tokens
         self.served_tokens = 0
         loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
@@ -1092,7 +1094,7 @@ class Tracker:
         self.training_time = self.elapsed()
         counted = self.steps - self.run.excluded_steps
         if not self.step_budget and counted > 0:
-            step_time = self.training_time / counted
+            step_time = self.last_step_at / counted
             grace = max(OVERRUN_GRACE, (METRICS_EVERY if self.run.world_size > 1 else 2) * step_time)
             if self.training_time > self.budget + grace:
                 raise HarnessError(

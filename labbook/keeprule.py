@@ -820,8 +820,9 @@ def verdict_note(verdict):
 def record_with_rule(args, tsv):
     """`record` without --status records the rule's verdict; with --status, the person's override
     (noted in the row). Prints the verdict and the commands to run next."""
-    from labbook.ledger import Refusal, record
+    from labbook.ledger import Refusal, file_layout, record
 
+    file_layout(tsv)  # a results file that cannot take a row refuses before the run is judged
     try:
         _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
     except CannotJudge as e:
