@@ -7,6 +7,7 @@ Usage: python prepare.py     (finds or downloads enwik8 and verifies it; trainin
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import functools
 import gc
@@ -126,6 +127,12 @@ ENV_VARS = (
 TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file survives a kill
 ACTIVE_RUN = None  # the Run of this process, for crash messages
 ENTERED = []  # main() ran: a second call comes from a train.py that calls main() at import
+
+
+# The interpreter and environment this process started with, for the sealed scorer's launch:
+# taken when prepare is imported, so what train.py changes later (sys.executable, os.environ) is not used.
+LAUNCH_PYTHON = sys.executable
+LAUNCH_ENVIRON = dict(os.environ)
 
 
 def process_start_time():
@@ -376,10 +383,11 @@ def stat_key(path):
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def check_enwik8(path, blob):
-    """Refuse anything that is not exactly enwik8. A pass is remembered by the file's stat."""
+def check_enwik8(path, blob, trust_stamp=True):
+    """Refuse anything that is not exactly enwik8. A pass is remembered by the file's stat (the
+    sealed scorer does not trust that memory: a stamp is a file anyone can write)."""
     stamps, key = verified_stamps(), str(path.resolve())
-    if len(blob) == ENWIK8_SIZE and stamps.get(key) == stat_key(path):
+    if trust_stamp and len(blob) == ENWIK8_SIZE and stamps.get(key) == stat_key(path):
         return
     md5 = hashlib.md5(blob).hexdigest()
     if len(blob) != ENWIK8_SIZE or md5 != ENWIK8_MD5:
@@ -418,13 +426,13 @@ def locate_data(env):
     return cached, True
 
 
-def read_splits(env):
+def read_splits(env, trust_stamp=True):
     """(the corpus's bytes, {split: (start, end)}, the data's identity (enwik8's md5, or a custom
     file's hash), its resolved path)."""
     path, is_enwik8 = locate_data(env)
     blob = read_corpus(path)
     if is_enwik8:
-        check_enwik8(path, blob)
+        check_enwik8(path, blob, trust_stamp)
         bounds, identity = SPLITS, f"enwik8:{ENWIK8_MD5}"
     else:
         n = len(blob)
@@ -965,6 +973,7 @@ class Tracker:
         self.training_time = 0.0
         self.clock_start = None  # wall time of the call of train(run)
         self.warmup_seconds = 0.0  # spent inside forward_backward and step during the uncounted steps
+        self.last_step_at = 0.0  # elapsed() when the last optimizer step landed
         self.loop_start = self.window_start = time.time()
         self.last_status = 0.0
         self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
@@ -1018,6 +1027,7 @@ class Tracker:
         if self.stopped:
             raise HarnessError(f"optimizer step {self.steps + 1} after the harness said stop (run.done was True)")
         self.steps += 1
+        self.last_step_at = self.elapsed()  # the overrun grace is a multiple of the steps' pace, not of idle time
         step, tokens = self.steps, self.served_tokens
         self.served_tokens = 0
         loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
@@ -1092,7 +1102,7 @@ class Tracker:
         self.training_time = self.elapsed()
         counted = self.steps - self.run.excluded_steps
         if not self.step_budget and counted > 0:
-            step_time = self.training_time / counted
+            step_time = self.last_step_at / counted
             grace = max(OVERRUN_GRACE, (METRICS_EVERY if self.run.world_size > 1 else 2) * step_time)
             if self.training_time > self.budget + grace:
                 raise HarnessError(
@@ -1697,6 +1707,14 @@ def run_training(guards, env):
         env["seed"] = source_seed(source)
     import_libraries(source)
     harness_before = harness_snapshot()
+    run = setup(env)
+    measured = copy.deepcopy(
+        (env, run.device, run.data_path, run.data_identity, run.eval_bytes)
+    )  # train.py may touch the Run
+    guard_data_files(run.data_path)
+    ACTIVE_RUN = run
+    run.tracker = Tracker(run)
+    run.tracker.start_clock()  # train.py's import counts too: work done there is not off the clock
     sys.modules.pop(name, None)
     train = importlib.import_module(name)
     if guards.steps.untracked_steps:
@@ -1710,12 +1728,8 @@ def run_training(guards, env):
             )
     recorder = SpecRecorder()
     train.build_model = recorder.wrap(train.build_model)
-    run = setup(env)
-    guard_data_files(run.data_path)
-    ACTIVE_RUN = run
+    guards.steps.tracker = run.tracker
     seed_everything(env["seed"])
-    run.tracker = guards.steps.tracker = Tracker(run)
-    run.tracker.start_clock()
     model = train.train(run)
     stats = run.tracker.stats()
     guards.check_armed()
@@ -1726,6 +1740,7 @@ def run_training(guards, env):
     check_library_model(model)
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
+    run.env, run.device, run.data_path, run.data_identity, run.eval_bytes = measured  # the summary's and scorer's
     summary = make_summary(run, stats, identity)
     summary.update(spec=spec_hash(spec), flags=training_flags(run, stats))
     check = {"loss": check_loss(model.net, run.train_data, run.device), "precision": run.precision}
@@ -1793,9 +1808,10 @@ os._exit(0)
 
 
 def scorer_env():
-    """This environment without what the checkpoint decides (AR_*, precision flags) or torchrun's ranks."""
+    """The environment this process started with, without what the checkpoint decides (AR_*,
+    precision flags) or torchrun's ranks."""
     dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
-    return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in dropped}
+    return {k: v for k, v in LAUNCH_ENVIRON.items() if not k.startswith("AR_") and k not in dropped}
 
 
 def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
@@ -1805,7 +1821,7 @@ def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
         Path(tmp, "prepare.py").write_text(harness)
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", "-c", SCORER, tmp, *args],
+                [LAUNCH_PYTHON, "-I", "-c", SCORER, tmp, *args],
                 cwd=tmp,
                 env=scorer_env(),
                 stdout=subprocess.PIPE,
@@ -1985,7 +2001,7 @@ def run_data(summary):
     path = Path(summary["data_path"])
     if not path.exists():
         raise HarnessError(f"the run's data {path} is gone: the checkpoint cannot be scored here")
-    blob, bounds, identity, _ = read_splits(dict(data=str(path), data_url=""))
+    blob, bounds, identity, _ = read_splits(dict(data=str(path), data_url=""), trust_stamp=False)
     if identity != summary["data"]:
         raise HarnessError(f"{path} is {identity} now, the run used {summary['data']}: not the same data")
     return blob, bounds, identity

@@ -345,6 +345,7 @@ def record_with_rule(args, tsv):
     """`python analysis.py record`: without --status it records the rule's verdict; with --status,
     the person's override (noted in the row). Prints the verdict and the commands to run next.
     Returns 0, or 1 when the run was recorded as a crash though asked otherwise."""
+    file_layout(tsv)  # a results file that cannot take a row refuses before the run is judged
     try:
         _, verdict = verdict_for_log(tsv, args.log, args.description, getattr(args, "simplification", False))
     except CannotJudge as e:

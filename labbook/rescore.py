@@ -64,20 +64,29 @@ def journal_path(run_dir):
     return common / JOURNAL if common else None
 
 
-def journal_entries(path):
-    """{run_id: entry} of a journal (a torn line is skipped)."""
-    entries = {}
+def journal_lines(path):
+    """Every entry of a journal, in order (a torn line is skipped)."""
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError:
-        return entries
+        return []
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("run_id"):
-            entries[entry["run_id"]] = entry
+            entries.append(entry)
+    return entries
+
+
+def journal_entries(path):
+    """{run_id: entry} of a journal; a run_id written more than once maps to None (the scorer
+    writes one line per run: a second is not its own)."""
+    entries = {}
+    for entry in journal_lines(path):
+        entries[entry["run_id"]] = None if entry["run_id"] in entries else entry
     return entries
 
 
@@ -97,7 +106,10 @@ def journal_score(log_path, summary, log=""):
         return None, "the summary has no run_id: it was not printed by prepare.py"
     run_dir = Path(log_path).resolve().parent
     journal = journal_path(run_dir) or journal_path(".")  # the run's repository, else the one recording it
-    entry = journal_entries(journal).get(run_id) if journal else None
+    entries = journal_entries(journal) if journal else {}
+    if run_id in entries and entries[run_id] is None:
+        return None, f"run {run_id} has more than one score in the journal {journal}: the scorer writes one"
+    entry = entries.get(run_id)
     if entry is None:
         where = journal or "(no git repository here)"
         return None, f"run {run_id} has no score in the journal {where}: its run did not reach the sealed scorer"
@@ -178,7 +190,7 @@ def kept_rescores(results, report, with_test=False):
     baseline = (report.get("baseline") or {}).get("commit")
     repo = results_repo(results.path)
     journal = journal_path(repo)
-    by_sha = {e.get("checkpoint_sha256"): e for e in journal_entries(journal).values()} if journal else {}
+    by_sha = {e.get("checkpoint_sha256"): e for e in journal_entries(journal).values() if e} if journal else {}
     out = []
     for commit in dict.fromkeys(r.commit for r in results.rows if r.status == "keep"):
         item = dict(commit=commit, recorded=None, rescored=None, test=None, note="")

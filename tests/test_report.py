@@ -5,11 +5,11 @@ import statistics
 
 import numpy as np
 import pytest
-from fixtures_results import (  # noqa: F401  (fake_rescore: an autouse fixture)
+from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     NIGHT,
     RULE_NIGHT,
     commit_change,
-    fake_rescore,
+    fake_journal,
     head,
     is_real_png,
     make_repo,

@@ -208,3 +208,16 @@ def test_the_morning_check_re_scores_each_kept_checkpoint_beside_its_recorded_va
     (row,) = rows(lab.main_tsv)
     line = next(line for line in out.splitlines() if line.strip().startswith(lab.c1) and "re-scored" in line)
     assert f"recorded {row.val_bpc:.6f}" in line and f"re-scored {row.val_bpc:.6f}" in line and "agrees" in line
+
+
+def test_a_second_journal_line_for_a_run_is_refused(lab, tmp_path, capsys):
+    log = copy_run(lab.run_a, tmp_path / "a")
+    path = lab.repo / ".git" / "autoresearch" / "journal.jsonl"
+    before = path.read_text()
+    entry = json.loads(next(line for line in before.splitlines() if summary_of(log)["run_id"] in line))
+    try:
+        path.write_text(before + json.dumps(dict(entry, val_bpc_exact=entry["val_bpc_exact"] - 0.05)) + "\n")
+        code, _, err = record(capsys, lab.repo, tmp_path / "dup.tsv", log)
+    finally:
+        path.write_text(before)
+    assert code == 2 and "more than one score in the journal" in err and not (tmp_path / "dup.tsv").exists()

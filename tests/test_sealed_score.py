@@ -123,6 +123,26 @@ def test_a_lambda_handed_to_x_transformers_is_refused_naming_the_argument(tmp_pa
     assert "Decoder(ff_mult=...) is a Fraction" in crash_reason(log) and "x-transformers option" in crash_reason(log)
 
 
+def test_opening_the_corpus_when_train_py_is_imported_ends_the_run(tmp_path, corpus):
+    text = with_code(imports="import os").replace(
+        "\n\ndef build_model():", '\nHELD_OUT = open(os.environ["AR_DATA"], "rb").read()\n\n\ndef build_model():', 1
+    )
+    code, log, _ = run_text(tmp_path, corpus, text)
+    assert_crashed(code, log)
+    assert f"train.py opened {Path(corpus).resolve()}" in crash_reason(log)
+
+
+def test_work_done_when_train_py_is_imported_is_charged_to_the_clock(tmp_path, corpus):
+    text = with_code(imports="import time").replace(
+        "\n\ndef build_model():",
+        "\ntime.sleep(1.5)  # pre-training at import, before train(run)\n\n\ndef build_model():",
+        1,
+    )
+    code, log, summary = run_text(tmp_path, corpus, text, AR_TIME_BUDGET=1)
+    assert code == 0, log[-2000:]
+    assert summary["num_steps"] == summary["excluded_steps"] == "1"  # the budget was gone before the first step
+
+
 def test_training_outside_the_steps_is_charged_to_the_clock(tmp_path, corpus):
     """Hand-written updates before the first step, on batches cut from run.train_data: with a
     time budget, the time they take counts, so a run that spends its budget there takes no counted step."""
@@ -188,6 +208,14 @@ def low_loss_for_the_evaluation():
 """
 
 
+# the scorer's interpreter, environment and data, as train.py could point them elsewhere
+SCORER_LAUNCH = """    sys.executable = "/bin/false"
+    os.environ["XDG_CACHE_HOME"] = "/nonexistent"
+    os.environ["PYTHONPATH"] = "/nonexistent"
+    run.data_path = "/nonexistent/enwik8"
+"""
+
+
 @pytest.mark.parametrize(
     "attack, code",
     [
@@ -196,6 +224,7 @@ def low_loss_for_the_evaluation():
             (FRAME_WALKER, "    model.net.register_forward_hook(answer_from_the_harness)\n", "import sys"),
         ),
         ("log_softmax", (LOG_SOFTMAX_OVERRIDE, "    KEEP.append(low_loss_for_the_evaluation())\n", "import torch")),
+        ("scorer_launch", ("", SCORER_LAUNCH, "import os\nimport sys")),
     ],
 )
 def test_an_attack_on_the_evaluation_from_train_py_scores_what_an_honest_run_scores(
