@@ -6,49 +6,8 @@ commands to run next. `python analysis.py decide` and `python analysis.py record
 simulation test (tests/test_keeprule_simulation.py) drives the same function. `explain()`
 renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
 
-Design, and why:
-
-* **Every row has a kind** (the `kind` column): `baseline` (the first run of the untouched code),
-  `replicate` (the tip's commit run again with another AR_SEED), `experiment` (a new commit's
-  first run), `simplification` (a first run declared simpler and checked to be), `confirm` (a
-  provisional commit's confirmation run). A commit's value is the **mean of all its measured
-  rows**, so what the tip reached is what the next experiment is judged against, and a keep
-  stands for the mean that the decision used, never for one lucky run.
-* **The tip** is the commit of the last `keep` row (on the branch: HEAD after a reset, HEAD~1
-  while an experiment is pending). The **reference** is the tip's mean; its standard error is
-  sigma / sqrt(runs of the tip).
-* **Sigma** is pooled from within-commit deviations of *unselected* runs only: a commit's
-  baseline, replicate and confirm rows, each group around its own mean, summed over commits
-  (degrees of freedom = sum of group sizes minus one each). An experiment's first run is never
-  pooled: it was chosen by the rule (it is the reason a confirmation ran), so its deviation is
-  biased. Replicates of a later, better commit join their own commit's group, so an improvement
-  can never inflate sigma.
-* **Setup** runs the baseline and SETUP_REPLICATES replicates (AR_SEED=1..): SETUP_REPLICATES
-  degrees of freedom. Two (the old protocol) leave sigma so uncertain that about 14% of null
-  experiments were kept; thresholds here use Student's t quantile at sigma's degrees of freedom,
-  so the false-keep rate holds whatever sigma's uncertainty, and every keep adds replicate runs
-  (REPLICATES_AFTER_KEEP) that both sharpen the next reference and add degrees of freedom.
-* **Two stages, no judgment calls.** A first run that beats the reference by more than
-  t(1 - PROVISIONAL_RATE) standard errors of the difference is provisional: the rule asks for one
-  confirmation run (fresh seed) and keeps the commit only if the mean of its runs beats the
-  reference by more than t(1 - FALSE_KEEP_RATE) standard errors. Null experiments are sent to a
-  confirmation at most PROVISIONAL_RATE of the time and kept at most FALSE_KEEP_RATE of the time
-  (the confirmed mean alone has that false-keep rate). There is no "near-miss rerun" by taste.
-* **Simplifications** are declared (`--simplification`) and checked: fewer parameters than the
-  tip's run, or fewer statements in train.py's syntax tree (labbook/sources.py's `statement_count`, so comments and
-  formatting do not count). A checked simplification is provisional when its first run is no
-  worse than the reference by more than SIMPLIFICATION_BOUND sigma, and kept when the mean of its
-  runs also is. A declared simplification that is not simpler is judged as an experiment. Kept
-  simplifications are listed apart from improvements (labbook/outcomes.py), never as gains.
-  Simplifications cannot ratchet the tip down: those kept since the last real keep (the baseline or
-  a confirmed improvement, `anchor()`) may together cost at most SIMPLIFICATION_BOUND sigma against
-  its mean (`simplification_allowance`).
-* **A program is judged once.** The default seed comes from train.py's text, so a commit that only
-  changes comments, docstrings or formatting is a fresh draw of the same program: retrying an idea
-  that way fishes for a false keep. A first run whose train.py has the syntax tree of an earlier
-  commit's (labbook/sources.py's `program_key`) is refused (`SameProgram`), naming that commit.
-* **Near-misses** have one definition (`labbook/outcomes.py`'s `near_misses()`): discarded
-  experiments whose mean beat the reference they were judged against, but not by the threshold.
+Design, and why (every row's kind, the tip and the reference, sigma from unselected runs, the two
+stages, checked simplifications, a program judged once, near-misses): docs/keep-rule.md.
 
 This module imports no other labbook module. The candidate's value, the sealed score, comes from
 the record and decide use case (labbook/recording.py: `candidate_value`).
