@@ -41,9 +41,11 @@ try:  # seconds of imports (train.py imports prepare first): Ctrl-C during them 
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    import x_transformers  # noqa: F401  (train.py's own import of it then takes no time)
     from torch import nn
     from torch.optim import optimizer as torch_optimizer
+
+    if not sys.flags.isolated:  # the sealed scorer (python -I) imports x-transformers only once it checked its files
+        import x_transformers  # noqa: F401  (train.py's own import of it, next, then takes no time)
 except KeyboardInterrupt:
     sys.stderr.write("\n")  # ends the terminal's ^C, so `crash:` starts a line of its own
     print("crash: interrupted (SIGINT)", flush=True)
