@@ -148,7 +148,7 @@ def write_measure(tsv, summary):
         overrides=overrides_of(summary),
         data=summary.get("data", ""),
         data_path=summary.get("data_path", ""),
-        eval_bytes=int(summary.get("eval_bytes") or 0),
+        eval_bytes=int(summary["eval_bytes"]) if str(summary.get("eval_bytes", "")).isdigit() else None,
         results=str(Path(tsv).resolve()),
         commit=summary.get("commit", ""),
     )
