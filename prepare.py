@@ -1746,7 +1746,7 @@ def data_differences(run, measure):
         )
         fix = f"AR_DATA={shlex.quote(measure.get('data_path', ''))}" if moved else ""
         out.append((f"the data is {run.data_identity} at {run.data_path} (the effort's runs: {where})", fix))
-    if run.eval_bytes != measure.get("eval_bytes"):
+    if measure.get("eval_bytes") is not None and run.eval_bytes != measure["eval_bytes"]:
         out.append(
             (
                 f"it scores {run.eval_bytes:,} val bytes on {run.device.type} (the effort's runs: {measure.get('eval_bytes'):,})",
