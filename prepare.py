@@ -1740,19 +1740,13 @@ def data_differences(run, measure):
     """The same for what setup found: the data's identity and the scored bytes."""
     out = []
     if run.data_identity != measure.get("data"):
-        where, moved = (
-            f"{measure.get('data')} at {measure.get('data_path')}",
-            str(run.data_path) != measure.get("data_path"),
-        )
+        where = f"{measure.get('data')} at {measure.get('data_path')}"
+        moved = str(run.data_path) != measure.get("data_path")  # else the file itself changed: no export fixes it
         fix = f"AR_DATA={shlex.quote(measure.get('data_path', ''))}" if moved else ""
         out.append((f"the data is {run.data_identity} at {run.data_path} (the effort's runs: {where})", fix))
     if measure.get("eval_bytes") is not None and run.eval_bytes != measure["eval_bytes"]:
-        out.append(
-            (
-                f"it scores {run.eval_bytes:,} val bytes on {run.device.type} (the effort's runs: {measure.get('eval_bytes'):,})",
-                "",
-            )
-        )
+        scored = f"it scores {run.eval_bytes:,} val bytes on {run.device.type}"
+        out.append((f"{scored} (the effort's runs: {measure['eval_bytes']:,})", ""))
     return out
 
 
