@@ -1886,18 +1886,8 @@ def release_training(run):
 # train.py, rebuilds the model from its spec, loads the weights and scores them
 # ---------------------------------------------------------------------------
 
-# -I: no PYTHONPATH, no user site, no working directory on sys.path. The harness's text sits alone
-# in a temporary directory; the answer is one JSON line, and os._exit lets no exit hook print after it.
-SCORER = """\
-import os, sys
-sys.path.insert(0, sys.argv[1])
-import prepare
-assert prepare.__file__.startswith(sys.argv[1]), prepare.__file__
-prepare.crash_on_error(lambda: prepare.score_main(sys.argv[2:]))
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
-"""
+# The scorer is this file's text run as a script in a fresh interpreter in isolated mode (-I: no
+# PYTHONPATH, no user site, the script's folder not on sys.path), alone in a temporary directory.
 
 
 def scorer_env():
@@ -1914,7 +1904,7 @@ def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
         Path(tmp, "prepare.py").write_text(harness)
         try:
             proc = subprocess.run(
-                [LAUNCH_PYTHON, "-I", "-c", SCORER, tmp, *args],
+                [LAUNCH_PYTHON, "-I", str(Path(tmp, "prepare.py")), "score", *args],
                 cwd=tmp,
                 env=scorer_env(),
                 stdout=subprocess.PIPE,
