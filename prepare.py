@@ -20,6 +20,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,11 +38,19 @@ from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from torch.optim import optimizer as torch_optimizer
+try:  # seconds of imports (train.py imports prepare first): Ctrl-C during them is the one crash line too
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.optim import optimizer as torch_optimizer
+
+    if not sys.flags.isolated:  # the sealed scorer (python -I) imports x-transformers only once it checked its files
+        import x_transformers  # noqa: F401  (train.py's own import of it, next, then takes no time)
+except KeyboardInterrupt:
+    sys.stderr.write("\n")  # ends the terminal's ^C, so `crash:` starts a line of its own
+    print("crash: interrupted (SIGINT)", flush=True)
+    sys.exit(128 + signal.SIGINT)
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -111,6 +120,16 @@ CHECKED_LIBRARIES = ("x-transformers", "einops", "einx", "torch-einops-utils", "
 SPEC_LIBRARIES = ("x_transformers", "torch.nn")  # the classes a model spec may name
 MODEL_LIBRARIES = ("x_transformers", "torch.nn", "einops", "torch_einops_utils", "torchao.float8")  # a scored model's
 JOURNAL = "autoresearch/journal.jsonl"  # under the git directory: one line per sealed score, read by `record`
+UNLIKE_EFFORT = "this run is not measured like the effort's runs"  # the refusal's crash line starts so
+MEASURE = "measure.json"  # beside the journal: how the effort's recorded runs were measured, written by `record`
+UNMEASURED_VARS = (
+    "AR_SEED",
+    "AR_METRICS",
+    "AR_CHECKPOINT",
+    "AR_HARD_LIMIT",
+    "AR_DEVICE",
+    "AR_DATA_URL",
+)  # free per run
 
 ENV_VARS = (
     "AR_DATA",
@@ -532,11 +551,11 @@ class Run:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
         if self.device.type != "cuda" and self.num_params > GPU_SIZED_PARAMS:
-            print0(
-                f"notice: a {self.num_params / 1e6:.0f}M-parameter model is sized for a GPU (a step on a CPU takes "
-                "minutes): for a run of about a minute on a laptop, follow README's 'CPU rehearsal' (small "
-                "constants and AR_STEPS)"
-            )
+            sized = f"a {self.num_params / 1e6:.0f}M-parameter model is sized for a GPU (a step on a CPU takes minutes)"
+            rehearsal = "for a run of about a minute, follow README's 'CPU rehearsal' (small constants and AR_STEPS)"
+            if self.device.type == "cpu" and not self.env.get("device"):
+                raise HarnessError(f"{sized} and this machine has none: {rehearsal}; AR_DEVICE=cpu runs it anyway")
+            print0(f"notice: {sized}: {rehearsal}")
         check_checkpoint_fits(self.env.get("checkpoint", "checkpoint.pt"), model)
         if compile and self.device.type == "cuda":
             self.compile_options = dict(compile) if isinstance(compile, dict) else {}
@@ -624,7 +643,9 @@ class Run:
 
     def micro_steps(self, model, local, seq_len, loss_fn):
         if self.micro_batch is None:
-            enter_phase("the first step (fitting the micro-batch, then compiling on a GPU)")
+            enter_phase(
+                "the first step" + (" (fitting the micro-batch, then compiling)" if self.device.type == "cuda" else "")
+            )
         self.seq_len = seq_len
         loss_fn = loss_fn or (lambda m, batch: m(batch))
         x = self.get_batch(local, seq_len)
@@ -1568,7 +1589,8 @@ def start_watchdog(seconds):
 
 
 def on_signal(signum, frame):
-    die(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
+    """The crash line says how long the run had run: decide tells program.md's timeout from a kill."""
+    die(f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum)
 
 
 class StepCounter:
@@ -1688,6 +1710,72 @@ def journal_path(repo):
     return Path(out) / JOURNAL if out else None
 
 
+def effort_measure(journal):
+    """How the effort's recorded runs were measured ({budget, overrides, data, data_path, eval_bytes,
+    results}, written by `record` at the baseline and every keep), or None for a fresh effort: no
+    file, or no longer the results.tsv it describes (a new effort starts without it)."""
+    try:
+        measure = json.loads((journal.parent / MEASURE).read_text())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return measure if isinstance(measure, dict) and Path(measure.get("results", "")).is_file() else None
+
+
+def measured_overrides(env):
+    return {k: v for k, v in env["overrides"].items() if k not in UNMEASURED_VARS}
+
+
+def setting_differences(env, measure):
+    """[(what differs, its fix: `K=v` to export or `-K` to unset)] between this run's AR_* settings
+    and the effort's; AR_DATA is compared by the file it names."""
+    ours, theirs = measured_overrides(env), measure.get("overrides", {})
+    out = []
+    for key in dict.fromkeys([*theirs, *ours]):
+        mine, wanted = ours.get(key), theirs.get(key)
+        if key == "AR_DATA":
+            wanted = measure["data_path"] if wanted else None
+            if mine and wanted and Path(mine).expanduser().resolve() == Path(wanted):
+                continue
+        if mine == wanted:
+            continue
+        now = f"{key}={mine} is set" if mine else f"{key} is unset"
+        was = f"{key}={wanted}" if wanted else "unset"
+        out.append((f"{now} (the effort's runs: {was})", f"{key}={shlex.quote(wanted)}" if wanted else f"-{key}"))
+    if not out and budget_label(env) != measure.get("budget"):
+        out.append((f"the budget is {budget_label(env)} (the effort's runs: {measure.get('budget')})", ""))
+    return out
+
+
+def data_differences(run, measure):
+    """The same for what setup found: the data's identity and the scored bytes."""
+    out = []
+    if run.data_identity != measure.get("data"):
+        where = f"{measure.get('data')} at {measure.get('data_path')}"
+        moved = str(run.data_path) != measure.get("data_path")  # else the file itself changed: no export fixes it
+        fix = f"AR_DATA={shlex.quote(measure.get('data_path', ''))}" if moved else ""
+        out.append((f"the data is {run.data_identity} at {run.data_path} (the effort's runs: {where})", fix))
+    if measure.get("eval_bytes") is not None and run.eval_bytes != measure["eval_bytes"]:
+        scored = f"it scores {run.eval_bytes:,} val bytes on {run.device.type}"
+        out.append((f"{scored} (the effort's runs: {measure['eval_bytes']:,})", ""))
+    return out
+
+
+def refuse_unlike_effort(differences):
+    """One crash line naming each difference and the exports that make the run measured like the effort's."""
+    if not differences:
+        return
+    fixes = [fix for _, fix in differences if fix]
+    exports = [f for f in fixes if not f.startswith("-")]
+    unsets = [f[1:] for f in fixes if f.startswith("-")]
+    commands = ([f"export {' '.join(exports)}"] if exports else []) + ([f"unset {' '.join(unsets)}"] if unsets else [])
+    todo = (
+        "; ".join(commands) + ", as at setup (a fresh shell loses exports)"
+        if commands
+        else "run it on the effort's data, device and settings, or start a new effort (program.md, setup step 7)"
+    )
+    raise HarnessError(f"{UNLIKE_EFFORT}: {', '.join(what for what, _ in differences)}: {todo}")
+
+
 def run_training(guards, env):
     """Import train.py with everything armed, hand it the Run, save what it hands back, and have
     the sealed scorer score it in a fresh process."""
@@ -1703,11 +1791,16 @@ def run_training(guards, env):
         "harness": prepare_hash(harness),
     }
     journal = journal_path(script.parent)
+    measure = effort_measure(journal)
+    if measure:
+        refuse_unlike_effort(setting_differences(env, measure))
     if not os.environ.get("AR_SEED"):
         env["seed"] = source_seed(source)
     import_libraries(source)
     harness_before = harness_snapshot()
     run = setup(env)
+    if measure:
+        refuse_unlike_effort(data_differences(run, measure))
     measured = copy.deepcopy(
         (env, run.device, run.data_path, run.data_identity, run.eval_bytes)
     )  # train.py may touch the Run
@@ -1793,18 +1886,8 @@ def release_training(run):
 # train.py, rebuilds the model from its spec, loads the weights and scores them
 # ---------------------------------------------------------------------------
 
-# -I: no PYTHONPATH, no user site, no working directory on sys.path. The harness's text sits alone
-# in a temporary directory; the answer is one JSON line, and os._exit lets no exit hook print after it.
-SCORER = """\
-import os, sys
-sys.path.insert(0, sys.argv[1])
-import prepare
-assert prepare.__file__.startswith(sys.argv[1]), prepare.__file__
-prepare.crash_on_error(lambda: prepare.score_main(sys.argv[2:]))
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
-"""
+# The scorer is this file's text run as a script in a fresh interpreter in isolated mode (-I: no
+# PYTHONPATH, no user site, the script's folder not on sys.path), alone in a temporary directory.
 
 
 def scorer_env():
@@ -1821,7 +1904,7 @@ def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
         Path(tmp, "prepare.py").write_text(harness)
         try:
             proc = subprocess.run(
-                [LAUNCH_PYTHON, "-I", "-c", SCORER, tmp, *args],
+                [LAUNCH_PYTHON, "-I", str(Path(tmp, "prepare.py")), "score", *args],
                 cwd=tmp,
                 env=scorer_env(),
                 stdout=subprocess.PIPE,

@@ -4,10 +4,12 @@ budget; prepare.py serves the batches, keeps the clock and scores what train() h
 Usage: python train.py     (several GPUs: torchrun --nproc_per_node=N train.py)
 """
 
+# the harness first: Ctrl-C during the seconds of imports is then its one crash line, not a traceback
+from prepare import MAX_SEQ_LEN, VOCAB, main
+
+# isort: split
 from adam_atan2_pytorch import MuonAdamAtan2
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
-
-from prepare import MAX_SEQ_LEN, VOCAB, main
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly, no CLI flags needed)

@@ -14,6 +14,7 @@ the record and decide use case (labbook/recording.py: `candidate_value`).
 """
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -24,9 +25,11 @@ FALSE_KEEP_RATE = 0.05  # at most this share of null experiments is kept
 SIMPLIFICATION_BOUND = 1.5  # in sigma: how much worse than the reference a simplification may be
 MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more measure the machine
 
-KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm")
+KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm", "environment")
 UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
+ENVIRONMENT = "environment"  # a crash the run's environment caused (settings, data, disk, a signal): not the idea's
+PROGRAM_TIMEOUT = 600  # seconds: program.md's `timeout -k 30 600`; a SIGTERM this late is that timeout's
 DEFAULT_SEED = 42  # the simulation's first-run seed (a real first run's seed comes from its train.py text)
 NOISE_PREFIX = "noise:"  # description prefix of a replicate (rows from before the kind column have no other mark)
 NOTE_PREFIX = "rule: "  # a row's note, as the keep rule writes it: "rule: <verdict> ..."
@@ -216,38 +219,77 @@ def record_command(description, simplification=False):
     )
 
 
-def run_command(seed):
-    return f"AR_SEED={seed} timeout -k 30 600 python train.py > run.log 2>&1"
+def run_command(seed=None):
+    """program.md's run command, with AR_SEED when the rule names a seed (a first run takes its train.py's)."""
+    return (
+        "" if seed is None else f"AR_SEED={seed} "
+    ) + f"timeout -k 30 {PROGRAM_TIMEOUT} python train.py > run.log 2>&1"
 
 
 RESET = "git reset --hard HEAD~1"
 
-# What ended a crashed run, from its `crash:` line; a code mistake is the one case an amend can fix
+# What ended a crashed run, from its `crash:` line. The environment's crashes (settings, data, disk) and
+# signals (program.md's timeout, a kill) are not the idea's: the same commit runs again, nothing is reset,
+# until a second signal ends the same commit ("again"). A code mistake is the one case an amend can fix.
 CRASH_REASONS = {
-    "killed": "the run has no val_bpc and no crash line: it was killed (or timeout ended it)",
-    "interrupted": "the run was stopped by a signal: crash: {crash}",
+    "killed": "the run has no val_bpc and no crash line: it was killed with SIGKILL (the kernel's out-of-memory killer, or kill -9)",
+    "environment": "not the idea's crash: the run's settings, data or disk stopped it: crash: {crash}",
+    "timeout": "not the idea's crash: program.md's {timeout} s timeout ended the run (this machine is too slow or too busy for the budget): crash: {crash}",
+    "interrupted": "not the idea's crash: a signal stopped the run: crash: {crash}",
+    "again": "a signal or the timeout stopped this commit's run a second time: it is charged to the idea: crash: {crash}",
     "outcome": "the idea itself failed: crash: {crash}",
     "mistake": "the run crashed: crash: {crash}",
 }
 CRASH_NEXT = {
-    "killed": "   # a run you killed is recorded, then reset",
-    "interrupted": "   # a run you killed is recorded, then reset",
+    "killed": "   # a run killed without a crash line is recorded, then reset",
+    "environment": "# nothing to reset: do what the crash line says (the exports to set, the data, free disk space), then run this commit again:",
+    "timeout": (
+        "# nothing to reset. At the baseline (nothing recorded yet) on a slow CPU: export a smaller AR_STEPS or shrink "
+        "the rehearsal model (docs/rehearsal.md), then run again; later, run this commit again when `uptime` shows "
+        "less load (a second timeout of it is charged to it):"
+    ),
+    "interrupted": "# nothing to reset: run this commit again (a second signal that stops it is charged to it):",
+    "again": "   # a run stopped twice is recorded, then reset",
     "outcome": "   # out of memory, a diverging loss, a hang, a leak or a refused score: the idea's own result",
     "mistake": "   # or, for a typo or a wrong shape: fix it, git commit -a --amend --no-edit, run again",
 }
+NOT_CHARGED = ("environment", "timeout", "interrupted")  # crash kinds rerun, never reset
+SIGNALS = ("timeout", "interrupted")  # charged to the commit the second time
 RESCORE_REFUSED = "run.log is not one finished run"
 OUTCOMES = (
     "out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal", RESCORE_REFUSED,
 )  # fmt: skip
+UNLIKE_EFFORT = "this run is not measured like the effort's runs"  # prepare.py's refusal
+ENVIRONMENT_CRASHES = (
+    re.escape(UNLIKE_EFFORT), r"^AR_DATA=.* does not exist$", r"^could not download ", r"^download of .* was cut short",
+    r" is not enwik8: ", r"^cannot read .*: it is damaged", r" is a directory, not a data file", r"^the run's data .* is gone",
+    r" holds [\d,]+ bytes: a custom corpus needs", r"No space left on device", r"Disk quota exceeded", r"file write failed",
+)  # fmt: skip
 
 
 def crash_kind(crash):
-    """killed, interrupted, outcome (the idea failed) or mistake (the code did), from a crash line."""
+    """killed, environment, timeout, interrupted, outcome (the idea failed) or mistake (the code did), from a crash line."""
     if not crash:
         return "killed"
-    if crash.startswith("interrupted"):
-        return "interrupted"
+    if signal := re.match(r"interrupted \((\w+)\)(?: after (\d+) s)?", crash):
+        late = signal[2] is not None and int(signal[2]) >= PROGRAM_TIMEOUT - 10
+        return "timeout" if signal[1] == "SIGTERM" and late else "interrupted"
+    if any(re.search(pattern, crash) for pattern in ENVIRONMENT_CRASHES):
+        return ENVIRONMENT
     return "outcome" if crash.startswith(OUTCOMES) else "mistake"
+
+
+def crash_of(row):
+    """The `crash:` reason a crash row's description carries, or None."""
+    head, sep, reason = row.description.partition(" (crash: ")
+    return reason.removesuffix(")") if sep else None
+
+
+def stopped_before(rows, commit):
+    """Whether a signal or the timeout already stopped a run of `commit` (an environment row says so)."""
+    return any(
+        r.commit == commit and kind == ENVIRONMENT and crash_kind(crash_of(r)) in SIGNALS for r, kind in kinds(rows)
+    )
 
 
 def is_simpler(candidate, reference_params=None, reference_statements=None):
@@ -305,6 +347,7 @@ def same_program(rows, candidate, programs):
         if r.commit != candidate.commit
         and programs.get(r.commit) == candidate.program
         and r.extra.get("note", "").startswith(NOTE_PREFIX)
+        and row_kind(r) != ENVIRONMENT
     ]
     return twins[-1] if twins else None
 
@@ -363,21 +406,7 @@ def decide(rows, candidate, reference_params=None, reference_statements=None, pr
     if tip is not None and candidate.commit != tip and (problem := setup_problem(rows, tip)):
         raise NotReady(problem)
     if candidate.val_bpc is None:
-        prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
-        kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
-        ended = crash_kind(candidate.crash)
-        verdict = Verdict("crash", kind, "crash", CRASH_REASONS[ended].format(crash=candidate.crash), candidate.commit)
-        first = tip is None and not candidate.explicit  # the baseline's own run crashed
-        description = "baseline" if first else candidate.description or "crash"
-        if candidate.commit == tip:  # a replicate that crashed: labelled as one, with the seed it ran
-            verdict.kind = "replicate"
-            seed = candidate.seed if candidate.seed is not None else next_seed(rows, tip)
-            description = f"{NOISE_PREFIX} {tip}, seed {seed}"
-        verdict.record_command = record_command(description)
-        verdict.commands = [RESET + CRASH_NEXT[ended]]
-        if tip is None or candidate.commit == tip:
-            verdict.commands = ["# fix the crash, commit, and run again: the tip itself must run"]
-        return verdict
+        return crash_verdict(rows, candidate, tip)
     if tip is None:
         verdict = Verdict("keep", "baseline", "keep", "the first run: the baseline", candidate.commit)
         verdict.value = verdict.mean = candidate.val_bpc
@@ -397,6 +426,36 @@ def decide(rows, candidate, reference_params=None, reference_statements=None, pr
         )
     sigma, df = pooled_sigma(rows)
     return experiment_verdict(rows, candidate, tip, sigma, df, reference_params, reference_statements)
+
+
+def crash_verdict(rows, candidate, tip):
+    """A run without val_bpc: recorded as a crash; reset when the idea caused it, run again when its
+    environment did (kind `environment`: never charged to the idea, but its time shows in the report)."""
+    prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
+    kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
+    ended = crash_kind(candidate.crash)
+    if ended in SIGNALS and stopped_before(rows, candidate.commit):
+        ended = "again"
+    reason = CRASH_REASONS[ended].format(crash=candidate.crash, timeout=PROGRAM_TIMEOUT)
+    verdict = Verdict("crash", kind, "crash", reason, candidate.commit)
+    first = tip is None and not candidate.explicit  # the baseline's own run crashed
+    description = "baseline" if first else candidate.description or "crash"
+    seed = None
+    if candidate.commit == tip:  # a replicate that crashed: labelled as one, with the seed it ran
+        verdict.kind = "replicate"
+        seed = candidate.seed if candidate.seed is not None else next_seed(rows, tip)
+        description = f"{NOISE_PREFIX} {tip}, seed {seed}"
+    elif prior:  # a confirmation: its seed is the one the rule named
+        seed = candidate.seed if candidate.seed is not None else next_seed(rows, candidate.commit)
+    verdict.record_command = record_command(description)
+    if ended in NOT_CHARGED:
+        verdict.kind, verdict.next_seed = ENVIRONMENT, seed
+        verdict.commands = [CRASH_NEXT[ended], run_command(seed)]
+    elif tip is None or candidate.commit == tip:
+        verdict.commands = ["# fix the crash, commit, and run again: the tip itself must run"]
+    else:
+        verdict.commands = [RESET + CRASH_NEXT[ended]]
+    return verdict
 
 
 def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, reference_statements):
@@ -479,6 +538,8 @@ def history(rows):
     tagged = kinds(rows)
     entries, order = {}, []
     for i, (row, kind) in enumerate(tagged):
+        if kind == ENVIRONMENT:  # not a run of the idea: it was run again
+            continue
         entry = entries.get(row.commit)
         if entry is None:
             before = [r for r, _ in tagged[:i]]

@@ -6,11 +6,13 @@ import math
 import statistics
 
 from labbook.keeprule import (
+    ENVIRONMENT,
     FALSE_KEEP_RATE,
     FIRST_KINDS,
     PROVISIONAL_RATE,
     commit_values,
     history,
+    kinds,
     pooled_sigma,
     simplification_allowance,
     t_quantile,
@@ -19,9 +21,11 @@ from labbook.keeprule import (
 
 
 def crash_streak(rows):
-    """Crashes in a row at the end of the ledger."""
+    """Crashes in a row at the end of the ledger (the environment's crashes are not the ideas': skipped)."""
     streak = 0
-    for row in reversed(rows):
+    for row, kind in reversed(kinds(rows)):
+        if kind == ENVIRONMENT:
+            continue
         if row.status != "crash":
             break
         streak += 1

@@ -24,7 +24,17 @@ from datetime import datetime
 from pathlib import Path
 
 from labbook.audit import comparable_rows
-from labbook.base import Refusal, checkpoints_dir, copy_atomically, git, locked, results_repo
+from labbook.base import (
+    Refusal,
+    checkpoints_dir,
+    copy_atomically,
+    default_tsv,
+    git,
+    git_common_dir,
+    locked,
+    results_repo,
+    write_atomically,
+)
 from labbook.keeprule import (
     NOISE_PREFIX,
     RESCORE_REFUSED,
@@ -51,6 +61,10 @@ from labbook.ledger import (
 from labbook.rescore import journal_score
 from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 from labbook.sources import programs_at, statements_at
+
+# prepare.py's UNMEASURED_VARS: the AR_* settings a run may change without being measured otherwise
+UNMEASURED_VARS = ("AR_SEED", "AR_METRICS", "AR_CHECKPOINT", "AR_HARD_LIMIT", "AR_DEVICE", "AR_DATA_URL")
+
 
 # A run and its sealed score
 
@@ -207,7 +221,46 @@ def decide_command(args, tsv):
     return 0
 
 
-# Recording: one row of results.tsv
+# Recording: one row of results.tsv, and measure.json after a keep
+
+
+def measure_path(tsv):
+    """Where `record` leaves how the effort's runs are measured, for prepare.py to check every run
+    against (its MEASURE, beside the journal and the backup); None outside git or for a results
+    file that is not the effort's one results.tsv."""
+    tsv = Path(tsv).resolve()
+    common = git_common_dir(tsv.parent) if tsv.parent.is_dir() else None
+    if common is None or tsv != default_tsv(tsv.parent):
+        return None
+    return common / "autoresearch" / "measure.json"
+
+
+def overrides_of(summary):
+    """{AR_*: value} of a summary's `overrides` line ("AR_STEPS=50 AR_DATA=/a b.txt"), minus those a run may change."""
+    pairs = re.findall(r"(AR_\w+)=(.*?)(?= AR_\w+=|$)", summary.get("overrides", ""))
+    return {k: v for k, v in pairs if k not in UNMEASURED_VARS}
+
+
+def write_measure(tsv, summary):
+    """measure.json from a baseline's or a keep's sealed summary: the budget, the AR_* settings that
+    measure a run, the data and the scored bytes. prepare.py refuses a run measured otherwise."""
+    path = measure_path(tsv)
+    if path is None:
+        return
+    measure = dict(
+        budget=summary.get("budget", ""),
+        overrides=overrides_of(summary),
+        data=summary.get("data", ""),
+        data_path=summary.get("data_path", ""),
+        eval_bytes=int(summary["eval_bytes"]) if str(summary.get("eval_bytes", "")).isdigit() else None,
+        results=str(Path(tsv).resolve()),
+        commit=summary.get("commit", ""),
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, (json.dumps(measure, indent=1) + "\n").encode())
+    except OSError as e:
+        print(f"warning: cannot write {path} ({e.strerror or e}): runs are not checked against this effort's settings")
 
 
 def one_line(text):
@@ -331,6 +384,8 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
         print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
     saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
+    if values["status"] == "keep":
+        write_measure(tsv, sealed_run(log_path, log)[0])
     if values["status"] == "keep" and not (values.get("kind") == "replicate" and saved):
         save_keep_artifacts(tsv, checkpoint, values["commit"])
     else:  # a replicate keeps the commit's first saved weights: the baseline's stay the baseline's

@@ -31,20 +31,6 @@ RESCORE_TOLERANCE_GPU = 1e-4  # CUDA runs: UNMEASURED until a GPU measures it (B
 RESCORE_TIMEOUT = 1800  # seconds; a full 5 MB val score on a GPU takes ~20 s, a CPU prefix a minute
 JOURNAL = Path("autoresearch") / "journal.jsonl"  # under the git directory: prepare.py's JOURNAL
 
-# The harness first, from the temporary directory; the answer is score_main's one stdout line,
-# and the process ends with os._exit so nothing can print after it. prepare.py's SCORER, for a
-# prepare.py taken from git (the baseline's) rather than the one on disk.
-SCRIPT = """\
-import os, sys
-sys.path.insert(0, sys.argv[1])
-import prepare
-assert prepare.__file__.startswith(sys.argv[1]), prepare.__file__
-prepare.crash_on_error(lambda: prepare.score_main(sys.argv[2:]))
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
-"""
-
 
 class RescoreError(Exception):
     """A score that could not be had: the reason, one line."""
@@ -149,7 +135,7 @@ def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TI
         Path(tmp, "prepare.py").write_text(prepare_text)
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", "-c", SCRIPT, tmp, checkpoint, "--split", split],
+                [sys.executable, "-I", str(Path(tmp, "prepare.py")), "score", checkpoint, "--split", split],
                 cwd=tmp,
                 env=clean_env(),
                 capture_output=True,

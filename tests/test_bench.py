@@ -146,14 +146,17 @@ def test_smoke_fp8_is_counted_but_not_timed_off_the_gpu(smoke):
         assert set(f["wanted"]) == {"prepare_fp8_wants", "torchao_tensorwise"}
 
 
-def test_tiny_quality_run_trains_both_configs_and_reports_the_gap(tmp_path):
-    out = tmp_path / "quality.json"
-    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--sections", "quality", "--quality-budget", "1"]
-    proc = subprocess.run(
-        cmd + ["--out", str(out)], cwd=tmp_path, env=base_env(tmp_path), capture_output=True, text=True, timeout=180
-    )
+def bench_json(tmp_path, *args):
+    """(the process, its JSON) of a tiny CPU bench run with `args`, which must succeed."""
+    out = tmp_path / "bench.json"
+    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=base_env(tmp_path), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_tiny_quality_run_trains_both_configs_and_reports_the_gap(tmp_path):
+    proc, results = bench_json(tmp_path, "--sections", "quality", "--quality-budget", "1")
     quality = results["quality"]
     for config in ("default", "fork"):
         assert quality[config]["returncode"] == 0, quality[config].get("log_tail")
@@ -208,13 +211,8 @@ def test_gpu_session_with_no_arguments_plans_within_400_s(tmp_path):
 
 
 def test_a_section_that_would_pass_the_budget_is_skipped_and_recorded(tmp_path):
-    out = tmp_path / "bench.json"
-    cmd = [python(), str(BENCH), "--device", "cpu", "--tiny", "--sections", "ceilings", "--budget", "1"]
-    proc = subprocess.run(
-        cmd + ["--out", str(out)], cwd=tmp_path, env=base_env(tmp_path), capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "would pass 1 s" in json.loads(out.read_text())["ceilings"]["skipped"]
+    proc, results = bench_json(tmp_path, "--sections", "ceilings", "--budget", "1")
+    assert "would pass 1 s" in results["ceilings"]["skipped"]
     assert "ceilings" in proc.stdout and "skipped:" in proc.stdout
 
 

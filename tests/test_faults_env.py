@@ -3,7 +3,12 @@ and what to set instead, before any data is read; a precision flag the machine c
 falls back with a notice, and the summary says what actually ran.
 """
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -101,3 +106,65 @@ def test_a_gpu_precision_flag_off_the_gpu_falls_back_to_fp32_and_says_so(tmp_pat
     assert summary["precision"] == "FP32"
     assert float(summary["val_bpc"]) > 0
     assert re.search(r"^model: .*\| precision FP32$", log, flags=re.M)
+
+
+# ---------------------------------------------------------------------------
+# A first `python train.py` on a laptop
+# ---------------------------------------------------------------------------
+
+GPU_SIZED = dict(DIM=512, DEPTH=8, HEADS=8, BATCH_SIZE=64)  # train.py's defaults (the copies are tiny otherwise)
+
+
+@NO_CUDA
+def test_the_default_model_on_a_machine_without_a_gpu_ends_at_once_pointing_at_the_cpu_rehearsal(tmp_path, corpus):
+    train_py = make_train_copy(tmp_path, **GPU_SIZED)
+    code, log = run_train(train_py, base_env(tmp_path, AR_DATA=corpus), timeout=120)
+    assert code == 2, log
+    last = log.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(r"crash: a \d+M-parameter model is sized for a GPU .* and this machine has none: .*", last)
+    assert "README's 'CPU rehearsal'" in last and "AR_DEVICE=cpu runs it anyway" in last
+    assert not re.search(r"^(step|\.\.\.) ", log, flags=re.M), "it started a step it cannot finish"
+    assert "Traceback" not in log
+
+
+def test_the_first_steps_phase_off_a_gpu_says_nothing_of_compiling(tmp_path, monkeypatch):
+    phases = []
+    monkeypatch.setattr(prepare, "enter_phase", phases.append)
+    env = dict(prepare.read_env(), steps=1, metrics=str(tmp_path / "metrics.jsonl"))
+    run = prepare.Run(env, torch.device("cpu"), "FP32", torch.arange(5000).remainder(256).to(torch.uint8), "x", "p", 10)
+    run.tracker = prepare.Tracker(run)
+    model = run.prepare_model(
+        torch.nn.Sequential(torch.nn.Embedding(256, 4), torch.nn.Flatten(0), torch.nn.Linear(4, 1))
+    )
+    run.forward_backward(model, 1, 1, loss_fn=lambda m, x: m(x[:, :1]).sum())
+    assert phases[0] == "the first step"
+
+
+def test_ctrl_c_during_the_imports_is_the_one_crash_line(tmp_path, corpus):
+    """train.py imports the harness first, and the harness turns Ctrl-C during its imports (torch,
+    x-transformers: seconds on a laptop) into its crash line. A stand-in x_transformers that waits
+    holds the imports open (a cold interpreter: the tests' warm one has them imported already)."""
+    stand_in = tmp_path / "slow" / "x_transformers"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(tmp_path / 'importing')!r}).touch()\ntime.sleep(120)\n"
+    )
+    train_py = make_train_copy(tmp_path / "run")
+    env = base_env(tmp_path, AR_DATA=corpus)
+    env["PYTHONPATH"] = f"{stand_in.parent}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.Popen(
+        [sys.executable, str(train_py)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for _ in range(1200):
+            if (tmp_path / "importing").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "importing").exists(), "the imports never reached x_transformers"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert out.strip().splitlines()[-1] == "crash: interrupted (SIGINT)"
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out

@@ -1,5 +1,7 @@
 """The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
 
+from pathlib import Path
+
 import pytest
 from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     commit_change,
@@ -180,8 +182,7 @@ def test_the_decision_reads_the_value_through_one_seam(repo, capsys, monkeypatch
 @pytest.mark.parametrize(
     "crash, amend",
     [
-        (None, False),  # no crash line: killed, or timeout's KILL
-        ("interrupted (SIGTERM)", False),
+        (None, False),  # no crash line: killed with SIGKILL
         ("out of memory (peak 7,900 MB, 85.1M parameters)", False),
         ("loss is nan at step 12", False),
         ("the model is not causal: later bytes swapped (by 0.31)", False),
@@ -223,7 +224,7 @@ def test_decide_after_record_says_the_run_is_recorded_and_does_not_count_it_agai
 
 def test_a_crashed_replicate_is_labelled_a_replicate_of_the_tip_and_does_not_count():
     rows = setup_rows()[:3]  # the baseline and seeds 1 and 2
-    verdict = decide(rows, Candidate("base", None, "machine facts", explicit=False, crash="interrupted (SIGTERM)"))
+    verdict = decide(rows, Candidate("base", None, "machine facts", explicit=False, crash="loss is nan at step 12"))
     assert verdict.kind == "replicate" and verdict.status == "crash"
     assert verdict.record_command == 'python analysis.py record --description "noise: base, seed 3"'
     rows.append(row("base", 0.0, "crash", "replicate", seed=3))
@@ -289,3 +290,62 @@ def test_a_promoted_cherry_pick_of_a_workers_screened_commit_is_judged_not_refus
     rows[-1].extra["note"] = "rule: discard mean 1.294000 of 1 vs 1.300000"  # had the rule judged it
     with pytest.raises(keeprule.SameProgram, match="same program as at w1"):
         decide(rows, Candidate("pick", 1.3 - 3 * S, "lr 3e-3", program="p1"), programs=programs)
+
+
+# Crashes the environment caused: never charged to the idea
+
+
+ENVIRONMENT_CRASHES = [
+    "this run is not measured like the effort's runs: AR_STEPS is unset (the effort's runs: AR_STEPS=50): export AR_STEPS=50, as at setup (a fresh shell loses exports)",
+    "AR_DATA=/data/corpus.txt does not exist",
+    "could not download https://mattmahoney.net/dc/enwik8.zip: <urlopen error [Errno -3] Temporary failure in name resolution>. Get enwik8 ...",
+    "/root/.cache/autoresearch-xt/enwik8 is not enwik8: 1,000 bytes with md5 ab, expected 100,000,000 bytes with md5 a1. It is truncated",
+    "OSError: [Errno 28] No space left on device",
+    "interrupted (SIGTERM) after 41 s",
+    "interrupted (SIGINT)",  # Ctrl-C during the imports: no seconds
+]
+
+
+@pytest.mark.parametrize("crash", ENVIRONMENT_CRASHES, ids=lambda c: c[:30])
+def test_an_environment_crash_is_run_again_and_never_reset(crash):
+    verdict = decide(setup_rows(), Candidate("c1", None, "idea", crash=crash))
+    assert verdict.verdict == "crash" and verdict.kind == keeprule.ENVIRONMENT and verdict.status == "crash"
+    assert "not the idea's crash" in verdict.reason and crash in verdict.reason
+    assert not any(keeprule.RESET in c for c in verdict.commands)
+    assert verdict.commands[-1] == "timeout -k 30 600 python train.py > run.log 2>&1"  # the same commit, its own seed
+
+
+def test_program_mds_timeout_is_named_and_points_at_a_smaller_rehearsal():
+    program = (Path(__file__).resolve().parents[1] / "program.md").read_text()
+    assert f"timeout -k 30 {keeprule.PROGRAM_TIMEOUT} python train.py > run.log 2>&1" in program
+    verdict = decide([], Candidate("base", None, "", explicit=False, crash="interrupted (SIGTERM) after 600 s"))
+    assert verdict.kind == keeprule.ENVIRONMENT and "program.md's 600 s timeout ended the run" in verdict.reason
+    assert verdict.record_command.endswith('--description "baseline"')
+    assert "AR_STEPS" in verdict.commands[0] and "docs/rehearsal.md" in verdict.commands[0]
+    assert keeprule.crash_kind("interrupted (SIGTERM) after 37 s") == "interrupted"  # a kill, not the timeout
+
+
+def test_a_confirmation_stopped_by_a_signal_runs_again_with_the_seed_the_rule_named():
+    rows = setup_rows() + [row("c1", 1.2, "discard", "experiment", seed=1001, description="idea")]
+    rows[-1].extra["note"] = "rule: rerun"
+    verdict = decide(rows, Candidate("c1", None, "idea", crash="interrupted (SIGTERM) after 12 s"))
+    assert verdict.kind == keeprule.ENVIRONMENT and verdict.next_seed == 5
+    assert verdict.commands[-1].startswith("AR_SEED=5 timeout -k 30 600 python train.py")
+
+
+def test_a_second_signal_on_the_same_commit_is_charged_to_it():
+    stopped = row(
+        "c1", 0.0, "crash", keeprule.ENVIRONMENT, description="idea (crash: interrupted (SIGTERM) after 600 s)"
+    )
+    verdict = decide(setup_rows() + [stopped], Candidate("c1", None, "idea", crash="interrupted (SIGTERM) after 601 s"))
+    assert verdict.kind == "experiment" and "a second time" in verdict.reason
+    assert verdict.commands[0].startswith(keeprule.RESET)
+
+
+def test_environment_rows_are_neither_a_crash_streak_nor_an_experiment_of_the_history():
+    idea = row("c1", 0.0, "crash", "experiment", description="idea (crash: loss is nan at step 3)")
+    disk = row("c2", 0.0, "crash", keeprule.ENVIRONMENT, description="wider (crash: OSError: [Errno 28] No space left)")
+    rows = setup_rows() + [idea, disk, row("c2", 1.2, "keep", "experiment", description="wider")]
+    assert outcomes.crash_streak(rows[:-1]) == 1
+    kept = outcomes.improvements(rows)
+    assert [(e["commit"], e["kind"], e["runs"]) for e in kept] == [("c2", "experiment", 1)]

@@ -43,16 +43,7 @@ def with_code(before_main="", train_body=None, build_edit=None, imports=""):
     return text
 
 
-HONEST_LOOP = """
-    model = run.prepare_model(build_model(), compile=COMPILE)
-    optimizer = build_optimizer(model)
-    while not run.done:
-        lr_mult = lr_multiplier(run.progress)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_mult
-        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)
-        run.step(optimizer, GRAD_CLIP)
-"""
+HONEST_LOOP = re.search(r"^def train\(run\):\n(.*?)    return model\n", TRAIN.read_text(), re.M | re.S).group(1)
 
 
 def run_text(tmp_path, corpus, text, name="run", prepare_copy=None, **env):
