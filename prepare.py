@@ -51,6 +51,13 @@ except KeyboardInterrupt:
     sys.stderr.write("\n")  # ends the terminal's ^C, so `crash:` starts a line of its own
     print("crash: interrupted (SIGINT)", flush=True)
     sys.exit(128 + signal.SIGINT)
+except ImportError as e:  # a fresh shell without the project's environment: a crash line, not a traceback
+    print(
+        f"crash: {e.name or e} is not installed in this python ({sys.executable}): activate the project's "
+        "environment in this shell (README.md: source .venv/bin/activate) and run the same command again",
+        flush=True,
+    )
+    sys.exit(1)
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)

@@ -8,7 +8,9 @@ in a circle (tests/test_layers.py checks this, and that no import hides inside a
    to), sources (train.py as the rule compares it), ledger (results.tsv and its backup)
 3. rescore (the sealed scorer's journal and fresh scores), audit (which rows count)
 4. recording (the record and decide use case)
-5. report, plots, agentview, morning, refusals, machine, workers
+5. report (the report as data and text), plots, agentview (the agent's --json view), morning (the
+   notebook's tables), refusals (what decide and record refused), machine (AGENTS.md's machine facts),
+   workers (one worktree per GPU)
 6. cli (the command line: the one place that composes the report with its plots)
 """
 

@@ -12,6 +12,7 @@ import json
 from labbook import keeprule, outcomes
 from labbook.audit import audit, comparable_rows
 from labbook.ledger import read_results
+from labbook.recording import effort_settings, with_effort_settings
 from labbook.report import summarize
 
 MAX_BYTES = 4096
@@ -98,6 +99,7 @@ def agent_view(results, max_bytes=MAX_BYTES, rows=None):
     kinds = keeprule.kinds(rows)
     view = {
         "rule": "python analysis.py decide --explain",
+        "run": with_effort_settings(keeprule.RUN_TAIL, effort_settings(results.path)),
         "tip": round_all(now["tip"]),
         "best": round_all(now["best"]),
         "sigma": rounded(now["sigma"]),

@@ -219,11 +219,12 @@ def record_command(description, simplification=False):
     )
 
 
+RUN_TAIL = f"timeout -k 30 {PROGRAM_TIMEOUT} python train.py > run.log 2>&1"  # program.md's run command
+
+
 def run_command(seed=None):
     """program.md's run command, with AR_SEED when the rule names a seed (a first run takes its train.py's)."""
-    return (
-        "" if seed is None else f"AR_SEED={seed} "
-    ) + f"timeout -k 30 {PROGRAM_TIMEOUT} python train.py > run.log 2>&1"
+    return ("" if seed is None else f"AR_SEED={seed} ") + RUN_TAIL
 
 
 RESET = "git reset --hard HEAD~1"
@@ -233,7 +234,7 @@ RESET = "git reset --hard HEAD~1"
 # until a second signal ends the same commit ("again"). A code mistake is the one case an amend can fix.
 CRASH_REASONS = {
     "killed": "the run has no val_bpc and no crash line: it was killed with SIGKILL (the kernel's out-of-memory killer, or kill -9)",
-    "environment": "not the idea's crash: the run's settings, data or disk stopped it: crash: {crash}",
+    "environment": "not the idea's crash: the run's settings, data, disk or Python environment stopped it: crash: {crash}",
     "timeout": "not the idea's crash: program.md's {timeout} s timeout ended the run (this machine is too slow or too busy for the budget): crash: {crash}",
     "interrupted": "not the idea's crash: a signal stopped the run: crash: {crash}",
     "again": "a signal or the timeout stopped this commit's run a second time: it is charged to the idea: crash: {crash}",
@@ -242,7 +243,7 @@ CRASH_REASONS = {
 }
 CRASH_NEXT = {
     "killed": "   # a run killed without a crash line is recorded, then reset",
-    "environment": "# nothing to reset: do what the crash line says (the exports to set, the data, free disk space), then run this commit again:",
+    "environment": "# nothing to reset: do what the crash line says (the exports to set, the environment to activate, the data, free disk space), then run this commit again:",
     "timeout": (
         "# nothing to reset. At the baseline (nothing recorded yet) on a slow CPU: export a smaller AR_STEPS or shrink "
         "the rehearsal model (docs/rehearsal.md), then run again; later, run this commit again when `uptime` shows "
@@ -264,6 +265,7 @@ ENVIRONMENT_CRASHES = (
     re.escape(UNLIKE_EFFORT), r"^AR_DATA=.* does not exist$", r"^could not download ", r"^download of .* was cut short",
     r" is not enwik8: ", r"^cannot read .*: it is damaged", r" is a directory, not a data file", r"^the run's data .* is gone",
     r" holds [\d,]+ bytes: a custom corpus needs", r"No space left on device", r"Disk quota exceeded", r"file write failed",
+    r" is not installed in this python ",
 )  # fmt: skip
 
 

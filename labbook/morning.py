@@ -84,6 +84,7 @@ def overview(night):
     return dict(
         rows=len(rows), experiments=len(first_runs), hours=hours, start=min(times) if times else None,
         end=max(times) if times else None, keeps=len(kept), crashes=sum(r.status == "crash" for r in rows),
+        environment=sum(night.kinds[r.line] == keeprule.ENVIRONMENT for r in rows),
         replicates=sum(night.kinds[r.line] == "replicate" for r in rows),
         confirmations=sum(night.kinds[r.line] == "confirm" for r in rows), flagged=len(night.flagged),
     )  # fmt: skip
@@ -95,7 +96,13 @@ def overview_text(night):
     o = overview(night)
     span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
     text = (
-        f"{runs(o['rows'])} {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed; "
+        f"{runs(o['rows'])} {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed"
+        + (
+            f" ({o['environment']} of them by the run's environment, not the idea: run again)"
+            if o["environment"]
+            else ""
+        )
+        + "; "
         f"{o['replicates']} replicates, {o['confirmations']} confirmation runs; {o['flagged']} rows flagged by the "
         "audit (they never count)."
     )
@@ -163,7 +170,13 @@ def kept_changes(night):
 
 def kept_table(night, kind="experiment"):
     rows = [e for e in kept_changes(night) if e["kind"] == kind]
-    columns = [("commit", "commit"), ("decision_mean", "mean"), ("delta", "delta"), ("runs", "runs")]
+    columns = [
+        ("commit", "commit"),
+        ("mean", "mean"),
+        ("runs", "runs"),
+        ("decision_mean", "mean at decision"),
+        ("delta", "delta"),
+    ]
     return table(rows, columns + [("description", "description"), ("diff", "train.py change")])
 
 
@@ -194,7 +207,7 @@ def confirmations_table(night):
     """Commits whose first run was provisional: the first run, the confirmation(s), the outcome."""
     out = []
     for e in keeprule.history(night.sound):
-        runs = [r for r in night.sound if r.commit == e["commit"]]
+        runs = [r for r in night.sound if r.commit == e["commit"] and keeprule.measured(r)]
         confirms = [r for r in runs if night.kinds[r.line] == "confirm"]
         if confirms:
             out.append(dict(commit=e["commit"], first=runs[0].val_bpc,
@@ -289,8 +302,8 @@ def timeline_text(night):
     if wall := night.report.get("time"):
         text += (
             f"\n{wall['median_minutes']:.1f} min between records (median), the longest {wall['longest_minutes']:.0f} "
-            f"min (ending at line {wall['longest_line']}); crashes took {wall['crash_minutes']:.0f} min "
-            f"({runs(wall['crash_runs'])})"
+            f"min (ending at line {wall['longest_line']}); crashes cost {wall['crash_minutes']:.0f} min "
+            f"({runs(wall['crash_runs'])}, each from the record before it to its own: the agent's turn included)"
         )
     return text
 

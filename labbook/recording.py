@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shlex
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from labbook.base import (
 from labbook.keeprule import (
     NOISE_PREFIX,
     RESCORE_REFUSED,
+    RUN_TAIL,
     Candidate,
     CannotJudge,
     decide,
@@ -93,9 +95,10 @@ def sealed_run(log_path, log=None):
 def candidate_value(tsv, log_path):
     """The val_bpc a decision rests on: the sealed scorer's score of the run, from the journal
     (labbook/rescore.py), or None when the run records as a crash. Raises Refusal when the journal
-    holds no usable score for it (then `record` refuses too)."""
+    holds no usable score for it (then `record` refuses too). Rounded as results.tsv stores it, so
+    the verdict's means are the ones the report computes from the rows."""
     summary, problem = sealed_run(log_path)
-    return None if problem else float(summary["val_bpc_exact"])
+    return None if problem else float(f"{float(summary['val_bpc_exact']):.6f}")
 
 
 def reported_value(summary):
@@ -200,6 +203,8 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     if candidate.simplification and tip:
         reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
     verdict = decide(rows, candidate, **reference)
+    settings = effort_settings(tsv)
+    verdict.commands = [with_effort_settings(c, settings) for c in verdict.commands]
     if recorded is not None:
         verdict.record_command = ""
         verdict.reason += (
@@ -261,6 +266,28 @@ def write_measure(tsv, summary):
         write_atomically(path, (json.dumps(measure, indent=1) + "\n").encode())
     except OSError as e:
         print(f"warning: cannot write {path} ({e.strerror or e}): runs are not checked against this effort's settings")
+
+
+def effort_settings(tsv):
+    """The AR_* settings the effort's runs are measured with (measure.json), as a shell prefix
+    ("AR_DATA=/a.txt AR_STEPS=50 "), or "" for a night run without overrides. Every run command
+    decide prints carries it, so the command works in a fresh shell that lost setup's exports."""
+    path = measure_path(tsv)
+    try:
+        overrides = json.loads(path.read_text()).get("overrides", {}) if path else {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(overrides, dict):
+        return ""
+    return "".join(f"{k}={shlex.quote(str(v))} " for k, v in sorted(overrides.items()) if k.startswith("AR_"))
+
+
+def with_effort_settings(command, settings):
+    """A run command of the keep rule with the effort's settings in front of it; any other command as it is."""
+    if not settings or RUN_TAIL not in command or command.lstrip().startswith("#") or settings in command:
+        return command
+    head, _, tail = command.partition("timeout ")
+    return f"{head}{settings}timeout {tail}"
 
 
 def one_line(text):
@@ -419,5 +446,7 @@ def record_with_rule(args, tsv):
             description = f"{NOISE_PREFIX} {description}"
     code = record_run(tsv, args.log, status, description, force=args.force, kind=kind, note=note)
     if verdict is not None:
+        settings = effort_settings(tsv)  # the baseline's record has just written them
+        verdict.commands = [with_effort_settings(c, settings) for c in verdict.commands]
         print(verdict.text(with_record=False))
     return code

@@ -175,7 +175,8 @@ def text_standing(report, test_bpc, test_note):
             f"time      {t['hours']:.1f} h between the first and last record; {t['median_minutes']:.1f} min between "
             f"records (median), the longest {t['longest_minutes']:.0f} min (ending at line {t['longest_line']}); "
             + (
-                f"crashes took {t['crash_minutes']:.0f} min ({runs(t['crash_runs'])})"
+                f"crashes cost {t['crash_minutes']:.0f} min ({runs(t['crash_runs'])}, each from the record before "
+                "it to its own: the agent's turn included)"
                 if t["crash_runs"]
                 else "no crashes"
             )

@@ -5,6 +5,9 @@ import re
 from pathlib import Path
 
 
+UNCAUGHT = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")  # the last line of a Python traceback
+
+
 def log_lines(log):
     return [line.rstrip("\r") for line in log.split("\n")]
 
@@ -24,9 +27,15 @@ def parse_summary(log):
 
 
 def crash_reason(log):
-    """The message of the last `crash:` line of a run log, or None."""
-    reasons = [line[len("crash:") :].strip() for line in log_lines(log) if line.startswith("crash:")]
-    return reasons[-1] if reasons else None
+    """The message of the last `crash:` line of a run log; without one, the exception that ended
+    Python before the harness ran (a syntax error or a failed import in train.py prints a traceback,
+    never a crash line); else None (the run was killed)."""
+    lines = log_lines(log)
+    reasons = [line[len("crash:") :].strip() for line in lines if line.startswith("crash:")]
+    if reasons:
+        return reasons[-1]
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    return last.strip() if UNCAUGHT.match(last) else None
 
 
 def integrity_problem(log):

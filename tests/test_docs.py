@@ -58,6 +58,7 @@ RUNTIME_FILES = (
     "analysis.html",
     "refusals.log",
     "worktrees",
+    ".venv",
 )
 PATH_SUFFIXES = {
     ".py", ".md", ".toml", ".lock", ".yaml", ".yml", ".tsv", ".jsonl", ".json", ".pt", ".png",
@@ -68,7 +69,7 @@ BRANCH_PREFIX = "autoresearch/"  # research branches, e.g. autoresearch/mar5-gpu
 # Tools a doc may name: the package that provides each, which pyproject.toml must declare
 # when the tool is not installed here.
 TOOL_PACKAGES = {"jupytext": "jupytext", "torchrun": "torch", "sky": "skypilot", "ruff": "ruff", "pytest": "pytest"}
-SHELL_TOOLS = {"grep", "tail", "kill"}
+SHELL_TOOLS = {"grep", "tail", "kill", "pgrep", "pkill"}
 CHECKED_COMMANDS = {"python", "python3", "pip", "uv", "git", *TOOL_PACKAGES, *SHELL_TOOLS}
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")
 ENV_NAME = re.compile(r"\b(?:AR|USE)_[A-Z0-9_]*[A-Z0-9]\b")

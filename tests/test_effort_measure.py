@@ -7,13 +7,15 @@ README's rehearsal exports is the case the issue met (the rerun went looking for
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from fixtures_results import run_cli
-from harness import PREPARE, base_env, make_train_copy, run_train, write_corpus
+from harness import PREPARE, base_env, make_train_copy, python, run_train, write_corpus
 
 import prepare
 
@@ -65,11 +67,26 @@ def test_a_run_from_a_fresh_shell_is_refused_before_it_reads_data_and_decide_say
     lines = decided.stdout.splitlines()
     assert lines[0] == "crash" and "not the idea's crash" in lines[1], decided.stdout
     assert "git reset" not in decided.stdout
-    assert lines[-1].strip() == "AR_SEED=1 timeout -k 30 600 python train.py > run.log 2>&1"  # the replicate, again
+    # the replicate, again, with the effort's settings in front: it works in a shell that has none
+    rerun = f"AR_SEED=1 AR_DATA={corpus} AR_EVAL_BYTES=4096 AR_STEPS=3 timeout -k 30 600 python train.py > run.log 2>&1"
+    assert lines[-1].strip() == rerun, decided.stdout
     recorded = run_cli("record", "--description", "noise: again", cwd=repo, env=fresh_shell)
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
     row = (repo / "results.tsv").read_text().splitlines()[-1].split("\t")
     assert row[3] == "crash" and "environment" in row
+    assert recorded.stdout.rstrip().splitlines()[-1].strip() == rerun
+    view = json.loads(run_cli("--json", cwd=repo, env=fresh_shell).stdout)
+    assert view["run"] == rerun.removeprefix("AR_SEED=1 ")  # an experiment's first run, for program.md's loop
+
+    no_exports = base_env(root)
+    no_exports["PATH"] = os.pathsep.join([str(Path(python()).parent), no_exports["PATH"]])
+    ran = subprocess.run(rerun, shell=True, cwd=repo, env=no_exports, capture_output=True, text=True, timeout=300)
+    log = (repo / "run.log").read_text()
+    assert ran.returncode == 0 and "crash:" not in log and re.search(r"^val_bpc: ", log, flags=re.M), log[-2000:]
+    recorded = run_cli("record", "--description", "noise: again", cwd=repo, env=no_exports)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    row = (repo / "results.tsv").read_text().splitlines()[-1].split("\t")
+    assert row[3] == "keep" and "replicate" in row
 
 
 def test_the_same_path_with_other_bytes_is_refused_before_any_step(effort, tmp_path):

@@ -12,9 +12,10 @@ import time
 
 import pytest
 import torch
-from harness import base_env, make_train_copy, parse_summary, run_train
+from harness import REPO, base_env, make_train_copy, parse_summary, run_train
 
 import prepare
+from labbook import keeprule, runlog
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -168,3 +169,31 @@ def test_ctrl_c_during_the_imports_is_the_one_crash_line(tmp_path, corpus):
     assert proc.returncode == 130, out
     assert out.strip().splitlines()[-1] == "crash: interrupted (SIGINT)"
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
+
+
+def test_a_shell_without_the_projects_environment_gets_a_crash_line_that_decide_reruns(tmp_path, corpus):
+    """An agent's fresh shell that never activated the venv: python finds no torch. The harness's
+    own import says so in its crash line, and the keep rule reads it as the environment's, never the
+    idea's (`python -S` leaves site-packages out, as a python without the project's packages would)."""
+    train_py = make_train_copy(tmp_path / "run")
+    env = base_env(tmp_path, AR_DATA=corpus)
+    env["PYTHONPATH"] = str(REPO)  # prepare.py, and nothing installed
+    proc = subprocess.run([sys.executable, "-S", str(train_py)], env=env, capture_output=True, text=True, timeout=120)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert last.startswith("crash: torch is not installed in this python") and "source .venv/bin/activate" in last
+    assert keeprule.crash_kind(runlog.crash_reason(proc.stdout)) == keeprule.ENVIRONMENT
+
+
+def test_a_syntax_error_in_train_py_is_the_agents_mistake_not_a_kill(tmp_path, corpus):
+    """Python stops before the harness is imported: a traceback, no crash line. decide reads the
+    exception as the crash (fix and amend, or reset), not as a run killed without a word."""
+    train_py = make_train_copy(tmp_path / "run")
+    train_py.write_text(train_py.read_text().replace("DEPTH = ", "DEPTH = = ", 1))
+    proc = subprocess.run(
+        [sys.executable, str(train_py)], env=base_env(tmp_path, AR_DATA=corpus), capture_output=True, text=True
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "crash:" not in log
+    assert runlog.crash_reason(log) == "SyntaxError: invalid syntax"
+    assert keeprule.crash_kind(runlog.crash_reason(log)) == "mistake"

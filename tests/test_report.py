@@ -241,4 +241,4 @@ def test_the_report_shows_the_time_between_records_and_what_crashes_cost(tmp_pat
     assert crashed and max(minutes) > 40  # the generated night has a crash and an idle gap
     text = report_text(capsys, tsv)
     assert f"{statistics.median(minutes):.1f} min between records (median), the longest {max(minutes):.0f} min" in text
-    assert f"crashes took {sum(crashed):.0f} min ({len(crashed)} run" in text
+    assert f"crashes cost {sum(crashed):.0f} min ({len(crashed)} run" in text

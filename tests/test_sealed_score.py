@@ -163,7 +163,9 @@ def test_training_outside_the_steps_is_charged_to_the_clock(tmp_path, corpus):
 
 
 def test_train_running_long_past_the_budget_is_a_crash(tmp_path, corpus):
-    body = HONEST_LOOP + "    time.sleep(3)  # work after run.done: still inside train()\n    return model"
+    # work after run.done, still inside train(), longer than the grace whatever the load: the grace
+    # is the larger of OVERRUN_GRACE and two steps' time, and the loop took longer than any one step
+    body = "    t0 = time.time()\n" + HONEST_LOOP + "    time.sleep(1 + 3 * (time.time() - t0))\n    return model"
     text = with_code(train_body=body, imports="import time")
     code, log, _ = run_text(tmp_path, corpus, text, prepare_copy=dict(OVERRUN_GRACE=0.5), AR_TIME_BUDGET=1)
     assert_crashed(code, log)

@@ -1,0 +1,45 @@
+"""The morning notebook's tables say what the report says: a kept commit's mean over all its
+runs, an environment crash told apart from the idea's, a confirmation table that starts at the
+first measured run. The night: a baseline with four replicates, then an experiment whose first
+attempt was refused for its settings (a fresh shell), run again, confirmed and replicated."""
+
+import pytest
+from fixtures_results import write_night
+
+from labbook import morning, report
+from labbook.ledger import read_results
+
+REFUSED = "lr 3e-3 (crash: this run is not measured like the effort's runs: AR_STEPS is unset (the effort's runs: AR_STEPS=50))"
+ROWS = [("base", 1.30, "keep", "baseline", "baseline")]
+ROWS += [("base", 1.30 + 0.002 * s * (-1) ** s, "keep", f"noise: seed {s}", "replicate") for s in range(1, 5)]
+ROWS += [
+    ("lr", 0, "crash", REFUSED, "environment"),
+    ("lr", 1.251, "discard", "lr 3e-3", "experiment"),
+    ("lr", 1.249, "keep", "lr 3e-3", "confirm"),
+    ("lr", 1.2531, "keep", "noise: seed 5", "replicate"),
+    ("lr", 1.2507, "keep", "noise: seed 6", "replicate"),
+]
+
+
+@pytest.fixture
+def night(tmp_path):
+    return morning.load(write_night(tmp_path / "lab", ROWS).tsv)
+
+
+def test_an_environment_crash_is_counted_apart_from_the_ideas(night):
+    text = morning.overview_text(night)
+    assert "1 kept, 1 crashed (1 of them by the run's environment, not the idea: run again)" in text
+
+
+def test_the_kept_table_shows_the_reports_mean_and_the_mean_the_decision_rested_on(night):
+    (kept,) = report.summarize(read_results(night.tsv))["improvements"]
+    header, line = morning.kept_table(night).splitlines()
+    cells = line.split()
+    assert header.split()[:5] == ["commit", "mean", "runs", "mean", "at"]
+    assert cells[1:3] == [f"{kept['mean']:.6f}", str(kept["runs"])] and kept["runs"] == 4
+    assert cells[3] == f"{(1.251 + 1.249) / 2:.6f}"  # the two runs the keep was decided on
+
+
+def test_the_confirmation_table_starts_at_the_first_measured_run(night):
+    _, line = morning.confirmations_table(night).splitlines()
+    assert line.split()[1:3] == ["1.251000", "1.249000"]
