@@ -4,7 +4,6 @@ it can be trusted to say one thing (one summary, no crash after it)."""
 import re
 from pathlib import Path
 
-
 UNCAUGHT = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")  # the last line of a Python traceback
 
 
