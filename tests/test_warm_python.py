@@ -97,7 +97,7 @@ def gone(pid, wait=5.0):
         try:
             if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
                 return True
-        except FileNotFoundError:  # reaped
+        except (FileNotFoundError, ProcessLookupError):  # reaped (ProcessLookupError: between open and read)
             return True
         time.sleep(0.05)
     return False
