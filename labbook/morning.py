@@ -148,7 +148,7 @@ def diff_summary(repo, commit, parent=None):
         if line[:1] in "+-" and line[1:].strip() and not line[1:].strip().startswith("#"):
             match = ASSIGN.match(line[1:])
             if match and "(" not in match.group(1):
-                (added if line[0] == "+" else removed)[match.group(1)] = short(match.group(2), 24)
+                (added if line[0] == "+" else removed)[match.group(1)] = short(match.group(2).rstrip(","), 24)
             else:
                 other += 1
     parts = [f"{k} {removed.get(k, '∅')} → {added.get(k, '∅')}" for k in dict.fromkeys([*removed, *added])]

@@ -203,7 +203,7 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     if candidate.simplification and tip:
         reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
     verdict = decide(rows, candidate, **reference)
-    settings = effort_settings(tsv)
+    settings = effort_settings(tsv, log_path)
     verdict.commands = [with_effort_settings(c, settings) for c in verdict.commands]
     if recorded is not None:
         verdict.record_command = ""
@@ -268,26 +268,32 @@ def write_measure(tsv, summary):
         print(f"warning: cannot write {path} ({e.strerror or e}): runs are not checked against this effort's settings")
 
 
-def effort_settings(tsv):
+def effort_settings(tsv, log_path=None):
     """The AR_* settings the effort's runs are measured with (measure.json), as a shell prefix
-    ("AR_DATA=/a.txt AR_STEPS=50 "), or "" for a night run without overrides. Every run command
-    decide prints carries it, so the command works in a fresh shell that lost setup's exports."""
+    ("AR_DATA=/a.txt AR_STEPS=50 "), or "" for a night run without overrides. Before the baseline
+    is recorded there is no measure.json: the settings of the run in `log_path`, which its record
+    will keep. Every run command decide prints carries them, so it works in a fresh shell."""
     path = measure_path(tsv)
     try:
-        overrides = json.loads(path.read_text()).get("overrides", {}) if path else {}
+        overrides = json.loads(path.read_text()).get("overrides", {}) if path and path.is_file() else None
     except (OSError, ValueError, AttributeError):
         return ""
+    if overrides is None and log_path is not None:
+        try:
+            overrides = overrides_of(parse_summary(Path(log_path).read_bytes().decode("utf-8", errors="replace")))
+        except OSError:
+            overrides = {}
     if not isinstance(overrides, dict):
         return ""
     return "".join(f"{k}={shlex.quote(str(v))} " for k, v in sorted(overrides.items()) if k.startswith("AR_"))
 
 
 def with_effort_settings(command, settings):
-    """A run command of the keep rule with the effort's settings in front of it; any other command as it is."""
-    if not settings or RUN_TAIL not in command or command.lstrip().startswith("#") or settings in command:
+    """A command or hint of the keep rule with the effort's settings in front of its run command."""
+    if not settings or RUN_TAIL not in command or settings in command:
         return command
-    head, _, tail = command.partition("timeout ")
-    return f"{head}{settings}timeout {tail}"
+    head, _, tail = command.partition(RUN_TAIL)  # head: "", "AR_SEED=5 " or a hint's words
+    return f"{head}{settings}{RUN_TAIL}{tail}"
 
 
 def one_line(text):

@@ -18,6 +18,8 @@ from fixtures_results import run_cli
 from harness import PREPARE, base_env, make_train_copy, python, run_train, write_corpus
 
 import prepare
+from labbook.keeprule import RUN_TAIL
+from labbook.recording import with_effort_settings
 
 
 def git(repo, *args):
@@ -39,13 +41,14 @@ def effort(tmp_path_factory):
     setup_env = base_env(root, AR_DATA=corpus, AR_STEPS=3, AR_EVAL_BYTES=4096)
     code, log = run_train(repo / "train.py", setup_env)
     assert code == 0, log[-2000:]
+    decided = run_cli("decide", cwd=repo, env=base_env(root))  # a fresh shell, before measure.json exists
     recorded = run_cli("record", "--description", "baseline", cwd=repo, env=setup_env)
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    return repo, corpus, root
+    return repo, corpus, root, decided.stdout
 
 
 def test_record_of_the_baseline_writes_how_the_efforts_runs_are_measured(effort):
-    repo, corpus, _ = effort
+    repo, corpus, _, _ = effort
     measure = json.loads((repo / ".git" / "autoresearch" / "measure.json").read_text())
     assert measure["overrides"] == {"AR_DATA": str(corpus), "AR_STEPS": "3", "AR_EVAL_BYTES": "4096"}
     assert measure["budget"] == "3steps" and measure["eval_bytes"] == 4096
@@ -53,7 +56,7 @@ def test_record_of_the_baseline_writes_how_the_efforts_runs_are_measured(effort)
 
 
 def test_a_run_from_a_fresh_shell_is_refused_before_it_reads_data_and_decide_says_run_it_again(effort):
-    repo, corpus, root = effort
+    repo, corpus, root, _ = effort
     fresh_shell = base_env(root, AR_EVAL_BYTES=4096)  # AR_STEPS and AR_DATA lost with the shell
     code, log = run_train(repo / "train.py", fresh_shell)
     assert code == 2, log
@@ -89,8 +92,22 @@ def test_a_run_from_a_fresh_shell_is_refused_before_it_reads_data_and_decide_say
     assert row[3] == "keep" and "replicate" in row
 
 
+def test_the_baselines_decide_prints_its_replicate_with_the_runs_settings_before_record_keeps_them(effort):
+    repo, corpus, _, decided = effort
+    assert decided.splitlines()[0] == "keep", decided
+    settings = f"AR_DATA={corpus} AR_EVAL_BYTES=4096 AR_STEPS=3 "
+    assert decided.rstrip().splitlines()[-2].strip() == f"AR_SEED=1 {settings}{RUN_TAIL}", decided
+
+
+def test_a_hint_that_names_the_run_command_carries_the_settings_too():
+    hint = f"# the next experiment: edit train.py, git commit -am '...', {RUN_TAIL}"
+    assert with_effort_settings(hint, "AR_STEPS=50 ") == hint.replace(RUN_TAIL, f"AR_STEPS=50 {RUN_TAIL}")
+    assert with_effort_settings(RUN_TAIL, "") == RUN_TAIL  # a night without overrides: as program.md prints it
+    assert with_effort_settings("git reset --hard HEAD~1", "AR_STEPS=50 ") == "git reset --hard HEAD~1"
+
+
 def test_the_same_path_with_other_bytes_is_refused_before_any_step(effort, tmp_path):
-    repo, corpus, root = effort
+    repo, corpus, root, _ = effort
     other = write_corpus(tmp_path / "corpus.txt", seed=4)
     measure_file = repo / ".git" / "autoresearch" / "measure.json"
     measure = json.loads(measure_file.read_text())
