@@ -86,7 +86,7 @@ COMMIT_TEMPLATE = command(PROGRAM, 'git commit -am "shift_tokens=1"')
 AMEND = command(PROGRAM, "git commit -a --amend")
 RESET = command(PROGRAM, "git reset --hard")
 TAIL = command(PROGRAM, "tail -n 50")
-TAIL5 = command(PROGRAM, "tail -n 5 run.log")
+TAIL20 = command(PROGRAM, "tail -n 20 run.log")
 LOG_IS_HEADS = command(PROGRAM, "find run.log -newermt")
 RESTORE = command(PROGRAM, "python analysis.py restore")
 LOG5 = command(PROGRAM, "git log --oneline")
@@ -348,7 +348,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     sh(RESTORE)
     assert sh(STATUS).stdout == "" and sh(HEAD_ROWS, check=False).stdout == ""  # HEAD has no row
     assert sh(LOG_IS_HEADS).stdout.strip() == "run.log"  # HEAD's own log
-    tail = sh(TAIL5).stdout
+    tail = sh(TAIL20).stdout
     assert "val_bpc:" not in tail and "crash:" not in tail  # a log that just stops: run it again
     verdict, commands, out = agent.run_and_decide()
     assert verdict == "discard", out
