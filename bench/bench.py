@@ -1034,7 +1034,7 @@ def section_recompiles(b, name):
 def section_score(b, name):
     """The sealed scorer's total time: `python prepare.py score CHECKPOINT` in a fresh process,
     from its start to its JSON line, on the launch run's checkpoint (or one of a short run of its
-    own). Until prepare.py has the `score` command this records its crash line."""
+    own). A scorer that fails records its crash line."""
     checkpoint = b.checkpoints.get(name)
     if checkpoint is None:
         folder = Path(run_train_copy(b, name, b.args.launch_budget, keep_folder=True)["folder"])
