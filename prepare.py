@@ -73,6 +73,7 @@ EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GP
 HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
 HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
 OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' time, if longer) before it is a crash
+HANDBACK_GRACE = 20.0  # seconds from train()'s return to the checkpoint on disk: the harness's own work takes a few
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
@@ -159,6 +160,10 @@ ENTERED = []  # main() ran: a second call comes from a train.py that calls main(
 # taken when prepare is imported, so what train.py changes later (sys.executable, os.environ) is not used.
 LAUNCH_PYTHON = sys.executable
 LAUNCH_ENVIRON = dict(os.environ)
+# The clock and the checkpoint's writer, bound at the same moment: a train.py that rebinds
+# time.time or torch.save (to slow the clock, or to train on while the harness saves) reaches neither.
+WALL = time.time
+TORCH_SAVE = torch.save
 
 
 def process_start_time():
@@ -1002,7 +1007,7 @@ class Tracker:
         self.clock_start = None  # wall time of the call of train(run)
         self.warmup_seconds = 0.0  # spent inside forward_backward and step during the uncounted steps
         self.last_step_at = 0.0  # elapsed() when the last optimizer step landed
-        self.loop_start = self.window_start = time.time()
+        self.loop_start = self.window_start = WALL()
         self.last_status = 0.0
         self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
         self.step_seconds = 0.0  # mean step time in the window before the last sync
@@ -1010,12 +1015,12 @@ class Tracker:
 
     def start_clock(self):
         """train(run) is called now: from here on every second counts but the warm-up steps'."""
-        self.clock_start = self.loop_start = self.window_start = time.time()
+        self.clock_start = self.loop_start = self.window_start = WALL()
         self.run.startup_seconds = self.loop_start - T_START
 
     def elapsed(self):
         """Budget seconds spent: wall time since train(run) was called, less the warm-up steps."""
-        return 0.0 if self.clock_start is None else time.time() - self.clock_start - self.warmup_seconds
+        return 0.0 if self.clock_start is None else WALL() - self.clock_start - self.warmup_seconds
 
     def sync(self):
         if self.run.device.type == "cuda":
@@ -1028,12 +1033,12 @@ class Tracker:
             yield
             return
         self.sync()
-        began = time.time()
+        began = WALL()
         try:
             yield
         finally:
             self.sync()
-            self.warmup_seconds += time.time() - began
+            self.warmup_seconds += WALL() - began
             self.run.compile_seconds = self.warmup_seconds
 
     def served(self, tokens):
@@ -1084,7 +1089,7 @@ class Tracker:
 
     def flush(self, step):
         self.sync()
-        now = time.time()
+        now = WALL()
         self.training_time = self.elapsed()
         dt = max(now - self.window_start, 1e-9)
         tok_per_sec = self.window_tokens / dt
@@ -1128,6 +1133,7 @@ class Tracker:
             self.flush(self.steps)
         self.sync()
         self.training_time = self.elapsed()
+        self.returned_at = WALL()
         counted = self.steps - self.run.excluded_steps
         if not self.step_budget and counted > 0:
             step_time = self.last_step_at / counted
@@ -1138,6 +1144,18 @@ class Tracker:
                     f"(grace {grace:.0f} s): the budget covers all of train(), so stop soon after run.done"
                 )
         return dict(num_steps=self.steps, training_seconds=self.training_time, counted_tokens=self.counted_tokens)
+
+    def check_handback(self):
+        """The hand-back (checks, summary, check loss, checkpoint) is the harness's own work of a few
+        seconds. Longer, train.py's code ran inside it (a hook, a replaced library function): work
+        off the clock, a crash. Not under AR_STEPS, which has no clock."""
+        seconds = WALL() - self.returned_at
+        if not self.step_budget and seconds > HANDBACK_GRACE:
+            raise HarnessError(
+                f"saving the model took {seconds:.0f} s after train(run) returned (the harness's own work takes a "
+                f"few; limit {HANDBACK_GRACE:g} s): code of train.py ran there, off the clock; keep hooks and "
+                "replaced functions out of the returned model and the libraries"
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -1394,14 +1412,19 @@ def check_checkpoint_fits(path, model):
 def save_checkpoint(run, model, spec, check, source, summary):
     """What the sealed scorer reads: the weights (every buffer too, FP32), the model spec they load
     into, the trained model's loss on the check windows, the summary so far, and train.py's source
-    (for the person: the scorer never runs it)."""
+    (for the person: the scorer never runs it).
+    Returns the sha256 of the bytes written, which the scorer must read (rank 0; None elsewhere)."""
     if not run.master:
-        return
+        return None
     path = Path(run.env["checkpoint"])
     tmp = atomic_write_path(path)
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state, "spec": spec, "check": check, "source": source, "summary": summary}, tmp)
+    buffer = io.BytesIO()
+    TORCH_SAVE({"model": state, "spec": spec, "check": check, "source": source, "summary": summary}, buffer)
+    blob = buffer.getbuffer()
+    tmp.write_bytes(blob)
     finish_atomic(tmp, path)
+    return hashlib.sha256(blob).hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -1687,6 +1710,7 @@ def guard_data_files(data_path):
     data cache or the submodule's data ends the run (a Python audit hook, which cannot be removed)."""
     files = {os.path.realpath(data_path)}
     folders = tuple(os.path.realpath(d) + os.sep for d in (cache_dir(), REPO_DIR / "x-transformers" / "data"))
+    inodes = {(st.st_dev, st.st_ino) for st in map(os.stat, files)}  # the same file under another name (a hard link)
 
     def on_open(event, args):
         if event != "open" or not args or isinstance(args[0], int):
@@ -1695,7 +1719,12 @@ def guard_data_files(data_path):
             path = os.path.realpath(os.fsdecode(args[0]))
         except (TypeError, ValueError):
             return
-        if path in files or path.startswith(folders):
+        try:
+            st = os.stat(path)
+            same_file = (st.st_dev, st.st_ino) in inodes
+        except OSError:  # not there (yet): a file being created is not the corpus
+            same_file = False
+        if same_file or path in files or path.startswith(folders):
             die(f"train.py opened {path}: the training process reads data only through run.get_batch", 2)
 
     sys.addaudithook(on_open)
@@ -1815,8 +1844,9 @@ def run_training(guards, env):
     ACTIVE_RUN = run
     run.tracker = Tracker(run)
     run.tracker.start_clock()  # train.py's import counts too: work done there is not off the clock
-    sys.modules.pop(name, None)
-    train = importlib.import_module(name)
+    check_no_working_tree_modules(script)
+    train = exec_train_source(name, script, source)
+    check_no_working_tree_modules(script)
     if guards.steps.untracked_steps:
         n = guards.steps.untracked_steps
         raise HarnessError(f"{script.name} took {n} optimizer steps when imported: train inside train(run)")
@@ -1837,6 +1867,7 @@ def run_training(guards, env):
     if model is None or not hasattr(unwrap(model), "net"):
         raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
     model = unwrap(model)
+    check_no_working_tree_modules(script)
     check_library_model(model)
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
@@ -1844,11 +1875,13 @@ def run_training(guards, env):
     summary = make_summary(run, stats, identity)
     summary.update(spec=spec_hash(spec), flags=training_flags(run, stats))
     check = {"loss": check_loss(model.net, run.train_data, run.device), "precision": run.precision}
-    save_checkpoint(run, model, spec, check, source, summary)
+    written = save_checkpoint(run, model, spec, check, source, summary)
+    run.tracker.check_handback()
+    guards.check_armed()
     del model
     release_training(run)
     enter_phase("the sealed score (a fresh process)")
-    answer = score_in_fresh_process(run, harness, journal)
+    answer = score_in_fresh_process(run, harness, journal, written)
     if run.master:
         summary.update(answer["summary"])
         summary["total_seconds"] = time.time() - T_START
@@ -1929,11 +1962,12 @@ def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
     return json.loads(lines[0])
 
 
-def score_in_fresh_process(run, harness, journal):
-    """Rank 0 has the checkpoint scored by the sealed scorer (the other ranks wait for it)."""
+def score_in_fresh_process(run, harness, journal, written):
+    """Rank 0 has the checkpoint scored by the sealed scorer (the other ranks wait for it); the
+    scorer refuses a file whose bytes are not the ones rank 0 wrote (`written`, their sha256)."""
     answer = None
     if run.master:
-        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device), "--run"]
+        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device), "--run", "--sha256", written]
         answer = run_scorer(harness, args + (["--journal", str(journal)] if journal else []))
     if run.world_size > 1:
         dist.barrier()
@@ -1955,9 +1989,10 @@ def score_main(argv):
     parser.add_argument("--device")
     parser.add_argument("--run", action="store_true")
     parser.add_argument("--journal")
+    parser.add_argument("--sha256")
     args = parser.parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):  # notices are not the answer
-        answer = sealed_score(args.checkpoint, args.split, args.device, args.run, args.journal)
+        answer = sealed_score(args.checkpoint, args.split, args.device, args.run, args.journal, args.sha256)
     print(json.dumps(answer))
 
 
@@ -2006,11 +2041,17 @@ def rebuilt_model(saved, device):
     return model
 
 
-def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=None):
+def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=None, written=None):
     """The scorer's answer for a checkpoint: {"split", "bpc", "seconds", "prepare_hash", "spec",
     "checkpoint_sha256", "summary"}. For the run's own val scoring (`own_run`) the summary is
-    completed (val_bpc, train_bpc, flags) and the score appended to `journal` (outside git: none)."""
+    completed (val_bpc, train_bpc, flags) and the score appended to `journal` (outside git: none).
+    `written`: the sha256 of the bytes the training process wrote, which the file must still hold."""
     saved, sha = read_checkpoint(checkpoint)
+    if written and sha != written:
+        raise HarnessError(
+            "the checkpoint changed after the harness wrote it (before the scorer read it): code of train.py "
+            "ran after train(run) returned; nothing is scored"
+        )
     summary = saved["summary"]
     device = torch.device(device or summary["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -2121,6 +2162,42 @@ def import_libraries(source):
                 with contextlib.suppress(ImportError):
                     importlib.import_module(name)
     import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-run)
+
+
+def check_no_working_tree_modules(script):
+    """The run's code is train.py alone: a module imported from another file of the working tree
+    (a helper .py, a sourceless .pyc shadowing a library; git ignores *.pyc) is not in the commit,
+    and ends the run. The virtual environment and the submodule are not the working tree's code."""
+    folder = script.parent
+    own = {script, Path(__file__).resolve()}
+    outside = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, folder / "x-transformers")]
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str):
+            continue
+        path = Path(file).resolve()
+        if path in own or not path.is_relative_to(folder) or any(path.is_relative_to(o) for o in outside):
+            continue
+        if not path.is_file():  # a name, not a file (torch.ops says "_ops.py")
+            continue
+        raise HarnessError(
+            f"{script.name} ran {path.relative_to(folder)} (module {name}) from the working tree: a run's code is "
+            f"{script.name} and the installed libraries; delete the file (git does not see it) and put the code in {script.name}"
+        )
+
+
+def exec_train_source(name, script, source):
+    """train.py as a module, compiled from `source` (the text the run records): never from a
+    bytecode file in __pycache__ that could hold other code."""
+    module = types.ModuleType(name)
+    module.__file__ = str(script)
+    sys.modules[name] = module
+    try:
+        exec(compile(source, str(script), "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def harness_snapshot():

@@ -44,6 +44,7 @@ from labbook.keeprule import (
     CannotJudge,
     decide,
     explain,
+    next_seed,
     tip_commit,
     verdict_note,
 )
@@ -170,6 +171,26 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
     )
 
 
+def repeated_seed(tsv, commit, seed):
+    """The recorded row of `commit` that already ran with `seed`, or None: the same program and the
+    same seed is the same run again (bit for bit on a CPU), no new evidence for the mean."""
+    if seed is None or not commit or not Path(tsv).is_file():
+        return None
+    for row in read_results(tsv).rows:
+        if row.commit[:7] == commit[:7] and row.status != "crash" and row.extra.get("seed", "").strip() == str(seed):
+            return row
+    return None
+
+
+def refuse_repeated_seed(tsv, commit, seed):
+    if row := repeated_seed(tsv, commit, seed):
+        raise Refusal(
+            f"this run of {commit[:7]} used AR_SEED={seed}, as line {row.line} of {Path(tsv).name} did: the same "
+            f"commit and seed repeat a recorded run and add no evidence. Run it again with "
+            f"AR_SEED={next_seed(read_results(tsv).rows, commit)}"
+        )
+
+
 # Deciding: the keep rule's verdict on a run
 
 
@@ -197,6 +218,8 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     if recorded is not None:
         rows = [r for r in rows if r.line < recorded.line]
     candidate = candidate_from_log(tsv, log_path, description, simplification)
+    if recorded is None and candidate.crash is None:
+        refuse_repeated_seed(tsv, candidate.commit, candidate.seed)
     candidate.program = programs_at([candidate.commit]).get(candidate.commit)
     tip = tip_commit(rows)
     reference = {"programs": programs_at(r.commit for r in rows)}
@@ -349,6 +372,8 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
         edited = "" if reported == score else f"; run.log says {reported!r}: its text is not the score"
         print(f"score: val_bpc {score:.6f} from the sealed scorer's journal (run {run_id}){edited}")
     crashed = status == "crash" or problem is not None
+    if not crashed:
+        refuse_repeated_seed(tsv, summary.get("commit", "").removesuffix("-dirty"), number(summary.get("seed"), int))
     if problem:
         description += f" (crash: {one_line(problem)})"
     elif status == "crash" and (reason := crash_reason(log)):

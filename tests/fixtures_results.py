@@ -192,8 +192,10 @@ def commit_change(repo, lr=None, eval_bytes=None, message="experiment"):
 
 
 def summary_block(
-    commit, val_bpc, peak_vram_mb=3072.0, fingerprint="f1f2f3f4f5f6", seed=42, gpu="NVIDIA H100 80GB HBM3"
+    commit, val_bpc, peak_vram_mb=3072.0, fingerprint="f1f2f3f4f5f6", seed=None, gpu="NVIDIA H100 80GB HBM3"
 ):
+    if seed is None:  # each log is a run of its own: a seed no other log has (record refuses a repeated one)
+        seed = 1000 + uuid.uuid4().int % 10**9
     values = dict(
         val_bpc=f"{val_bpc:.6f}",
         training_seconds="300.1",

@@ -233,3 +233,21 @@ def test_tsv_overrides_the_results_path_before_or_after_the_subcommand(repo, tmp
     assert cli.main(["record", "--tsv", str(second), "--status", "keep", "--description", "y"]) == 0
     assert [r[4] for r in data_lines(first)] == ["x"] and [r[4] for r in data_lines(second)] == ["y"]
     assert not Path(repo / "results.tsv").exists()
+
+
+def test_a_run_repeating_a_recorded_runs_commit_and_seed_is_refused_naming_the_next_seed(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.50, seed=911603)
+    assert record(capsys, "--status", "keep", "--description", "baseline")[0] == 0
+    write_log(repo, commit, val_bpc=1.50, seed=911603)  # a "confirmation" with the first run's seed: the same run
+    for command in (
+        ["decide"],
+        ["record", "--description", "again"],
+        ["record", "--status", "keep", "--description", "x"],
+    ):
+        code = cli.main(command)
+        _, err = capsys.readouterr()
+        assert code == 2 and "used AR_SEED=911603, as line 2 of results.tsv did" in err and "AR_SEED=1" in err, err
+    assert len(data_lines(repo / "results.tsv")) == 1
+    write_log(repo, commit, val_bpc=1.52, seed=1)  # the seed it names
+    assert record(capsys, "--description", "noise")[0] == 0

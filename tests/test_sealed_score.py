@@ -3,6 +3,9 @@ performed on a tiny CPU run and shown caught (one crash line) or harmless (the r
 honest run's with the same seed), and the legitimate research edits it must not refuse, each
 recorded by `analysis.py record` with no flag."""
 
+import importlib.util
+import os
+import py_compile
 import re
 import subprocess
 from pathlib import Path
@@ -172,6 +175,72 @@ def test_train_running_long_past_the_budget_is_a_crash(tmp_path, corpus):
     assert re.search(r"train\(run\) returned \d+ s after the 1 s budget", crash_reason(log))
 
 
+def test_code_of_train_py_running_inside_the_hand_back_is_a_crash(tmp_path, corpus):
+    # a hook that trains (here: sleeps) while the harness computes the check loss: off the clock
+    hook = "    model.net.register_forward_hook(lambda m, args, out: (time.sleep(0 if m.training else 1.5), out)[1])\n"
+    text = with_code(train_body=HONEST_LOOP + hook + "    return model", imports="import time")
+    code, log, _ = run_text(tmp_path, corpus, text, prepare_copy=dict(HANDBACK_GRACE=0.5), AR_TIME_BUDGET=1)
+    assert_crashed(code, log)
+    assert re.search(r"saving the model took \d+ s after train\(run\) returned", crash_reason(log))
+
+
+def test_a_checkpoint_changed_after_the_harness_wrote_it_is_not_scored(tmp_path, corpus):
+    # a gc callback runs when the harness collects after saving: it rewrites the file before the scorer reads it
+    tamper = """
+def tamper_with(path):
+    def on_gc(phase, info):
+        if phase == "stop" and os.path.exists(path):
+            with open(path, "ab") as f:
+                f.write(b"other weights")
+            gc.callbacks.remove(on_gc)
+
+    gc.callbacks.append(on_gc)
+"""
+    body = HONEST_LOOP + '    tamper_with(run.env["checkpoint"])\n    return model'
+    code, log, _ = run_text(
+        tmp_path, corpus, with_code(before_main=tamper, train_body=body, imports="import gc\nimport os")
+    )
+    assert_crashed(code, log)
+    assert "the checkpoint changed after the harness wrote it" in crash_reason(log)
+
+
+def test_the_corpus_opened_through_a_hard_link_ends_the_run(tmp_path, corpus):
+    body = (
+        HONEST_LOOP
+        + '    os.link(os.environ["AR_DATA"], "held-out")\n    open("held-out", "rb").read()\n    return model'
+    )
+    code, log, _ = run_text(tmp_path, corpus, with_code(train_body=body, imports="import os"))
+    assert_crashed(code, log)
+    assert "held-out: the training process reads data only through run.get_batch" in crash_reason(log)
+
+
+def test_a_module_from_a_file_git_does_not_see_ends_the_run(tmp_path, corpus):
+    # a sourceless .pyc in the working tree (git ignores *.pyc) imported by train.py, shadowing nothing
+    where = tmp_path / "run"
+    where.mkdir()
+    (tmp_path / "helper_lib.py").write_text("SCALE = 1.0\n")
+    py_compile.compile(str(tmp_path / "helper_lib.py"), cfile=str(where / "helper_lib.pyc"))
+    code, log, _ = run_text(tmp_path, corpus, with_code(imports="import helper_lib"))
+    assert_crashed(code, log)
+    assert "train.py ran helper_lib.pyc (module helper_lib) from the working tree" in crash_reason(log)
+
+
+def test_a_bytecode_file_planted_for_train_py_never_runs(tmp_path, corpus, honest):
+    # __pycache__/train.*.pyc compiled from other code, its header matching train.py's size and time
+    source = tmp_path / "train.py"
+    text = with_code()
+    planted = 'print("PLANTED CODE RAN")\n' + text
+    source.write_text(planted)
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+    stamp = source.stat().st_mtime
+    source.write_text(text + " " * (len(planted) - len(text)))  # the same size: the bytecode looks current
+    os.utime(source, (stamp, stamp))
+    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, AR_STEPS=STEPS)
+    code, log = run_train(source, env)
+    assert code == 0, log[-2000:]
+    assert "PLANTED CODE RAN" not in log and parse_summary(log)["val_bpc_exact"] == honest["val_bpc_exact"]
+
+
 # Attacks: harmless (the recorded value equals the honest run's)
 
 
@@ -201,6 +270,26 @@ def low_loss_for_the_evaluation():
 """
 
 
+TRAIN_ON_IN_SAVE = """
+def train_on_while_the_harness_saves(model, data):  # torch.save rebound: more training, off the clock
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "model" in obj:
+            for _ in range(20):
+                starts = torch.randint(len(data) - 65, (4, 1))
+                model(data[starts + torch.arange(65)].long()).backward()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.sub_(1e-2 * p.grad)
+                            p.grad = None
+            obj["model"] = {k: v.detach().float() for k, v in model.state_dict().items()}
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+"""
+
 # the scorer's interpreter, environment and data, as train.py could point them elsewhere
 SCORER_LAUNCH = """    sys.executable = "/bin/false"
     os.environ["XDG_CACHE_HOME"] = "/nonexistent"
@@ -218,6 +307,10 @@ SCORER_LAUNCH = """    sys.executable = "/bin/false"
         ),
         ("log_softmax", (LOG_SOFTMAX_OVERRIDE, "    KEEP.append(low_loss_for_the_evaluation())\n", "import torch")),
         ("scorer_launch", ("", SCORER_LAUNCH, "import os\nimport sys")),
+        (
+            "torch_save",
+            (TRAIN_ON_IN_SAVE, "    train_on_while_the_harness_saves(model, run.train_data)\n", "import torch"),
+        ),
     ],
 )
 def test_an_attack_on_the_evaluation_from_train_py_scores_what_an_honest_run_scores(
