@@ -89,7 +89,9 @@ def sealed_run(log_path, log=None):
         return None, problem
     entry, problem = journal_score(log_path, parse_summary(log), log)
     if problem:
-        raise Refusal(f"{problem}. Nothing was recorded: rerun the commit (python train.py > run.log 2>&1)")
+        raise Refusal(
+            f"{problem}. Nothing was recorded: rerun the commit (the run command: python analysis.py --json, run)"
+        )
     return {k: str(v) for k, v in entry["summary"].items()}, None
 
 
@@ -135,8 +137,9 @@ def number(text, kind=float):
         return None
 
 
-def candidate_from_log(tsv, log_path, description="", simplification=False):
-    """The Candidate of a run.log: its commit, value (through candidate_value), seed, speed, size."""
+def candidate_from_log(tsv, log_path, description="", simplification=False, recorded=None):
+    """The Candidate of a run.log: its commit, value (through candidate_value, or the row that
+    already `recorded` it: its checkpoint has moved on), seed, speed, size."""
     try:
         log = Path(log_path).read_bytes().decode("utf-8", errors="replace")
     except OSError:
@@ -146,7 +149,10 @@ def candidate_from_log(tsv, log_path, description="", simplification=False):
         git(["rev-parse", "--short=7", "HEAD"], ".") or ""
     )
     try:
-        value = candidate_value(tsv, log_path) if "val_bpc" in summary else None
+        if recorded is not None:
+            value = None if recorded.status == "crash" else recorded.val_bpc
+        else:
+            value = candidate_value(tsv, log_path) if "val_bpc" in summary else None
     except ValueError:
         value = None
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -217,7 +223,7 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     recorded = recorded_row(tsv, log_path)
     if recorded is not None:
         rows = [r for r in rows if r.line < recorded.line]
-    candidate = candidate_from_log(tsv, log_path, description, simplification)
+    candidate = candidate_from_log(tsv, log_path, description, simplification, recorded)
     if recorded is None and candidate.crash is None:
         refuse_repeated_seed(tsv, candidate.commit, candidate.seed)
     candidate.program = programs_at([candidate.commit]).get(candidate.commit)

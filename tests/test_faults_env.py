@@ -197,3 +197,23 @@ def test_a_syntax_error_in_train_py_is_the_agents_mistake_not_a_kill(tmp_path, c
     assert proc.returncode == 1 and "crash:" not in log
     assert runlog.crash_reason(log) == "SyntaxError: invalid syntax"
     assert keeprule.crash_kind(runlog.crash_reason(log)) == "mistake"
+
+
+def test_program_mds_stop_command_stops_the_runs_of_this_directory_only(tmp_path):
+    """Two runs on one machine, in two directories: program.md's stop command, run in one of them,
+    ends that run and leaves the other going (a shared machine's other user, or a worker)."""
+    stop = next(s for s in re.findall(r"`([^`\n]+)`", (REPO / "program.md").read_text()) if s.startswith("for p in"))
+    runs = {}
+    for name in ("mine", "theirs"):
+        (tmp_path / name).mkdir()
+        runs[name] = subprocess.Popen(
+            ["bash", "-c", 'exec -a "python train.py" sleep 120'], cwd=tmp_path / name, start_new_session=True
+        )
+    try:
+        subprocess.run(["bash", "-c", stop], cwd=tmp_path / "mine", check=False, timeout=30)
+        assert runs["mine"].wait(timeout=30) == -signal.SIGTERM
+        assert runs["theirs"].poll() is None  # still going
+    finally:
+        for proc in runs.values():
+            proc.kill()
+            proc.wait()

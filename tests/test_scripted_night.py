@@ -249,6 +249,8 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     assert verdict == "keep" and commands[0].startswith("python analysis.py record --description "), out
     agent.follow(commands)  # the baseline's record, then its replicates, each decided
     setup_tip = agent.head()
+    again = sh(DECIDE).stdout  # decide on the recorded last replicate (its checkpoint dropped): a dry run
+    assert "already recorded" in again and "refused" not in again, again
     view = json.loads(sh(JSON).stdout)
     assert view["tip"]["commit"] == setup_tip and view["tip"]["runs"] == 5
     assert view["sigma"] > 0
