@@ -86,6 +86,7 @@ def summarize(results, repo=None):
             "replicates": replicates,
             "baselines": sum(k == "baseline" for _, k in tagged),
             "confirmations": sum(k == "confirm" for _, k in tagged),
+            "environment": sum(k == keeprule.ENVIRONMENT for _, k in tagged),
             "flagged": len(flagged),
             **{status: counts[status] for status in STATUSES},
         },
@@ -125,7 +126,8 @@ def text_header(report):
     head = (
         f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments + {totals['baselines']} "
         f"baseline + {totals['replicates']} replicates + {totals['confirmations']} confirmation runs + "
-        f"{totals['flagged']} flagged | {totals['keep']} keep, {totals['discard']} discard, {totals['crash']} crash"
+        + (f"{totals['environment']} environment crashes + " if totals["environment"] else "")
+        + f"{totals['flagged']} flagged | {totals['keep']} keep, {totals['discard']} discard, {totals['crash']} crash"
     )
     lines = [head]
     if report["header_missing"]:

@@ -43,3 +43,10 @@ def test_the_kept_table_shows_the_reports_mean_and_the_mean_the_decision_rested_
 def test_the_confirmation_table_starts_at_the_first_measured_run(night):
     _, line = morning.confirmations_table(night).splitlines()
     assert line.split()[1:3] == ["1.251000", "1.249000"]
+
+
+def test_the_reports_header_adds_up_to_its_rows_with_an_environment_crash(night):
+    (header, *_) = report.text_header(report.summarize(read_results(night.tsv)))
+    parts = header.split(" rows = ")[1].split(" | ")[0].split(" + ")
+    assert "1 environment crashes" in parts
+    assert sum(int(p.split()[0]) for p in parts) == len(ROWS) == int(header.split(": ")[1].split()[0])
