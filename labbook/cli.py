@@ -5,6 +5,7 @@ the one place that composes the report with its plots."""
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def main(argv=None):
         if args.command in ("decide", "record"):
             note_refusal(tsv, args.command, args.log, e)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): what was done is done, the rest unread
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except OSError as e:  # an unreadable input the subcommand did not name itself
         print(f"error: cannot read {e.filename or 'an input'}: {e.strerror or e}", file=sys.stderr)
         return 2

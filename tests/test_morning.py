@@ -3,8 +3,12 @@ runs, an environment crash told apart from the idea's, a confirmation table that
 first measured run. The night: a baseline with four replicates, then an experiment whose first
 attempt was refused for its settings (a fresh shell), run again, confirmed and replicated."""
 
+import os
+import subprocess
+import sys
+
 import pytest
-from fixtures_results import write_night
+from fixtures_results import ANALYSIS, write_night
 
 from labbook import morning, report
 from labbook.ledger import read_results
@@ -50,3 +54,16 @@ def test_the_reports_header_adds_up_to_its_rows_with_an_environment_crash(night)
     parts = header.split(" rows = ")[1].split(" | ")[0].split(" + ")
     assert "1 environment crashes" in parts
     assert sum(int(p.split()[0]) for p in parts) == len(ROWS) == int(header.split(": ")[1].split()[0])
+
+
+def test_output_piped_into_a_reader_that_went_away_is_not_an_error(tmp_path):
+    # `python analysis.py ... | head -1`: head exits after one line; the command's later lines have no reader
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ANALYSIS), "decide", "--explain"], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and "error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
