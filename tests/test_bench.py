@@ -131,7 +131,7 @@ def test_smoke_session_sections_report_their_figures(smoke):
     assert recompiles["graph_breaks"] == recompiles["recompiles"] == 0  # nothing compiles on a CPU
     score = results["score"]
     assert score["returncode"] == 0 and score["total_seconds"] > 0, score  # the sealed scorer answered
-    assert score["answer"]["split"] == "val" and 0 < score["answer"]["bpc"] < 8
+    assert score["answer"]["split"] == "val" and 0 < score["answer"]["bpc"] < 16  # a barely trained model: near 8
     assert set(results["hosttime"]["batches"]) == {"2", "8"}  # --tiny's batch, and one rank's share under torchrun
     for batch in ("2", "8"):
         host = results["hosttime"]["batches"][batch]
