@@ -97,12 +97,12 @@ def started(train_py, env):
                 proc.wait()
 
 
-def wait_for_line(proc, log_path, pattern, seconds=120):
-    """Wait until a line matching `pattern` shows in the log, while the process runs."""
-    deadline = time.time() + seconds
+def wait_for_line(proc, log_path, pattern):
+    """Wait until a line matching `pattern` shows in the log, while the process runs. The event
+    bounds the wait, not a clock: a run that never prints it ends at its own hard time limit (the
+    harness's watchdog), and then the assertion shows its log."""
     while not re.search(pattern, log_path.read_text(), flags=re.M):
         assert proc.poll() is None, f"ended before {pattern!r}:\n{log_path.read_text()}"
-        assert time.time() < deadline, f"no {pattern!r} within {seconds} s"
         time.sleep(0.05)
 
 
