@@ -3,26 +3,38 @@ Autoresearch on x-transformers: the fixed harness. Data, clock, model spec, seal
 fingerprint, watchdog. The agent never edits this file; its hash is part of every run's fingerprint.
 Usage: python prepare.py     (finds or downloads enwik8 and verifies it; training is `python train.py`)
        python prepare.py score CHECKPOINT [--split val|test]   (the sealed scorer, in a fresh process)
+
+A run is three processes, one at a time on the card. `python train.py` imports this file on its first
+line, which replaces that process (exec) with the supervisor: it runs no code of train.py, reads the
+settings and the data, and starts the trainer (`prepare.py trainer`), which confines itself with the
+kernel's Landlock before it imports torch or train.py, receives the training split only, and trains.
+When the trainer and everything it started are gone, the supervisor hashes the checkpoint, starts the
+sealed scorer, appends the score to the journal and prints the summary.
 """
 
 import argparse
+import ast
 import contextlib
-import copy
+import ctypes
 import fcntl
 import functools
 import gc
 import gzip
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import math
 import os
 import random
+import re
 import resource
+import select
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -38,26 +50,218 @@ from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 
-try:  # seconds of imports (train.py imports prepare first): Ctrl-C during them is the one crash line too
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch import nn
-    from torch.optim import optimizer as torch_optimizer
+# ---------------------------------------------------------------------------
+# The sandbox: the trainer confines itself in one call, before any thread exists and before it
+# imports torch or train.py. Two backends behind the same call: Landlock (Linux >= 5.13), and none.
+# ---------------------------------------------------------------------------
 
-    if not sys.flags.isolated:  # the sealed scorer (python -I) imports x-transformers only once it checked its files
-        import x_transformers  # noqa: F401  (train.py's own import of it, next, then takes no time)
-except KeyboardInterrupt:
-    sys.stderr.write("\n")  # ends the terminal's ^C, so `crash:` starts a line of its own
-    print("crash: interrupted (SIGINT)", flush=True)
-    sys.exit(128 + signal.SIGINT)
-except ImportError as e:  # a fresh shell without the project's environment: a crash line, not a traceback
-    print(
-        f"crash: {e.name or e} is not installed in this python ({sys.executable}): activate the project's "
-        "environment in this shell (README.md: source .venv/bin/activate) and run the same command again",
-        flush=True,
+ROLES = ("supervise", "trainer", "score")  # `python prepare.py ROLE ...`: the harness's own processes
+ROLE = sys.argv[1] if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1] in ROLES else None
+LIBS_VAR = "AUTORESEARCH_LIBS"  # the first process's sys.path, handed to every process it starts (-I -S)
+
+
+class SandboxUnavailable(Exception):
+    """This kernel or process cannot confine the trainer: the run goes on, flagged `sandbox: none (why)`."""
+
+
+LANDLOCK_CREATE, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT = 444, 445, 446  # the same on every architecture
+FS = {  # Landlock's filesystem rights, bit by bit, with the first ABI that knows each
+    "execute": (0, 1), "write_file": (1, 1), "read_file": (2, 1), "read_dir": (3, 1), "remove_dir": (4, 1),
+    "remove_file": (5, 1), "make_char": (6, 1), "make_dir": (7, 1), "make_reg": (8, 1), "make_sock": (9, 1),
+    "make_fifo": (10, 1), "make_block": (11, 1), "make_sym": (12, 1), "refer": (13, 2), "truncate": (14, 3),
+    "ioctl_dev": (15, 5),
+}  # fmt: skip
+ACCESS = {  # what a rule allows, by kind of path
+    "read": ("execute", "read_file", "read_dir"),
+    "write": ("execute", "read_file", "read_dir", "write_file", "remove_dir", "remove_file", "make_dir",
+              "make_reg", "make_sym", "make_fifo", "make_sock", "refer", "truncate"),
+    "file": ("read_file", "write_file", "truncate"),
+    "device": ("read_file", "read_dir", "write_file", "ioctl_dev"),
+}  # fmt: skip
+FILE_RIGHTS = ("execute", "read_file", "write_file", "truncate", "ioctl_dev")  # the rights a rule on a file may hold
+
+
+def fs_mask(names, abi):
+    return sum(1 << FS[n][0] for n in names if FS[n][1] <= abi)
+
+
+def kernel_call(libc, *args):
+    result = libc.syscall(*args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def landlock_confine(rules):
+    """Confine this process and everything it starts to `rules` ({"paths": [[path, kind], ...],
+    "network": bool, "scoped": bool}); returns the boundary's label, `landlock ABI N`."""
+    if not sys.platform.startswith("linux"):
+        raise SandboxUnavailable(f"{sys.platform} has no Landlock")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    try:
+        abi = kernel_call(libc, ctypes.c_long(LANDLOCK_CREATE), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except OSError as e:
+        why = {38: "the kernel has no Landlock", 95: "Landlock is not enabled in this kernel"}.get(e.errno, e.strerror)
+        raise SandboxUnavailable(why) from None
+    if len(os.listdir("/proc/self/task")) != 1:  # Landlock confines the calling thread and its future children only
+        raise SandboxUnavailable("threads were running before the sandbox")
+    handled = fs_mask(FS, abi)
+    network = 0 if rules["network"] or abi < 4 else 0b11  # no TCP bind or connect at all
+    scoped = 0b11 if rules["scoped"] and abi >= 6 else 0  # no signals, no abstract sockets outside the sandbox
+    attr = ctypes.create_string_buffer(struct.pack("QQQ", handled, network, scoped))
+    ruleset = kernel_call(
+        libc, ctypes.c_long(LANDLOCK_CREATE), attr, ctypes.c_size_t(len(attr.raw)), ctypes.c_uint32(0)
     )
-    sys.exit(1)
+    try:
+        for path, kind in rules["paths"]:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:  # gone since the supervisor listed it
+                continue
+            try:
+                names = ACCESS[kind] if os.path.isdir(path) else [n for n in ACCESS[kind] if n in FILE_RIGHTS]
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", fs_mask(names, abi) & handled, fd))
+                kernel_call(libc, ctypes.c_long(LANDLOCK_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(1), rule, 0)
+            finally:
+                os.close(fd)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required, and no exec regains a right
+            raise SandboxUnavailable("no_new_privs could not be set")
+        kernel_call(libc, ctypes.c_long(LANDLOCK_RESTRICT), ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+    drop_capabilities(libc)
+    return f"landlock ABI {abi}"
+
+
+def drop_capabilities(libc):
+    """Root's capabilities, bounding set included: a trainer run as root has none left, after an exec too."""
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: EINVAL past the last capability
+            break
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0))  # _LINUX_CAPABILITY_VERSION_3, this process
+    libc.capset(header, ctypes.create_string_buffer(bytes(24)))
+
+
+def confine(rules):
+    """The trainer's one call: the boundary's label, `landlock ABI N` or `none (why)`."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: a trainer never outlives its supervisor
+    try:
+        return landlock_confine(rules)
+    except SandboxUnavailable as e:
+        return f"none ({e})"
+
+
+def receive_handoff(fd):
+    """The trainer's settings (a JSON line) and the training split's bytes, from the supervisor's file `fd`."""
+    with os.fdopen(fd, "rb") as f:
+        header = json.loads(f.readline())
+        data = bytearray(header["train_bytes"])
+        f.readinto(data)
+    return header, data
+
+
+def say_crash(message, code):
+    """End this process with one `crash:` line; the trainer's goes to its supervisor, which prints it."""
+    if ROLE == "trainer":
+        with contextlib.suppress(OSError):
+            os.write(int(sys.argv[3]), (json.dumps(dict(event="crash", message=message, code=code)) + "\n").encode())
+    else:
+        sys.stderr.write("\n")  # ends a progress bar's or a ^C's unfinished line, so `crash:` starts a line of its own
+        sys.stderr.flush()
+        print(f"crash: {message}", file=sys.__stdout__, flush=True)
+    os._exit(code)
+
+
+def code_above_import(source, line):
+    """The first statement of `source` above line `line` (its `from prepare import`) that is not a
+    docstring or a `from __future__` import, as text; None when there is none."""
+    for node in ast.parse(source).body:
+        if node.lineno >= line:
+            return None
+        docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        if not docstring and not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            return ast.get_source_segment(source, node).splitlines()[0]
+    return None
+
+
+def importing_script():
+    """(path, source, line) of the script run as `python SCRIPT` when its own top level is importing
+    this file and it is a train.py (it defines train or build_model, or imports main); else None."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals is not getattr(main, "__dict__", None):
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name != "<module>" or not str(path).endswith(".py"):
+        return None
+    source = Path(path).read_text()
+    names = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+    imports_main = re.search(r"^from prepare import .*\bmain\b", source, flags=re.M)
+    return (Path(path).resolve(), source, frame.f_lineno) if names & {"train", "build_model"} or imports_main else None
+
+
+def library_path(script_folder):
+    """This process's sys.path without the working tree (the script's folder), whose files are not
+    libraries: the venv inside it stays, the script's own folder and what lies beside it go."""
+    folder, keep = Path(script_folder).resolve(), [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    out = []
+    for entry in sys.path:
+        path = Path(entry or ".").resolve()
+        if path.is_relative_to(folder) and not any(path.is_relative_to(k) for k in keep):
+            continue
+        out.append(str(path))
+    return list(dict.fromkeys(out))
+
+
+def exec_supervisor(script, argv):
+    """Replace this process (the same pid, for the shell and `timeout`) with the supervisor."""
+    env = dict(os.environ, **{LIBS_VAR: json.dumps(library_path(script.parent))})
+    args = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "supervise", str(script), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, env)
+
+
+if ROLE is None and __name__ != "__main__" and (launch := importing_script()):
+    script, source, line = launch
+    if above := code_above_import(source, line):
+        say_crash(
+            f"{script.name} runs `{above}` above its `from prepare import` line, outside the sandbox: put it below",
+            2,
+        )
+    exec_supervisor(script, sys.argv[1:])
+if ROLE and os.environ.get(LIBS_VAR):  # the libraries exactly as the first process found them, nothing else
+    sys.path[:] = json.loads(os.environ[LIBS_VAR])
+if ROLE == "trainer":
+    HANDOFF, TRAIN_BYTES = receive_handoff(int(sys.argv[2]))
+    BOUNDARY = confine(HANDOFF["rules"])  # from here on the kernel holds this process and all it starts
+
+if ROLE != "supervise":  # the supervisor never imports torch: it holds nothing on the card
+    try:  # seconds of imports: Ctrl-C during them is the one crash line too
+        import torch
+        import torch.distributed as dist
+        import torch.nn.functional as F
+        from torch import nn
+        from torch.optim import optimizer as torch_optimizer
+
+        if (
+            not sys.flags.isolated
+        ):  # the sealed scorer (python -I) imports x-transformers only once it checked its files
+            import x_transformers  # noqa: F401  (train.py's own import of it, next, then takes no time)
+    except KeyboardInterrupt:
+        say_crash("interrupted (SIGINT)", 128 + signal.SIGINT)
+    except ImportError as e:  # a fresh shell without the project's environment: a crash line, not a traceback
+        say_crash(
+            f"{e.name or e} is not installed in this python ({sys.executable}): activate the project's "
+            "environment in this shell (README.md: source .venv/bin/activate) and run the same command again",
+            1,
+        )
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -73,7 +277,6 @@ EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GP
 HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
 HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
 OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' time, if longer) before it is a crash
-HANDBACK_GRACE = 20.0  # seconds from train()'s return to the checkpoint on disk: the harness's own work takes a few
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
@@ -153,17 +356,9 @@ ENV_VARS = (
 )
 TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file survives a kill
 ACTIVE_RUN = None  # the Run of this process, for crash messages
-ENTERED = []  # main() ran: a second call comes from a train.py that calls main() at import
-
-
-# The interpreter and environment this process started with, for the sealed scorer's launch:
-# taken when prepare is imported, so what train.py changes later (sys.executable, os.environ) is not used.
-LAUNCH_PYTHON = sys.executable
-LAUNCH_ENVIRON = dict(os.environ)
-# The clock and the checkpoint's writer, bound at the same moment: a train.py that rebinds
-# time.time or torch.save (to slow the clock, or to train on while the harness saves) reaches neither.
-WALL = time.time
-TORCH_SAVE = torch.save
+REQUIRE_SANDBOX = "AR_REQUIRE_SANDBOX"  # =1: a run without the kernel sandbox ends before training
+REAP_WAIT = 5.0  # seconds the supervisor gives what the trainer left (and the other local ranks) to end
+STOP_WAIT = 10.0  # seconds a signalled trainer gets to end before the supervisor kills it
 
 
 def process_start_time():
@@ -176,7 +371,18 @@ def process_start_time():
         return time.time()
 
 
-T_START = process_start_time()
+T_START = HANDOFF["t_start"] if ROLE == "trainer" else process_start_time()  # the run's first process
+
+
+def no_grad(fn):
+    """torch.no_grad() around `fn`, looked up when called: the supervisor defines it without torch."""
+
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return without_grad
 
 
 class HarnessError(Exception):
@@ -247,13 +453,15 @@ def read_env():
     if steps is not None and os.environ.get("AR_TIME_BUDGET"):
         raise HarnessError("AR_STEPS and AR_TIME_BUDGET are exclusive: a run is budgeted in steps or in seconds")
     budget = env_number("AR_TIME_BUDGET", float(TIME_BUDGET), float, minimum=0.001)
-    margin = HARD_LIMIT_MARGIN if torch.cuda.is_available() else HARD_LIMIT_MARGIN_NO_GPU
+    cuda = torch.cuda.is_available() if "torch" in globals() else nvidia_gpu_present()
+    margin = HARD_LIMIT_MARGIN if cuda else HARD_LIMIT_MARGIN_NO_GPU
     return dict(
         use_fp8=use_fp8,
         use_fp16=use_fp16,
         budget=budget,
         steps=steps,
         hard_limit=env_number("AR_HARD_LIMIT", budget + margin if steps is None else 2 * margin, float, 0.001),
+        hard_limit_set=bool(os.environ.get("AR_HARD_LIMIT")),
         eval_bytes=env_number("AR_EVAL_BYTES", None, int, minimum=2),
         seed=env_number("AR_SEED", 42, int, minimum=0),
         device=os.environ.get("AR_DEVICE", ""),
@@ -497,17 +705,16 @@ class Run:
     optimizer through it (`step`). Every optimizer step is counted by a global hook. It holds
     the training split only: the harness keeps the held-out splits to itself."""
 
-    def __init__(self, env, device, precision, train_data, data_identity, data_path, eval_bytes):
+    def __init__(self, env, device, precision, train_data, data_identity, eval_bytes):
         self.env = env
         self.device = device
         self.precision = precision
         self.train_data = train_data  # uint8 tensor on the device
         self.data_identity = data_identity
-        self.data_path = data_path
         self.eval_bytes = eval_bytes
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.excluded_steps = 0 if env["steps"] else EXCLUDED_STEPS if device.type == "cuda" else EXCLUDED_STEPS_NO_GPU
+        self.excluded_steps = excluded_steps(env, device.type)
         self.generator = torch.Generator(device).manual_seed(env["seed"] + 1000 * self.rank)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "FP16")
         self.peak_tflops = gpu_peak_tflops(gpu_name(device))
@@ -699,7 +906,7 @@ class Run:
         return norm
 
 
-class NothingFits(torch.OutOfMemoryError):
+class NothingFits(Exception):
     """Not even a micro-batch of one sequence fits: the `crash: out of memory` line says so."""
 
 
@@ -987,8 +1194,9 @@ class Tracker:
     The clock is wall time from the call of train(run) to its return, less only the time spent
     inside forward_backward and step during the uncounted warm-up steps (compilation, fitting)."""
 
-    def __init__(self, run):
+    def __init__(self, run, t_start=None):
         self.run = run
+        self.t_start = t_start or T_START  # the run's first process: startup_seconds counts the supervisor's work too
         self.budget = run.env["budget"]
         self.step_budget = run.env["steps"]
         if run.master:  # one file per run: overwrite the previous run's
@@ -1007,20 +1215,20 @@ class Tracker:
         self.clock_start = None  # wall time of the call of train(run)
         self.warmup_seconds = 0.0  # spent inside forward_backward and step during the uncounted steps
         self.last_step_at = 0.0  # elapsed() when the last optimizer step landed
-        self.loop_start = self.window_start = WALL()
+        self.loop_start = self.window_start = time.time()
         self.last_status = 0.0
         self.synced_time = 0.0  # training_time at the last sync: rank 0's under torchrun
         self.step_seconds = 0.0  # mean step time in the window before the last sync
-        run.startup_seconds = self.loop_start - T_START
+        run.startup_seconds = self.loop_start - self.t_start
 
     def start_clock(self):
         """train(run) is called now: from here on every second counts but the warm-up steps'."""
-        self.clock_start = self.loop_start = self.window_start = WALL()
-        self.run.startup_seconds = self.loop_start - T_START
+        self.clock_start = self.loop_start = self.window_start = time.time()
+        self.run.startup_seconds = self.loop_start - self.t_start
 
     def elapsed(self):
         """Budget seconds spent: wall time since train(run) was called, less the warm-up steps."""
-        return 0.0 if self.clock_start is None else WALL() - self.clock_start - self.warmup_seconds
+        return 0.0 if self.clock_start is None else time.time() - self.clock_start - self.warmup_seconds
 
     def sync(self):
         if self.run.device.type == "cuda":
@@ -1033,12 +1241,12 @@ class Tracker:
             yield
             return
         self.sync()
-        began = WALL()
+        began = time.time()
         try:
             yield
         finally:
             self.sync()
-            self.warmup_seconds += WALL() - began
+            self.warmup_seconds += time.time() - began
             self.run.compile_seconds = self.warmup_seconds
 
     def served(self, tokens):
@@ -1077,6 +1285,8 @@ class Tracker:
             gc.collect()
             gc.freeze()
             enter_phase("training")
+        if step == self.run.excluded_steps:  # the supervisor's clock: the warm-up ended no later than now
+            self.report_steps()
         if self.step_budget:
             if step % METRICS_EVERY == 0 or step >= self.step_budget:
                 self.flush(step)
@@ -1089,7 +1299,7 @@ class Tracker:
 
     def flush(self, step):
         self.sync()
-        now = WALL()
+        now = time.time()
         self.training_time = self.elapsed()
         dt = max(now - self.window_start, 1e-9)
         tok_per_sec = self.window_tokens / dt
@@ -1116,6 +1326,7 @@ class Tracker:
                 f"| lr {self.pending[-1][2]:.2e} | {tok_per_sec:,.0f} tok/s"
             )
         self.pending, self.window_tokens, self.window_start = [], 0, now
+        self.report_steps()
         done = self.training_time >= self.budget
         if self.run.world_size > 1:  # rank 0's clock decides: every rank takes the same LR and stops at the same step
             clock = torch.tensor([self.training_time, dt / len(values)], dtype=torch.float64, device=self.run.device)
@@ -1123,6 +1334,18 @@ class Tracker:
             self.synced_time, self.step_seconds = clock.tolist()
             done = self.synced_time >= self.budget
         return done
+
+    def report_steps(self):
+        """Tell the supervisor the measure as this process holds it: it checks each value against its
+        own and bounds the warm-up by its own clock."""
+        report(
+            "steps",
+            step=self.steps,
+            excluded_steps=self.run.excluded_steps,
+            step_budget=self.step_budget,
+            budget=self.budget,
+            warmup_seconds=self.warmup_seconds,
+        )
 
     def stats(self):
         """Totals for the summary, taken when train(run) has returned: the clock stops here. A
@@ -1133,7 +1356,7 @@ class Tracker:
             self.flush(self.steps)
         self.sync()
         self.training_time = self.elapsed()
-        self.returned_at = WALL()
+        self.returned_at = time.time()
         counted = self.steps - self.run.excluded_steps
         if not self.step_budget and counted > 0:
             step_time = self.last_step_at / counted
@@ -1144,18 +1367,6 @@ class Tracker:
                     f"(grace {grace:.0f} s): the budget covers all of train(), so stop soon after run.done"
                 )
         return dict(num_steps=self.steps, training_seconds=self.training_time, counted_tokens=self.counted_tokens)
-
-    def check_handback(self):
-        """The hand-back (checks, summary, check loss, checkpoint) is the harness's own work of a few
-        seconds. Longer, train.py's code ran inside it (a hook, a replaced library function): work
-        off the clock, a crash. Not under AR_STEPS, which has no clock."""
-        seconds = WALL() - self.returned_at
-        if not self.step_budget and seconds > HANDBACK_GRACE:
-            raise HarnessError(
-                f"saving the model took {seconds:.0f} s after train(run) returned (the harness's own work takes a "
-                f"few; limit {HANDBACK_GRACE:g} s): code of train.py ran there, off the clock; keep hooks and "
-                "replaced functions out of the returned model and the libraries"
-            )
 
 
 # ---------------------------------------------------------------------------
@@ -1273,7 +1484,7 @@ def leak_probes(x, n, donors, rng):
     ]
 
 
-@torch.no_grad()
+@no_grad
 def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`, and seconds.
 
@@ -1409,21 +1620,18 @@ def check_checkpoint_fits(path, model):
         )
 
 
-def save_checkpoint(run, model, spec, check, source, summary):
-    """What the sealed scorer reads: the weights (every buffer too, FP32), the model spec they load
-    into, the trained model's loss on the check windows, the summary so far, and train.py's source
-    (for the person: the scorer never runs it).
-    Returns the sha256 of the bytes written, which the scorer must read (rank 0; None elsewhere)."""
+def save_checkpoint(run, model, spec, check, source, summary, folder):
+    """What the sealed scorer reads, as `folder`/checkpoint.pt: the weights (every buffer too, each in
+    the dtype it was returned in), the model spec they load into, the trained model's loss on the check
+    windows, the summary so far, and train.py's source (for the person: the scorer never runs it).
+    Returns the sha256 of the bytes written, which the supervisor compares (rank 0; None elsewhere)."""
     if not run.master:
         return None
-    path = Path(run.env["checkpoint"])
-    tmp = atomic_write_path(path)
-    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
-    TORCH_SAVE({"model": state, "spec": spec, "check": check, "source": source, "summary": summary}, buffer)
+    torch.save({"model": state, "spec": spec, "check": check, "source": source, "summary": summary}, buffer)
     blob = buffer.getbuffer()
-    tmp.write_bytes(blob)
-    finish_atomic(tmp, path)
+    Path(folder, "checkpoint.pt").write_bytes(blob)
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -1469,6 +1677,7 @@ SUMMARY_FORMAT = {
     "libraries": "{}",
     "eval_numerics": "{}",
     "spec": "{}",
+    "sandbox": "{}",
 }
 
 
@@ -1517,7 +1726,6 @@ def make_summary(run, stats, identity):
         fingerprint=fingerprint(run, identity["harness"], identity["libraries"], eval_numerics(run.device)),
         world_size=run.world_size,
         data=run.data_identity,
-        data_path=str(run.data_path),
         excluded_steps=run.excluded_steps,
         overrides=" ".join(f"{k}={v}" for k, v in run.env["overrides"].items()) or "none",
         budget=budget_label(run.env),
@@ -1530,16 +1738,16 @@ def make_summary(run, stats, identity):
     )
 
 
-def print_summary(run, summary):
-    if not run.master:
-        return
+def print_summary(summary, metrics):
+    """The `---` block, and the summary as the metrics file's last row."""
     lines = [f"{key + ':':<18}{fmt.format(summary[key])}" for key, fmt in SUMMARY_FORMAT.items()]
     print("---\n" + "\n".join(lines), flush=True)
-    append_metrics(run, {"summary": summary})
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"summary": summary}, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------
-# Entry point: watchdog, signals and step accounting armed first, then train.py's train(run)
+# Crash lines, signals, torchrun peers: every process ends in one `crash:` line, printed by the supervisor
 # ---------------------------------------------------------------------------
 
 
@@ -1551,11 +1759,14 @@ def remove_temp_files():
 def die(message, code):
     PEERS["dying"] = True  # this process ends now: its watcher of the other ranks stands down
     remove_temp_files()
-    sys.stderr.write("\n")  # ends a progress bar's unfinished line, so `crash:` starts a line of its own
-    sys.stderr.flush()
-    print(f"crash: {message}", file=sys.__stdout__, flush=True)
     tell_other_ranks(message, code)
-    os._exit(code)
+    say_crash(message, code)
+
+
+def report(event, **data):
+    """One event for the supervisor, from the trainer (elsewhere, nothing)."""
+    if ROLE == "trainer":
+        os.write(int(sys.argv[3]), (json.dumps(dict(event=event, **data), default=str) + "\n").encode())
 
 
 def one_line_reason(error):
@@ -1610,14 +1821,6 @@ def watch_other_ranks(store):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def start_watchdog(seconds):
-    """Ends the whole process after `seconds`, whatever train.py is doing."""
-    timer = threading.Timer(seconds, die, args=(f"exceeded hard time limit ({seconds:.0f} s)", 124))
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def on_signal(signum, frame):
     """The crash line says how long the run had run: decide tells program.md's timeout from a kill."""
     die(f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum)
@@ -1644,96 +1847,6 @@ class StepCounter:
 
     def remove(self):
         self.handle.remove()
-
-
-class Guards:
-    """What the entry point arms before train.py runs, and checks at hand-back."""
-
-    def __init__(self, env):
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        self.watchdog = start_watchdog(env["hard_limit"])
-        heartbeat()
-        self.steps = StepCounter()
-
-    def check_armed(self):
-        if not self.steps.armed:
-            raise HarnessError("the harness's optimizer-step hook was removed: steps can no longer be counted")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not on_signal:
-                raise HarnessError(f"the harness's {signal.Signals(sig).name} handler was replaced")
-        if not self.watchdog.is_alive():
-            raise HarnessError("the harness's watchdog was cancelled")
-
-
-def setup(env):
-    """Device, precision, the training split on the device, torchrun: the Run that train.py is
-    handed. The held-out bytes are never kept here: the sealed scorer reads them in its own process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(env["device"])
-    if world > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        watch_other_ranks(dist.distributed_c10d._get_default_store())
-    print0(
-        f"torch {torch.__version__} | x-transformers {version('x-transformers')} | device {device} ({gpu_name(device)})"
-    )
-    for key, value in env["overrides"].items():
-        print0(f"override: {key}={value}")
-    if device.type != "cuda":
-        print0(f"warning: no CUDA GPU; running on {device.type}, so results are not comparable with GPU runs")
-    else:
-        free, total = torch.cuda.mem_get_info(device)
-        env["gpu_busy_mb"] = (total - free) / 2**20
-        busy = "a leftover of a killed run? check nvidia-smi" if env["gpu_busy_mb"] > 1024 else "fine"
-        print0(f"gpu memory: {env['gpu_busy_mb']:,.0f} MB of {total / 2**20:,.0f} MB already in use ({busy})")
-    precision = pick_precision(env, device)
-    blob, bounds, identity, path = read_splits(env)
-    train = split_bytes(blob, *bounds["train"])
-    val_size = bounds["val"][1] - bounds["val"][0]
-    del blob
-    default_eval = val_size if device.type == "cuda" else CPU_EVAL_BYTES
-    eval_bytes = min(env["eval_bytes"] or default_eval, val_size)
-    print0(
-        f"data: {path} ({identity}) | train {len(train):,} val {val_size:,} bytes | scoring {eval_bytes:,} val bytes"
-    )
-    if device.type == "cuda":  # TF32 for the FP32 matmuls left (Newton-Schulz)
-        # torch >= 2.9 raises on a legacy read (get_float32_matmul_precision) once its fp32_precision
-        # API was used; a legacy write never raises and makes the state readable again
-        torch.set_float32_matmul_precision("high")
-    return Run(env, device, precision, train.to(device), identity, path, eval_bytes)
-
-
-def guard_data_files(data_path):
-    """From now on this process reads data only through run.get_batch: opening the corpus, the
-    data cache or the submodule's data ends the run (a Python audit hook, which cannot be removed)."""
-    files = {os.path.realpath(data_path)}
-    folders = tuple(os.path.realpath(d) + os.sep for d in (cache_dir(), REPO_DIR / "x-transformers" / "data"))
-    inodes = {(st.st_dev, st.st_ino) for st in map(os.stat, files)}  # the same file under another name (a hard link)
-
-    def on_open(event, args):
-        if event != "open" or not args or isinstance(args[0], int):
-            return
-        try:
-            path = os.path.realpath(os.fsdecode(args[0]))
-        except (TypeError, ValueError):
-            return
-        try:
-            st = os.stat(path)
-            same_file = (st.st_dev, st.st_ino) in inodes
-        except OSError:  # not there (yet): a file being created is not the corpus
-            same_file = False
-        if same_file or path.startswith(folders):
-            die(f"train.py opened {path}: the training process reads data only through run.get_batch", 2)
-
-    sys.addaudithook(on_open)
-
-
-def train_module_name():
-    """The module name of the script that was run (train.py, or a copy under another name)."""
-    main = sys.modules["__main__"]
-    return Path(getattr(main, "__file__", "train.py")).stem
 
 
 def journal_path(repo):
@@ -1782,17 +1895,19 @@ def setting_differences(env, measure):
     return out
 
 
-def data_differences(run, measure):
-    """The same for what setup found: the data's identity and the scored bytes."""
+def data_differences(identity, path, scored, measure):
+    """The same for the data found (its identity and path) and, once the trainer found its device,
+    the scored bytes (`scored`: (device type, eval_bytes), or None before)."""
     out = []
-    if run.data_identity != measure.get("data"):
+    if identity != measure.get("data"):
         where = f"{measure.get('data')} at {measure.get('data_path')}"
-        moved = str(run.data_path) != measure.get("data_path")  # else the file itself changed: no export fixes it
+        moved = str(path) != measure.get("data_path")  # else the file itself changed: no export fixes it
         fix = f"AR_DATA={shlex.quote(measure.get('data_path', ''))}" if moved else ""
-        out.append((f"the data is {run.data_identity} at {run.data_path} (the effort's runs: {where})", fix))
-    if measure.get("eval_bytes") is not None and run.eval_bytes != measure["eval_bytes"]:
-        scored = f"it scores {run.eval_bytes:,} val bytes on {run.device.type}"
-        out.append((f"{scored} (the effort's runs: {measure['eval_bytes']:,})", ""))
+        out.append((f"the data is {identity} at {path} (the effort's runs: {where})", fix))
+    if scored and measure.get("eval_bytes") is not None and scored[1] != measure["eval_bytes"]:
+        out.append(
+            (f"it scores {scored[1]:,} val bytes on {scored[0]} (the effort's runs: {measure['eval_bytes']:,})", "")
+        )
     return out
 
 
@@ -1812,43 +1927,155 @@ def refuse_unlike_effort(differences):
     raise HarnessError(f"{UNLIKE_EFFORT}: {', '.join(what for what, _ in differences)}: {todo}")
 
 
-def run_training(guards, env):
-    """Import train.py with everything armed, hand it the Run, save what it hands back, and have
-    the sealed scorer score it in a fresh process."""
+# ---------------------------------------------------------------------------
+# The trainer: confined at its first line (above), it builds the Run on the training split it was
+# handed, runs train.py's train(run) and saves what comes back. Its word is checked by the supervisor.
+# ---------------------------------------------------------------------------
+
+
+def excluded_steps(env, device_type):
+    """The first steps the clock does not count: none under AR_STEPS, compilation's on a GPU, one elsewhere."""
+    return 0 if env["steps"] else EXCLUDED_STEPS if device_type == "cuda" else EXCLUDED_STEPS_NO_GPU
+
+
+def setup(env, train_bytes, data_identity, val_size):
+    """Device, precision, the training split on the device, torchrun: the Run that train.py is handed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(env["device"])
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        watch_other_ranks(dist.distributed_c10d._get_default_store())
+    print0(
+        f"torch {torch.__version__} | x-transformers {version('x-transformers')} | device {device} ({gpu_name(device)})"
+    )
+    for key, value in env["overrides"].items():
+        print0(f"override: {key}={value}")
+    if device.type != "cuda":
+        print0(f"warning: no CUDA GPU; running on {device.type}, so results are not comparable with GPU runs")
+    else:
+        free, total = torch.cuda.mem_get_info(device)
+        env["gpu_busy_mb"] = (total - free) / 2**20
+        busy = "a leftover of a killed run? check nvidia-smi" if env["gpu_busy_mb"] > 1024 else "fine"
+        print0(f"gpu memory: {env['gpu_busy_mb']:,.0f} MB of {total / 2**20:,.0f} MB already in use ({busy})")
+    precision = pick_precision(env, device)
+    train = torch.frombuffer(train_bytes, dtype=torch.uint8) if len(train_bytes) else torch.zeros(0, dtype=torch.uint8)
+    eval_bytes = min(env["eval_bytes"] or (val_size if device.type == "cuda" else CPU_EVAL_BYTES), val_size)
+    print0(f"data: {data_identity} | train {len(train):,} val {val_size:,} bytes | scoring {eval_bytes:,} val bytes")
+    if device.type == "cuda":  # TF32 for the FP32 matmuls left (Newton-Schulz)
+        # torch >= 2.9 raises on a legacy read (get_float32_matmul_precision) once its fp32_precision
+        # API was used; a legacy write never raises and makes the state readable again
+        torch.set_float32_matmul_precision("high")
+    return Run(env, device, precision, train.to(device), data_identity, eval_bytes)
+
+
+def guard_data_files(paths):
+    """Without the kernel sandbox: from now on opening the corpus, the data cache or the submodule's
+    data ends the run (a Python audit hook, which cannot be removed; C code and other processes pass it)."""
+    folders = tuple(p + os.sep for p in paths if os.path.isdir(p))
+    inodes = {(st.st_dev, st.st_ino) for st in map(os.stat, filter(os.path.isfile, paths))}  # a hard link too
+
+    def on_open(event, args):
+        if event != "open" or not args or isinstance(args[0], int):
+            return
+        try:
+            path = os.path.realpath(os.fsdecode(args[0]))
+        except (TypeError, ValueError):
+            return
+        try:
+            st = os.stat(path)
+            same_file = (st.st_dev, st.st_ino) in inodes
+        except OSError:  # not there (yet): a file being created is not the corpus
+            same_file = False
+        if same_file or path.startswith(folders):
+            die(f"train.py opened {path}: the training process reads data only through run.get_batch", 2)
+
+    sys.addaudithook(on_open)
+
+
+def exec_train_source(name, script, source):
+    """train.py as a module, compiled from `source` (the text the supervisor read and records): never
+    from a bytecode file in __pycache__ that could hold other code. Its `__main__` guard does not fire."""
+    module = types.ModuleType(name)
+    module.__file__ = str(script)
+    sys.modules[name] = module
+    sys.modules.setdefault("prepare", sys.modules[__name__])  # train.py's `from prepare import` is this module
+    try:
+        exec(compile(source, str(script), "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def seeded_state(run, seed):
+    """What train.py must leave as the harness set it: torch's seed and the Run's batch generator."""
+    return dict(generator=run.generator, torch_seed=seed, generator_seed=run.generator.initial_seed())
+
+
+def check_not_reseeded(run, state):
+    """A run re-seeded by train.py is every seed's same run: refused, whatever the intent."""
+    if torch.initial_seed() != state["torch_seed"]:
+        raise HarnessError(
+            f"train.py re-seeded torch (torch.initial_seed() is {torch.initial_seed()}, the harness seeded "
+            f"{state['torch_seed']}): the seed is the harness's (AR_SEED, or one derived from train.py's text), so "
+            "that replicates differ; remove the manual_seed call"
+        )
+    if run.generator is not state["generator"] or run.generator.initial_seed() != state["generator_seed"]:
+        raise HarnessError(
+            "train.py re-seeded or replaced run.generator: the batches' order is the harness's, set by the run's "
+            "seed; remove the manual_seed call"
+        )
+
+
+def undo_in_place_compile(model):
+    """nn.Module.compile() compiles in place: the check loss and the checkpoint see the plain modules."""
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+
+
+def float8_layers(model):
+    return sum(type(m).__name__ == "Float8Linear" for m in model.modules())
+
+
+def trainer_main():
+    """`prepare.py trainer HANDOFF_FD REPORT_FD`, started by the supervisor."""
     global ACTIVE_RUN
-    name = train_module_name()
-    script = Path(sys.modules["__main__"].__file__).resolve()
-    source = script.read_text()
-    harness = Path(__file__).read_text()  # what the scorer runs: read before train.py can touch the file
-    identity = {
-        "commit": git_commit(script.parent),
-        "run_id": uuid.uuid4().hex[:12],
-        "libraries": library_digest(),
-        "harness": prepare_hash(harness),
-    }
-    journal = journal_path(script.parent)
-    measure = effort_measure(journal)
-    if measure:
-        refuse_unlike_effort(setting_differences(env, measure))
-    if not os.environ.get("AR_SEED"):
-        env["seed"] = source_seed(source)
-    import_libraries(source)
-    harness_before = harness_snapshot()
-    run = setup(env)
-    if measure:
-        refuse_unlike_effort(data_differences(run, measure))
-    measured = copy.deepcopy(
-        (env, run.device, run.data_path, run.data_identity, run.eval_bytes)
-    )  # train.py may touch the Run
-    guard_data_files(run.data_path)
+    header = HANDOFF
+    os.set_inheritable(int(sys.argv[3]), False)  # the report channel is the harness's: train.py's children lack it
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if BOUNDARY.startswith("none") and header["require_sandbox"]:
+        raise HarnessError(f"{REQUIRE_SANDBOX}=1 and this run has no kernel sandbox: {BOUNDARY}")
+    if BOUNDARY.startswith("none"):
+        print0(f"warning: sandbox: {BOUNDARY}; the data guard and the supervisor's clock still apply")
+        guard_data_files(header["guarded"])
+    env, script = header["env"], Path(header["script"])
+    heartbeat()
+    steps = StepCounter()
+    run = setup(env, globals().pop("TRAIN_BYTES"), header["data_identity"], header["val_size"])
     ACTIVE_RUN = run
+    numerics = eval_numerics(run.device)
+    report(
+        "started",
+        device=run.device.type,
+        gpu=gpu_name(run.device),
+        precision=run.precision,
+        eval_bytes=run.eval_bytes,
+        eval_numerics=numerics,
+        sandbox=BOUNDARY,
+        world_size=run.world_size,
+    )
     run.tracker = Tracker(run)
     run.tracker.start_clock()  # train.py's import counts too: work done there is not off the clock
-    check_no_working_tree_modules(script)  # train.py's own imports, done above: before any training
-    train = exec_train_source(name, script, source)
-    if guards.steps.untracked_steps:
-        n = guards.steps.untracked_steps
-        raise HarnessError(f"{script.name} took {n} optimizer steps when imported: train inside train(run)")
+    report("clock")
+    train = exec_train_source("train", script, header["source"])
+    if steps.untracked_steps:
+        raise HarnessError(
+            f"{script.name} took {steps.untracked_steps} optimizer steps when imported: train in train(run)"
+        )
     for needed in ("train", "build_model"):
         if not callable(getattr(train, needed, None)):
             raise HarnessError(
@@ -1857,33 +2084,27 @@ def run_training(guards, env):
             )
     recorder = SpecRecorder()
     train.build_model = recorder.wrap(train.build_model)
-    guards.steps.tracker = run.tracker
+    steps.tracker = run.tracker
     seed_everything(env["seed"])
+    seeded = seeded_state(run, env["seed"])
     model = train.train(run)
     stats = run.tracker.stats()
-    guards.check_armed()
-    check_harness_untouched(harness_before)
+    report("returned", **stats)
+    check_not_reseeded(run, seeded)
     if model is None or not hasattr(unwrap(model), "net"):
         raise HarnessError("train(run) must return the trained AutoregressiveWrapper (its .net is scored)")
     model = unwrap(model)
-    check_no_working_tree_modules(script)
+    undo_in_place_compile(model)
     check_library_model(model)
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
-    run.env, run.device, run.data_path, run.data_identity, run.eval_bytes = measured  # the summary's and scorer's
-    summary = make_summary(run, stats, identity)
-    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats))
-    check = {"loss": check_loss(model.net, run.train_data, run.device), "precision": run.precision}
-    written = save_checkpoint(run, model, spec, check, source, summary)
-    run.tracker.check_handback()
-    del model
-    release_training(run)
-    enter_phase("the sealed score (a fresh process)")
-    answer = score_in_fresh_process(run, harness, journal, written)
-    if run.master:
-        summary.update(answer["summary"])
-        summary["total_seconds"] = time.time() - T_START
-        print_summary(run, summary)
+    summary = make_summary(run, stats, header["identity"])
+    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY)
+    check = {"loss": check_loss(model.net, run.train_data, run.device), "float8_layers": float8_layers(model)}
+    written = save_checkpoint(run, model, spec, check, header["source"], summary, header["run_folder"])
+    report("saved", sha256=written, summary=summary)
+    if run.world_size > 1:  # every rank ends together: the scorer starts once all are gone
+        dist.barrier()
 
 
 def training_flags(run, stats):
@@ -1897,7 +2118,7 @@ def training_flags(run, stats):
     return "none"
 
 
-@torch.no_grad()
+@no_grad
 def check_loss(net, train_data, device):
     """Mean loss (nats) of `net` on the first CHECK_WINDOWS windows of the training split, in eval
     mode with the evaluation's numerics: the trained and the rebuilt model must agree on it."""
@@ -1910,13 +2131,432 @@ def check_loss(net, train_data, device):
     return F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1)).item()
 
 
-def release_training(run):
-    """Drop the harness's references to the trained model and the data, and the GPU's cached blocks,
-    so the scorer has the card (what train.py keeps in its own globals stays)."""
-    run.model = run.compiled = run.train_data = None
-    gc.collect()
-    if run.device.type == "cuda":
-        torch.cuda.empty_cache()
+# ---------------------------------------------------------------------------
+# The supervisor: settings, data, trainer, reap, checkpoint, scorer, journal, summary. It runs no code
+# of train.py and never imports torch; its clock is the run's measure.
+# ---------------------------------------------------------------------------
+
+
+def sandbox_rules(script, env, run_folder, excluded, torchrun):
+    """What the trainer may touch: read the interpreter, the libraries, the system, /proc, /sys, the
+    device nodes and the working tree, without `excluded` (the corpus, the data cache, `.git`); write
+    its run folder, the metrics file and the compile caches. No TCP and no signals out, but under torchrun."""
+    reads = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/run", "/nix"]
+    reads += [sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent), *sys.path, str(script.parent)]
+    writes = [str(run_folder), *compile_caches(), "/dev/shm"]
+    paths = [(p, "read") for p in readable_beneath(reads, excluded)]
+    paths += [("/dev", "device"), *((p, "write") for p in readable_beneath(writes, excluded))]
+    if Path(env["metrics"]).exists():
+        paths.append((str(Path(env["metrics"]).resolve()), "file"))
+    return dict(paths=paths, network=torchrun, scoped=not torchrun)
+
+
+def readable_beneath(roots, excluded):
+    """Paths whose trees hold everything under `roots` but the `excluded` paths (a Landlock rule
+    allows a whole tree: a tree holding an excluded path is split into its entries)."""
+    excluded = [os.path.realpath(p) for p in excluded]
+    out = []
+    for root in dict.fromkeys(os.path.realpath(r) for r in roots if r and os.path.exists(r)):
+        inside = [e for e in excluded if e == root or e.startswith(root.rstrip(os.sep) + os.sep)]
+        if root in inside:
+            continue
+        if not inside or not os.path.isdir(root):
+            out.append(root)
+            continue
+        out += readable_beneath([os.path.join(root, name) for name in os.listdir(root)], inside)
+    return out
+
+
+def compile_caches():
+    """torch.compile's and Triton's caches, named explicitly (the trainer's TMPDIR is private), so they
+    stay warm across runs; created now, so the sandbox can allow them."""
+    user = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("USER", "") or str(os.getuid()))
+    caches = dict(
+        TORCHINDUCTOR_CACHE_DIR=os.path.join(tempfile.gettempdir(), f"torchinductor_{user}"),
+        TRITON_CACHE_DIR=os.path.join(os.environ.get("TRITON_HOME") or Path.home(), ".triton", "cache"),
+        CUDA_CACHE_PATH=os.path.join(Path.home(), ".nv", "ComputeCache"),
+    )
+    for key, default in caches.items():
+        os.environ.setdefault(key, default)  # the trainer and the scorer inherit the same
+        with contextlib.suppress(OSError):
+            Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return [os.environ[k] for k in caches]
+
+
+def guarded_paths(env, data_path):
+    """The corpus and where copies of it live: out of the trainer's reach."""
+    git = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir"],
+                         capture_output=True, text=True, cwd=REPO_DIR).stdout.split()  # fmt: skip
+    return [str(data_path), str(cache_dir()), str(REPO_DIR / "x-transformers" / "data"), *git, str(REPO_DIR / ".git")]
+
+
+def start_trainer(script, header, train_bytes):
+    """The trainer process, handed `header` and the training split through a private memory file;
+    (the process, the read end of its report pipe)."""
+    handoff = (
+        os.memfd_create("autoresearch-handoff") if hasattr(os, "memfd_create") else tempfile.TemporaryFile().detach()
+    )
+    with os.fdopen(os.dup(handoff), "wb") as f:
+        f.write((json.dumps(dict(header, train_bytes=len(train_bytes))) + "\n").encode())
+        f.write(train_bytes)
+    os.lseek(handoff, 0, os.SEEK_SET)
+    reports, report_end = os.pipe()
+    child_env = dict(os.environ, TMPDIR=str(Path(header["run_folder"]) / "tmp"))
+    trainer = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "trainer", str(handoff), str(report_end)],
+        pass_fds=(handoff, report_end),
+        env=child_env,
+    )
+    os.close(handoff)
+    os.close(report_end)
+    return trainer, reports
+
+
+class Watch:
+    """The supervisor's view of the trainer: its events, timed by the supervisor's clock, each value of
+    the measure compared with the supervisor's own, the watchdog and the budget enforced while it runs."""
+
+    def __init__(self, env, trainer, reports):
+        self.env, self.trainer, self.reports = env, trainer, reports
+        self.events = {}  # event -> (supervisor time, data): the first of each
+        self.step_times = []  # (supervisor time, step) of each steps report
+        self.warmup = 0.0
+        self.crash = None  # (message, code)
+        self.hard_limit = watchdog_seconds(env, cuda=nvidia_gpu_present())
+        self.excluded = None
+        self.buffer = b""
+
+    def seconds(self, at=None):
+        """Training seconds by this clock: from the call of train(run) to `at`, less the warm-up, which
+        cannot be longer than the time to the end of the uncounted steps."""
+        start = self.events["clock"][0]
+        end = at or time.time()
+        warm_end = next((t for t, s in self.step_times if s >= self.excluded), end) if self.excluded else start
+        return end - start - min(self.warmup, warm_end - start)
+
+    def grace(self):
+        counted = [(t, s) for t, s in self.step_times if s > (self.excluded or 0)]
+        pace = (
+            (counted[-1][0] - self.step_times[0][0]) / max(counted[-1][1] - self.step_times[0][1], 1) if counted else 0
+        )
+        world = self.events.get("started", (0, {}))[1].get("world_size", 1)
+        return max(OVERRUN_GRACE, (METRICS_EVERY if world > 1 else 2) * pace)
+
+    def on_event(self, now, event):
+        kind = event.get("event")
+        if kind in self.events and kind != "steps":
+            raise HarnessError(f"the trainer reported `{kind}` twice: its reports are the harness's alone")
+        self.events.setdefault(kind, (now, event))
+        if kind == "started":
+            self.excluded = excluded_steps(self.env, event["device"])
+            self.hard_limit = watchdog_seconds(self.env, cuda=event["device"] == "cuda")
+        elif kind == "steps":
+            self.check_measure(now, event)
+        elif kind == "crash":
+            self.crash = (event["message"], int(event["code"]))
+
+    def check_measure(self, now, event):
+        ours = dict(excluded_steps=self.excluded, step_budget=self.env["steps"], budget=self.env["budget"])
+        for key, value in ours.items():
+            if event[key] != value:
+                raise HarnessError(
+                    f"train.py changed the harness's {key} (from {value} to {event[key]}): the measure of a run is "
+                    "the harness's; leave run and run.tracker's values as they are"
+                )
+        if self.step_times and event["step"] <= self.step_times[-1][1]:
+            raise HarnessError(
+                f"the step count went back from {self.step_times[-1][1]} to {event['step']}: train.py changed it"
+            )
+        if self.env["steps"] and event["step"] > self.env["steps"]:
+            raise HarnessError(f"the trainer took {event['step']} steps, AR_STEPS={self.env['steps']}")
+        if self.step_times and self.step_times[-1][1] >= self.excluded and event["warmup_seconds"] != self.warmup:
+            raise HarnessError("the warm-up's seconds changed after the warm-up ended: train.py changed warmup_seconds")
+        if event["warmup_seconds"] > now - self.events["clock"][0]:
+            raise HarnessError("the warm-up took longer than the run so far: train.py changed warmup_seconds")
+        self.warmup = event["warmup_seconds"]
+        self.step_times.append((now, event["step"]))
+
+    def check_clock(self):
+        """The watchdog, and a train() past the budget by this clock (live, and at its return)."""
+        if time.time() - T_START > self.hard_limit:
+            raise Watchdog(f"exceeded hard time limit ({self.hard_limit:.0f} s)")
+        if "clock" not in self.events or self.env["steps"] or "started" not in self.events:
+            return
+        returned = self.events.get("returned", (None,))[0]
+        over = self.seconds(returned) - self.env["budget"]
+        if over > self.grace() and self.step_times:
+            when = f"returned {over:.0f} s after" if returned else f"is still running {over:.0f} s past"
+            raise HarnessError(
+                f"train(run) {when} the {self.env['budget']:g} s budget (grace {self.grace():.0f} s): the budget "
+                "covers all of train(), so stop soon after run.done"
+            )
+
+    def follow(self):
+        """Read the trainer's reports until it exits; raises HarnessError or Watchdog to end it."""
+        while True:
+            exited = self.trainer.poll() is not None  # read what it wrote before it ended, then stop
+            ready, _, _ = select.select([self.reports], [], [], 0 if exited else 0.5)
+            chunk = os.read(self.reports, 1 << 16) if ready else b""
+            now = time.time()
+            *lines, self.buffer = (self.buffer + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise HarnessError(
+                        "the trainer's report channel carried something else: train.py wrote to it"
+                    ) from None
+                self.on_event(now, event)
+            if self.crash or exited and not chunk:
+                return
+            if ready and not chunk:  # the channel closed before the trainer ended
+                time.sleep(0.2)
+            self.check_clock()
+            if SUPERVISOR["signal"]:
+                signum = SUPERVISOR["signal"]
+                raise Interrupted(
+                    f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum
+                )
+
+
+class Watchdog(HarnessError):
+    """The whole run passed its hard limit."""
+
+
+class Interrupted(HarnessError):
+    """A signal ended the run (program.md's timeout, Ctrl-C, `kill`)."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+SUPERVISOR = {"signal": None, "trainer": None}
+
+
+def on_supervisor_signal(signum, frame):
+    SUPERVISOR["signal"] = signum
+    if (trainer := SUPERVISOR["trainer"]) is not None and trainer.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            trainer.send_signal(signum)
+
+
+def nvidia_gpu_present():
+    """Whether an NVIDIA driver sees a GPU, without importing torch (the watchdog's margin until the trainer says)."""
+    return any(Path("/proc/driver/nvidia/gpus").glob("*")) if Path("/proc/driver/nvidia/gpus").is_dir() else False
+
+
+def watchdog_seconds(env, cuda):
+    """The whole run's limit: AR_HARD_LIMIT, or the budget plus the margin of the device the trainer found."""
+    if env["hard_limit_set"]:
+        return env["hard_limit"]
+    margin = HARD_LIMIT_MARGIN if cuda else HARD_LIMIT_MARGIN_NO_GPU
+    return env["budget"] + margin if env["steps"] is None else 2 * margin
+
+
+def become_subreaper():
+    """Orphans of the trainer (a daemon it double-forked) become this process's children, to reap."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def children():
+    """Pids of this process's children, from /proc (a subreaper's adopted orphans included)."""
+    me, out = str(os.getpid()), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        with contextlib.suppress(OSError, IndexError):
+            if entry.isdigit() and Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                out.append(int(entry))
+    return out
+
+
+def end_trainer(trainer, wait=STOP_WAIT):
+    """The trainer ended (or is ended: TERM, then KILL), then everything it left: killed and reaped."""
+    if trainer.poll() is None:
+        trainer.terminate()
+        try:
+            trainer.wait(wait)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
+            trainer.wait()
+    left = 0
+    deadline = time.time() + REAP_WAIT
+    while pids := children():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        left += len(pids)
+        if time.time() > deadline:
+            break
+    if left:
+        print(
+            f"notice: the trainer left {left} process(es) running: killed and reaped before the checkpoint was read",
+            flush=True,
+        )
+
+
+def wait_for_local_ranks():
+    """Under torchrun, every rank's supervisor marks its trainer reaped; rank 0 scores once this
+    machine's are all gone (the scorer never shares the card with a trainer)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local == 1:
+        return
+    folder = (
+        Path(tempfile.gettempdir())
+        / f"autoresearch-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{os.environ.get('MASTER_PORT', '')}"
+    )
+    folder.mkdir(exist_ok=True)
+    (folder / f"reaped-{os.environ.get('LOCAL_RANK', '0')}").touch()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    deadline = time.time() + STOP_WAIT + REAP_WAIT
+    while len(list(folder.glob("reaped-*"))) < local:
+        if time.time() > deadline:
+            raise HarnessError("another rank's trainer did not end: nothing is scored while it holds the card")
+        time.sleep(0.1)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def supervise(script, argv):
+    """`python train.py` after the exec: the run, as a short script."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_supervisor_signal)
+    become_subreaper()
+    if argv:
+        raise HarnessError(f"unknown arguments {argv}: train.py takes none (data: python prepare.py)")
+    if importlib.util.find_spec("torch") is None:
+        raise HarnessError(
+            f"torch is not installed in this python ({sys.executable}): activate the project's environment in "
+            "this shell (README.md: source .venv/bin/activate) and run the same command again"
+        )
+    if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):  # before any CUDA allocator starts: trainer and scorer alike
+        os.environ.setdefault("PYTORCH_ALLOC_CONF", ALLOC_CONF)
+    env = read_env()
+    source = script.read_text()
+    harness = Path(__file__).read_text()  # what the scorer runs
+    identity = dict(commit=git_commit(script.parent), run_id=uuid.uuid4().hex[:12], libraries=library_digest(),
+                    harness=prepare_hash(harness))  # fmt: skip
+    journal = journal_path(script.parent)
+    measure = effort_measure(journal)
+    if measure:
+        refuse_unlike_effort(setting_differences(env, measure))
+    env["seed"] = env["seed"] if os.environ.get("AR_SEED") else source_seed(source)
+    blob, bounds, data_identity, data_path = read_splits(env)
+    if measure:
+        refuse_unlike_effort(data_differences(data_identity, data_path, None, measure))
+    checkpoint = Path(env["checkpoint"]).resolve()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    run_folder = Path(tempfile.mkdtemp(prefix=".run-", dir=checkpoint.parent))
+    (run_folder / "tmp").mkdir()
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:  # one metrics file per run, rows from rank 0
+        Path(env["metrics"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(env["metrics"]).write_text("")
+    guarded = guarded_paths(env, data_path)
+    header = dict(
+        env=env, script=str(script), source=source, identity=identity, data_identity=data_identity,
+        val_size=bounds["val"][1] - bounds["val"][0], run_folder=str(run_folder), t_start=T_START, guarded=guarded,
+        require_sandbox=os.environ.get(REQUIRE_SANDBOX) == "1",
+        rules=sandbox_rules(script, env, run_folder, guarded, int(os.environ.get("WORLD_SIZE", "1")) > 1),
+    )  # fmt: skip
+    trainer, reports = start_trainer(script, header, memoryview(blob)[slice(*bounds["train"])])
+    SUPERVISOR["trainer"] = trainer
+    del blob
+    watch = Watch(env, trainer, reports)
+    try:
+        watch.follow()
+        watch.check_clock()  # a train() that returned past the budget
+    except HarnessError as e:
+        end_trainer(trainer, wait=0 if isinstance(e, Watchdog) else STOP_WAIT)
+        shutil.rmtree(run_folder, ignore_errors=True)
+        raise
+    end_trainer(trainer)
+    if watch.crash or "saved" not in watch.events:
+        shutil.rmtree(run_folder, ignore_errors=True)
+        if watch.crash:
+            raise Crash(*watch.crash)
+        status = trainer.returncode
+        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with code {status}"
+        raise Crash(
+            f"the trainer {how} before it saved the model (its output above says why)", status if status > 0 else 1
+        )
+    wait_for_local_ranks()
+    if not rank0:
+        shutil.rmtree(run_folder, ignore_errors=True)
+        return
+    started, saved = watch.events["started"][1], watch.events["saved"][1]
+    written = run_folder / "checkpoint.pt"
+    sha = file_sha256(written) if written.exists() else None
+    if sha != saved["sha256"]:
+        shutil.rmtree(run_folder, ignore_errors=True)
+        raise HarnessError(
+            "the checkpoint changed after the harness wrote it: code of train.py ran after train(run) returned; nothing is scored"
+        )
+    os.replace(written, checkpoint)
+    shutil.rmtree(run_folder, ignore_errors=True)
+    if measure:
+        refuse_unlike_effort(
+            data_differences(data_identity, data_path, (started["device"], started["eval_bytes"]), measure)
+        )
+    summary = dict(saved["summary"], **measured_summary(env, identity, watch, data_identity, data_path))
+    enter_phase("the sealed score (a fresh process)")
+    heartbeat()
+    answer = run_scorer(harness, [str(checkpoint), "--device", started["device"] if started["device"] != "cuda" else "cuda",
+                                  "--run", "--sha256", sha], measured=summary)  # fmt: skip
+    summary.update(answer["summary"])
+    if journal:
+        append_journal(journal, dict(answer["entry"], sandbox=started["sandbox"]))
+    summary["total_seconds"] = time.time() - T_START
+    print_summary(summary, env["metrics"])
+
+
+def measured_summary(env, identity, watch, data_identity, data_path):
+    """The summary's keys that are the supervisor's measure or its own knowledge, not the trainer's word."""
+    started, returned, saved = (watch.events[k][1] for k in ("started", "returned", "saved"))
+    seconds = watch.seconds(watch.events["returned"][0])
+    reported = saved["summary"]
+    fp8_kept = (
+        started["precision"] == "FP8" and reported["precision"] == "FP8"
+    )  # FP8 falls back to BF16, never the reverse
+    return dict(
+        training_seconds=seconds,
+        tokens_per_sec=returned["counted_tokens"] / max(seconds, 1e-9),
+        mfu_percent=reported["mfu_percent"] * returned["training_seconds"] / max(seconds, 1e-9),
+        num_steps=returned["num_steps"],
+        excluded_steps=watch.excluded,
+        seed=env["seed"],
+        budget=budget_label(env),
+        eval_bytes=started["eval_bytes"],
+        device=started["device"],
+        precision="FP8" if fp8_kept else "BF16" if started["precision"] == "FP8" else started["precision"],
+        eval_numerics=started["eval_numerics"],
+        data=data_identity,
+        data_path=str(data_path),
+        commit=identity["commit"],
+        run_id=identity["run_id"],
+        prepare_hash=identity["harness"],
+        libraries=identity["libraries"],
+        sandbox=started["sandbox"],
+    )
+
+
+class Crash(HarnessError):
+    """The trainer's own crash line and exit code, printed as they are."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
 
 
 # ---------------------------------------------------------------------------
@@ -1924,31 +2564,39 @@ def release_training(run):
 # train.py, rebuilds the model from its spec, loads the weights and scores them
 # ---------------------------------------------------------------------------
 
-# The scorer is this file's text run as a script in a fresh interpreter in isolated mode (-I: no
-# PYTHONPATH, no user site, the script's folder not on sys.path), alone in a temporary directory.
+# The scorer is this file's text run as a script in a fresh interpreter in isolated mode without
+# `site` (-I -S: no PYTHONPATH, no user site, no .pth file, the script's folder not on sys.path), with
+# the libraries on the first process's path, alone in a temporary directory.
+
+MEASURED_KEYS = ("seed", "budget", "excluded_steps", "num_steps", "run_id", "data", "eval_bytes", "device", "libraries")
 
 
 def scorer_env():
-    """The environment this process started with, without what the checkpoint decides (AR_*,
-    precision flags) or torchrun's ranks."""
-    dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
-    return {k: v for k, v in LAUNCH_ENVIRON.items() if not k.startswith("AR_") and k not in dropped}
+    """The supervisor's environment (no code of train.py ever ran in it), without what the checkpoint
+    decides (AR_*, precision flags) or torchrun's ranks."""
+    dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "TMPDIR")
+    return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in dropped}
 
 
-def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
+def scorer_command(prepare_path, args):
+    """`python -I -S prepare.py score ARGS` with this process's libraries (LIBS_VAR, or its own sys.path)."""
+    return [sys.executable, "-I", "-S", str(prepare_path), "score", *args]
+
+
+def run_scorer(harness, args, measured=None, timeout=SCORER_TIMEOUT):
     """The answer dict of `python prepare.py score ARGS` run with `harness` (prepare.py's text) in
     a fresh isolated interpreter; its stderr goes to ours. Raises HarnessError with its crash line."""
     with tempfile.TemporaryDirectory(prefix="ar-scorer-") as tmp:
         Path(tmp, "prepare.py").write_text(harness)
+        if measured is not None:
+            Path(tmp, "measured.json").write_text(json.dumps(measured, default=str))
+            args = [*args, "--measured", str(Path(tmp, "measured.json"))]
+        env = dict(scorer_env(), **{LIBS_VAR: os.environ.get(LIBS_VAR) or json.dumps(sys.path)})
         try:
             proc = subprocess.run(
-                [LAUNCH_PYTHON, "-I", str(Path(tmp, "prepare.py")), "score", *args],
-                cwd=tmp,
-                env=scorer_env(),
-                stdout=subprocess.PIPE,
-                text=True,
+                scorer_command(Path(tmp, "prepare.py"), args), cwd=tmp, env=env, stdout=subprocess.PIPE, text=True,
                 timeout=timeout,
-            )
+            )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise HarnessError(f"the sealed scorer ran past {timeout} s") from None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -1960,18 +2608,6 @@ def run_scorer(harness, args, timeout=SCORER_TIMEOUT):
     return json.loads(lines[0])
 
 
-def score_in_fresh_process(run, harness, journal, written):
-    """Rank 0 has the checkpoint scored by the sealed scorer (the other ranks wait for it); the
-    scorer refuses a file whose bytes are not the ones rank 0 wrote (`written`, their sha256)."""
-    answer = None
-    if run.master:
-        args = [str(Path(run.env["checkpoint"]).resolve()), "--device", str(run.device), "--run", "--sha256", written]
-        answer = run_scorer(harness, args + (["--journal", str(journal)] if journal else []))
-    if run.world_size > 1:
-        dist.barrier()
-    return answer
-
-
 class ScorerArguments(argparse.ArgumentParser):
     def error(self, message):
         raise HarnessError(f"{message}: usage: python prepare.py score CHECKPOINT [--split val|test]")
@@ -1980,18 +2616,19 @@ class ScorerArguments(argparse.ArgumentParser):
 def score_main(argv):
     """`python prepare.py score CHECKPOINT [--split val|test]`: one JSON line, or one crash line.
     With --run (the run's own scoring) it also scores the end of the training split, compares the
-    check loss, sets the flags, and appends the score to the --journal file."""
+    check loss, sets the flags, and answers the journal entry the supervisor appends."""
     parser = ScorerArguments(prog="prepare.py score", add_help=False)
     parser.add_argument("checkpoint")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--device")
     parser.add_argument("--run", action="store_true")
-    parser.add_argument("--journal")
     parser.add_argument("--sha256")
+    parser.add_argument("--measured")
     args = parser.parse_args(argv)
+    measured = json.loads(Path(args.measured).read_text()) if args.measured else None
     with contextlib.redirect_stdout(sys.stderr):  # notices are not the answer
-        answer = sealed_score(args.checkpoint, args.split, args.device, args.run, args.journal, args.sha256)
-    print(json.dumps(answer))
+        answer = sealed_score(args.checkpoint, args.split, args.device, args.run, args.sha256, measured)
+    print(json.dumps(answer, default=str))
 
 
 def read_checkpoint(path):
@@ -2033,24 +2670,32 @@ def rebuilt_model(saved, device):
             f"the checkpoint's weights do not fit its model spec: extra {extra[:3]}, missing {missing[:3]}, "
             f"other shapes {shapes[:3]}"
         )
+    state = dict(model.state_dict(keep_vars=True))
+    for key, tensor in saved["model"].items():  # the dtype each was returned in: a cast to BF16 is scored as BF16
+        state[key].data = state[key].data.to(tensor.dtype)
     model.load_state_dict({k: v.to(device) for k, v in saved["model"].items()})
     if not hasattr(model, "net"):
         raise HarnessError("the model spec does not build an AutoregressiveWrapper: its .net is what is scored")
     return model
 
 
-def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=None, written=None):
+def sealed_score(checkpoint, split="val", device=None, own_run=False, written=None, measured=None):
     """The scorer's answer for a checkpoint: {"split", "bpc", "seconds", "prepare_hash", "spec",
     "checkpoint_sha256", "summary"}. For the run's own val scoring (`own_run`) the summary is
-    completed (val_bpc, train_bpc, flags) and the score appended to `journal` (outside git: none).
-    `written`: the sha256 of the bytes the training process wrote, which the file must still hold."""
+    completed (val_bpc, train_bpc, flags) and the journal's entry added. `written`: the sha256 the
+    supervisor read, which the file must still hold; `measured`: the supervisor's summary, which the
+    checkpoint's must agree with on the measure (MEASURED_KEYS) and which is the one completed."""
     saved, sha = read_checkpoint(checkpoint)
     if written and sha != written:
-        raise HarnessError(
-            "the checkpoint changed after the harness wrote it (before the scorer read it): code of train.py "
-            "ran after train(run) returned; nothing is scored"
-        )
+        raise HarnessError("the checkpoint changed after the supervisor read it: nothing is scored")
     summary = saved["summary"]
+    for key in MEASURED_KEYS if measured else ():
+        if str(summary.get(key)) != str(measured.get(key)):
+            raise HarnessError(
+                f"the checkpoint's {key} is {summary.get(key)}, the supervisor measured {measured.get(key)}: train.py "
+                "changed the harness's measure"
+            )
+    summary = measured or summary
     device = torch.device(device or summary["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise HarnessError("the run trained on a CUDA GPU and this machine has none: score it there")
@@ -2079,7 +2724,10 @@ def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=No
     train_bpc, _ = evaluate(model.net, train[len(train) - min(eval_bytes, TRAIN_SCORE_BYTES) :], device, probe=False)
     check = check_loss(model.net, train, device)
     flags = [f for f in summary.get("flags", "none").split(",") if f != "none"]
-    tolerance = CHECK_TOLERANCE_FP8 if saved["check"]["precision"] == "FP8" else CHECK_TOLERANCE
+    float8 = (
+        summary["precision"] == "FP8" and saved["check"].get("float8_layers", 0) > 0
+    )  # the trainer's word alone cannot widen it
+    tolerance = CHECK_TOLERANCE_FP8 if float8 else CHECK_TOLERANCE
     if not abs(check - saved["check"]["loss"]) <= tolerance:
         flags.append("state_not_in_spec")
         print(
@@ -2106,9 +2754,7 @@ def sealed_score(checkpoint, split="val", device=None, own_run=False, journal=No
         prepare_hash=answer["prepare_hash"],
         summary=summary,
     )
-    if journal:
-        append_journal(journal, entry)
-    return dict(answer, summary=summary)
+    return dict(answer, summary=summary, entry=entry)
 
 
 def append_journal(path, entry):
@@ -2146,75 +2792,6 @@ def source_module(source, name="train_from_source"):
     return module
 
 
-def import_libraries(source):
-    """Import what the source imports (its libraries, not its own code) before the snapshot:
-    torch._dynamo, for one, rewraps torch.manual_seed when it is first imported."""
-    import ast
-
-    for node in ast.walk(ast.parse(source)):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module]
-        for name in names:
-            if name.split(".")[0] != "prepare":
-                with contextlib.suppress(ImportError):
-                    importlib.import_module(name)
-    import torch._dynamo  # noqa: F401  (torch.compile's first use would import it mid-run)
-
-
-def check_no_working_tree_modules(script):
-    """The run's code is train.py alone: a module imported from another file of the working tree
-    (a helper .py, a sourceless .pyc shadowing a library; git ignores *.pyc) is not in the commit,
-    and ends the run. The virtual environment and the submodule are not the working tree's code."""
-    folder = script.parent
-    own = {script, Path(__file__).resolve()}
-    outside = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, folder / "x-transformers")]
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not isinstance(file, str):
-            continue
-        path = Path(file).resolve()
-        if path in own or not path.is_relative_to(folder) or any(path.is_relative_to(o) for o in outside):
-            continue
-        if not path.is_file():  # a name, not a file (torch.ops says "_ops.py")
-            continue
-        if path.relative_to(folder).parts[0].split(".")[0] != name.split(".")[0]:
-            continue  # not found by its name on sys.path: a compile cache's generated module (TORCHINDUCTOR_CACHE_DIR)
-        raise HarnessError(
-            f"{script.name} ran {path.relative_to(folder)} (module {name}) from the working tree: a run's code is "
-            f"{script.name} and the installed libraries; delete the file (git does not see it) and put the code in {script.name}"
-        )
-
-
-def exec_train_source(name, script, source):
-    """train.py as a module, compiled from `source` (the text the run records): never from a
-    bytecode file in __pycache__ that could hold other code."""
-    module = types.ModuleType(name)
-    module.__file__ = str(script)
-    sys.modules[name] = module
-    try:
-        exec(compile(source, str(script), "exec"), module.__dict__)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
-def harness_snapshot():
-    """prepare's and F's attributes, compared at hand-back: a rebinding in train.py could bend the
-    step count or the clock in this process."""
-    spaces = {"prepare": sys.modules[__name__], "F": F}
-    names = {f"{label}.{k}": v for label, space in spaces.items() for k, v in list(vars(space).items())}
-    names.pop("prepare.ACTIVE_RUN")  # the harness's own, set once the Run exists
-    return names
-
-
-def check_harness_untouched(before):
-    after = harness_snapshot()
-    if changed := sorted(k for k, v in before.items() if after.get(k) is not v and not k.endswith("__")):
-        raise HarnessError(f"train.py replaced {', '.join(changed[:3])}: the harness's own code must stay as it is")
-
-
 def source_seed(source):
     """The seed of a run without AR_SEED: from train.py's text, so each commit starts from its own
     initialisation and data order (an experiment shares no luck with the runs it is judged against)
@@ -2231,44 +2808,35 @@ def crash_on_error(body):
     """Run `body`, turning every failure into one `crash:` line and a distinct exit code."""
     try:
         body()
+    except (Crash, Interrupted) as e:
+        die(str(e), e.code)
+    except Watchdog as e:
+        die(str(e), 124)
     except HarnessError as e:
         die(str(e), 2)
     except LossError as e:
         die(str(e), 3)
-    except torch.OutOfMemoryError as e:
-        traceback.print_exc()
-        run = ACTIVE_RUN
-        peak = peak_memory_mb(run.device) if run else 0.0
-        size = f"{run.num_params / 1e6:.1f}M parameters" if run and run.num_params else "model not built yet"
-        die(f"out of memory (peak {peak:,.0f} MB, {size})" + (f": {e}" if isinstance(e, NothingFits) else ""), 4)
     except Exception as e:
+        if ROLE != "supervise" and isinstance(e, (torch.OutOfMemoryError, NothingFits)):
+            traceback.print_exc()
+            run = ACTIVE_RUN
+            peak = peak_memory_mb(run.device) if run else 0.0
+            size = f"{run.num_params / 1e6:.1f}M parameters" if run and run.num_params else "model not built yet"
+            die(f"out of memory (peak {peak:,.0f} MB, {size})" + (f": {e}" if isinstance(e, NothingFits) else ""), 4)
         traceback.print_exc()
         die(one_line_reason(e), 1)
     finally:
-        if dist.is_initialized():
+        if ROLE != "supervise" and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def main():
-    """`python train.py`: train.py's `__main__` guard calls this."""
-    if ENTERED:
-        die(
-            'main() was called again while the harness imported train.py: call it only under if __name__ == "__main__":',
-            2,
-        )
-    ENTERED.append(True)
-
-    # before CUDA's allocator starts: freed blocks are reused across micro-batch sizes, less fragmentation
-    if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
-        os.environ.setdefault("PYTORCH_ALLOC_CONF", ALLOC_CONF)
-
-    def body():
-        if sys.argv[1:]:
-            raise HarnessError(f"unknown arguments {sys.argv[1:]}: train.py takes none (data: python prepare.py)")
-        env = read_env()
-        run_training(Guards(env), env)
-
-    crash_on_error(body)
+    """What train.py's `__main__` guard calls. Its import of this file already made `python train.py`
+    the supervisor; a script the import did not take for a train.py becomes it here."""
+    if ROLE == "trainer":
+        die('main() was called while the harness imported train.py: call it only under if __name__ == "__main__":', 2)
+    main_module = sys.modules["__main__"]
+    exec_supervisor(Path(main_module.__file__).resolve(), sys.argv[1:])
 
 
 def prepare_data():
@@ -2289,4 +2857,9 @@ def prepare_data():
 
 
 if __name__ == "__main__":
-    prepare_data()
+    if ROLE == "supervise":
+        crash_on_error(lambda: supervise(Path(sys.argv[2]), sys.argv[3:]))
+    elif ROLE == "trainer":
+        crash_on_error(trainer_main)
+    else:
+        prepare_data()
