@@ -1248,6 +1248,8 @@ class Tracker:
             self.sync()
             self.warmup_seconds += time.time() - began
             self.run.compile_seconds = self.warmup_seconds
+            if self.steps >= self.run.excluded_steps:  # the last uncounted step landed: the warm-up is over
+                self.report_steps(warmed=True)
 
     def served(self, tokens):
         self.served_tokens += tokens
@@ -1285,8 +1287,6 @@ class Tracker:
             gc.collect()
             gc.freeze()
             enter_phase("training")
-        if step == self.run.excluded_steps:  # the supervisor's clock: the warm-up ended no later than now
-            self.report_steps()
         if self.step_budget:
             if step % METRICS_EVERY == 0 or step >= self.step_budget:
                 self.flush(step)
@@ -1335,7 +1335,7 @@ class Tracker:
             done = self.synced_time >= self.budget
         return done
 
-    def report_steps(self):
+    def report_steps(self, warmed=False):
         """Tell the supervisor the measure as this process holds it: it checks each value against its
         own and bounds the warm-up by its own clock."""
         report(
@@ -1345,6 +1345,7 @@ class Tracker:
             step_budget=self.step_budget,
             budget=self.budget,
             warmup_seconds=self.warmup_seconds,
+            warmed=warmed,
         )
 
     def stats(self):
@@ -2224,6 +2225,7 @@ class Watch:
         self.crash = None  # (message, code)
         self.hard_limit = watchdog_seconds(env, cuda=nvidia_gpu_present())
         self.excluded = None
+        self.warmed_at = None  # when the trainer said its last uncounted step ended
         self.buffer = b""
 
     def seconds(self, at=None):
@@ -2231,7 +2233,7 @@ class Watch:
         cannot be longer than the time to the end of the uncounted steps."""
         start = self.events["clock"][0]
         end = at or time.time()
-        warm_end = next((t for t, s in self.step_times if s >= self.excluded), end) if self.excluded else start
+        warm_end = start if not self.excluded else self.warmed_at or end
         return end - start - min(self.warmup, warm_end - start)
 
     def grace(self):
@@ -2263,18 +2265,20 @@ class Watch:
                     f"train.py changed the harness's {key} (from {value} to {event[key]}): the measure of a run is "
                     "the harness's; leave run and run.tracker's values as they are"
                 )
-        if self.step_times and event["step"] <= self.step_times[-1][1]:
+        if self.step_times and event["step"] < self.step_times[-1][1]:
             raise HarnessError(
                 f"the step count went back from {self.step_times[-1][1]} to {event['step']}: train.py changed it"
             )
         if self.env["steps"] and event["step"] > self.env["steps"]:
             raise HarnessError(f"the trainer took {event['step']} steps, AR_STEPS={self.env['steps']}")
-        if self.step_times and self.step_times[-1][1] >= self.excluded and event["warmup_seconds"] != self.warmup:
+        if (self.warmed_at or not self.excluded) and event["warmup_seconds"] != self.warmup:
             raise HarnessError("the warm-up's seconds changed after the warm-up ended: train.py changed warmup_seconds")
         if event["warmup_seconds"] > now - self.events["clock"][0]:
             raise HarnessError("the warm-up took longer than the run so far: train.py changed warmup_seconds")
         self.warmup = event["warmup_seconds"]
         self.step_times.append((now, event["step"]))
+        if event["warmed"] and self.warmed_at is None:
+            self.warmed_at = now
 
     def check_clock(self):
         """The watchdog, and a train() past the budget by this clock (live, and at its return)."""

@@ -128,7 +128,7 @@ def cuda_run(sim, params=DEFAULT_PARAMS, steps=1, metrics="metrics.jsonl"):
     """(run, model): a Run whose device says cuda, its data on the CPU, and the stand-in model."""
     env = dict(prepare.read_env(), steps=steps, metrics=metrics)
     data = torch.arange(200_000).remainder(256).to(torch.uint8)
-    run = prepare.Run(env, torch.device("cpu"), "BF16", data, "simulated", "simulated", 4096)
+    run = prepare.Run(env, torch.device("cpu"), "BF16", data, "simulated", 4096)
     run.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model = StandIn(sim, params)
     run.model, run.num_params = model, params

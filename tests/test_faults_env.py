@@ -132,7 +132,7 @@ def test_the_first_steps_phase_off_a_gpu_says_nothing_of_compiling(tmp_path, mon
     phases = []
     monkeypatch.setattr(prepare, "enter_phase", phases.append)
     env = dict(prepare.read_env(), steps=1, metrics=str(tmp_path / "metrics.jsonl"))
-    run = prepare.Run(env, torch.device("cpu"), "FP32", torch.arange(5000).remainder(256).to(torch.uint8), "x", "p", 10)
+    run = prepare.Run(env, torch.device("cpu"), "FP32", torch.arange(5000).remainder(256).to(torch.uint8), "x", 10)
     run.tracker = prepare.Tracker(run)
     model = run.prepare_model(
         torch.nn.Sequential(torch.nn.Embedding(256, 4), torch.nn.Flatten(0), torch.nn.Linear(4, 1))

@@ -36,7 +36,7 @@ def body_linears(model):
 
 def cpu_run(train, precision):
     env = {"steps": None, "seed": 0}
-    return prepare.Run(env, torch.device("cpu"), precision, {}, "test", data_path=None, eval_bytes=0)
+    return prepare.Run(env, torch.device("cpu"), precision, {}, "test", eval_bytes=0)
 
 
 def test_the_default_config_converts_nothing(train):

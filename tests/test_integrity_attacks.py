@@ -144,7 +144,7 @@ def test_the_probed_batches_are_drawn_at_evaluation_time_not_from_the_seed():
 
 def test_the_run_holds_the_training_split_only():
     env = dict(prepare.read_env(), data="", steps=4)
-    run = prepare.Run(env, CPU, "FP32", torch.zeros(5000, dtype=torch.uint8), "x", "p", 100)
+    run = prepare.Run(env, CPU, "FP32", torch.zeros(5000, dtype=torch.uint8), "x", 100)
     assert not hasattr(run, "splits")
     assert [k for k, v in vars(run).items() if isinstance(v, torch.Tensor) and v.numel() > 1] == ["train_data"]
 

@@ -89,7 +89,7 @@ def test_the_retried_step_sees_the_same_batch(tmp_path):
 
     env = dict(prepare.read_env(), steps=2, metrics=str(tmp_path / "metrics.jsonl"))
     data = torch.arange(5000).remainder(256).to(torch.uint8)
-    run = prepare.Run(env, torch.device("cpu"), "FP32", data, "x", "p", 10)
+    run = prepare.Run(env, torch.device("cpu"), "FP32", data, "x", 10)
     run.tracker = prepare.Tracker(run)
     model = run.prepare_model(Records())
     run.forward_backward(model, 4, 16)
@@ -111,7 +111,7 @@ def test_steps_that_fp16s_scaler_skips_still_count(tmp_path):
 
     env = dict(prepare.read_env(), steps=3, metrics=str(tmp_path / "metrics.jsonl"))
     data = torch.arange(5000).remainder(256).to(torch.uint8)
-    run = prepare.Run(env, torch.device("cpu"), "FP16", data, "x", "p", 10)
+    run = prepare.Run(env, torch.device("cpu"), "FP16", data, "x", 10)
     assert run.scaler.is_enabled()
     run.tracker = prepare.Tracker(run)
     counter = prepare.StepCounter()

@@ -109,7 +109,7 @@ def test_fp8_compiles_the_model_before_ddp_wraps_it(monkeypatch):
         orders = {}
         for precision in ("FP8", "BF16"):
             run = prepare.Run(
-                dict(prepare.read_env(), steps=1), torch.device("cpu"), precision, torch.zeros(8), "x", "p", 8
+                dict(prepare.read_env(), steps=1), torch.device("cpu"), precision, torch.zeros(8), "x", 8
             )
             run.world_size, run.compile_options = 2, {}
             model = nn.Linear(4, 4)
@@ -130,7 +130,7 @@ def test_mfu_counts_the_positions_the_network_runs_over(tmp_path):
     net = TransformerWrapper(num_tokens=256, max_seq_len=64, attn_layers=Decoder(dim=16, depth=1, heads=2))
     env = dict(prepare.read_env(), steps=1, metrics=str(tmp_path / "m.jsonl"))
     data = torch.arange(5000).remainder(256).to(torch.uint8)
-    run = prepare.Run(env, torch.device("cpu"), "FP32", data, "x", "p", 10)
+    run = prepare.Run(env, torch.device("cpu"), "FP32", data, "x", 10)
     run.tracker = prepare.Tracker(run)
     model = run.prepare_model(AutoregressiveWrapper(net))
     positions = []

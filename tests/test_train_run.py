@@ -63,6 +63,7 @@ LAST_KEYS = [
     "libraries",
     "eval_numerics",
     "spec",
+    "sandbox",
 ]
 NUMERIC = FORK_KEYS[:-1] + ["startup_seconds", "eval_seconds", "tokens_per_sec", "eval_bytes", "seed"]
 
@@ -82,6 +83,7 @@ def test_tiny_run_finishes_and_prints_the_whole_summary(tiny_run):
     assert re.fullmatch(r"[0-9a-f]{12}", summary["fingerprint"])
     assert re.fullmatch(r"[0-9a-f]{12}", summary["run_id"])
     assert summary["budget"] == f"{TINY_STEPS}steps"
+    assert re.fullmatch(r"landlock ABI \d+|none \(.+\)", summary["sandbox"])
     assert summary["micro_batch"] == "4"  # TINY's BATCH_SIZE, under the CPU cap
     # the run was measured with this checkout's prepare.py, and the exact score rounds to the printed one
     assert summary["prepare_hash"] == prepare.prepare_hash()
@@ -231,7 +233,7 @@ def test_train_py_holds_only_the_agents_part_and_prepare_py_the_harness():
     agent, harness = TRAIN.read_text(), PREPARE.read_text()
     for name in ("def build_model(", "def build_optimizer(", "def lr_multiplier(", "def train(run)"):
         assert name in agent and name not in harness
-    for name in ("def evaluate(", "class Tracker", "def start_watchdog(", "def fingerprint(", "def main("):
+    for name in ("def evaluate(", "class Tracker", "def supervise(", "def fingerprint(", "def main("):
         assert name in harness and name not in agent
     assert re.search(r'^if __name__ == "__main__":\n    main\(\)\n\Z', agent, re.M)
     assert "GRAD_ACCUM" not in agent and "HOST_MICRO_BATCH" not in agent  # the harness picks micro-batches

@@ -10,8 +10,8 @@ the shim, so its own subprocesses (the re-score, the workers' runs) are warm as 
 
 What a cold interpreter would do differently, and what the server does about it:
 * sys.path: rebuilt from the child's script directory, its PYTHONPATH (unless -I) and the
-  interpreter's own entries; a child whose path would resolve a preloaded library to another file
-  (a test's shadowed copy) is exec'd as a cold interpreter instead, as is any option but -I/-c/-u.
+  interpreter's own entries (without site-packages under -S); a child whose path would resolve a preloaded library to another file
+  (a test's shadowed copy) is exec'd as a cold interpreter instead, as is any option but -I/-S/-c/-u.
 * signals: the shim forwards SIGTERM, SIGINT and SIGHUP to the child's process group; when the
   shim dies (SIGKILL of its group, a test's timeout) the server kills that group at once.
 * exit status: a child killed by a signal makes the shim kill itself with the same signal.
@@ -36,8 +36,16 @@ SHIM = """\
 import json, os, signal, socket, struct, sys
 sock = socket.socket(socket.AF_UNIX)
 sock.connect({address!r})
-request = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
-socket.send_fds(sock, [struct.pack("!I", len(request)) + request], [0, 1, 2])
+fds = []
+for name in os.listdir("/proc/self/fd"):  # every descriptor this process holds, at its number (pass_fds too)
+    try:
+        os.fstat(int(name))
+        fds.append(int(name))
+    except OSError:  # the listing's own descriptor, closed by now
+        pass
+fds = [fd for fd in fds if fd != sock.fileno()]
+request = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ), "fds": fds}}).encode()
+socket.send_fds(sock, [struct.pack("!I", len(request)) + request], fds)
 child = struct.unpack("!i", sock.recv(4))[0]
 for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(number, lambda n, _: os.killpg(child, n))
@@ -85,7 +93,7 @@ def start(directory, env):
 
 
 def receive(connection):
-    message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 64)
     size = struct.unpack("!I", message[:4])[0]
     while len(message) < 4 + size:
         part = connection.recv(1 << 20)
@@ -95,7 +103,7 @@ def receive(connection):
     return json.loads(message[4 : 4 + size]), fds
 
 
-def child_path(request, isolated, base):
+def child_path(request, isolated, base, no_site=False):
     argv = request["argv"]
     if isolated:
         script_dir = []
@@ -104,6 +112,8 @@ def child_path(request, isolated, base):
     else:
         script_dir = [str(Path(request["cwd"], argv[0]).parent.resolve())]
     extra = [] if isolated else [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    if no_site:  # python -S: the standard library only, no site-packages
+        base = [p for p in base if "site-packages" not in p and "dist-packages" not in p]
     return script_dir + [str(Path(request["cwd"], p)) for p in extra] + base
 
 
@@ -121,7 +131,12 @@ def shadowed(path):
 def run_child(request, fds, python, base):
     """In the forked child: become the requested interpreter run, then exit with its status."""
     os.setpgid(0, 0)
-    for target, fd in enumerate(fds):
+    import fcntl
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in fds]  # out of the way of every target number
+    for fd in fds:
+        os.close(fd)
+    for target, fd in zip(request.get("fds", range(3)), high):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
@@ -129,11 +144,12 @@ def run_child(request, fds, python, base):
     os.environ.update(request["env"])
     argv = list(request["argv"])
     options = []
-    while argv and argv[0] in ("-I", "-u"):
+    while argv and argv[0] in ("-I", "-S", "-u"):
         options.append(argv.pop(0))
     isolated = "-I" in options
+    no_site = "-S" in options
     supported = argv and (argv[0] == "-c" and len(argv) > 1 or not argv[0].startswith("-"))
-    path = child_path({**request, "argv": argv}, isolated, base) if supported else []
+    path = child_path({**request, "argv": argv}, isolated, base, no_site) if supported else []
     if not supported or shadowed(path):
         os.execv(python, [python, *request["argv"]])
     sys.path[:] = path
