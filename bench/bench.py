@@ -81,33 +81,44 @@ KEYED_SECTIONS = ("throughput", "fp8")  # one result per config; the others hold
 
 # A section is named `section:config` (`ceilings` and `quality` have no config). The GPU session's
 # plan, ordered by value, with each section's estimated seconds on an H100-class card whose compile
-# caches are empty (estimates, not measurements: correct them from the JSON's `seconds`).
+# caches are empty (estimates, not measurements: correct them from the JSON's `seconds`). Since every
+# run ends in the sealed scorer, eval:default (the scorer's answer holds that figure) and hosttime:default,
+# the last by value, wait outside the plan.
 SESSION_BUDGET_S = 400  # `bash bench/gpu_session.sh` with no arguments must fit in this
 SETUP_ESTIMATE_S = 20  # wheels, the 100 MB stand-in corpus, prepare.setup: before the first section
+SCORER_ESTIMATE_S = 25  # a sealed scorer: a fresh interpreter imports torch and x-transformers, scores 5 MB (+ 1 MB)
+PROCESSES_ESTIMATE_S = 5  # soon in every run: a supervisor that execs, a sandboxed trainer that imports torch again
+RUN_END_ESTIMATE_S = SCORER_ESTIMATE_S + PROCESSES_ESTIMATE_S  # what a `python train.py` run adds to its training
 DEFAULT_PLAN = (
     ("throughput:default", 55),  # cold compile of the default model (~35 s), 10 + 20 + 3 steps
     ("microbatch:default", 60),  # 4 caps: eager fitting, a recompile per new micro-batch (16, 32), 12 steps
-    ("launch:default", 60),  # `python train.py` with private empty caches: startup, compile, 5 s, 5 MB eval
-    ("recompiles:default", 35),  # `python train.py` for 30 steps under TORCH_LOGS, the shared (warm) caches
-    ("eval:default", 15),  # prepare.evaluate over 5 MB, eager
-    ("score:default", 25),  # `python prepare.py score` on the launch run's checkpoint: a fresh interpreter
+    ("launch:default", 50 + RUN_END_ESTIMATE_S),  # `python train.py`, private empty caches: startup, compile, 5 s
+    ("recompiles:default", 25 + RUN_END_ESTIMATE_S),  # `python train.py`, 30 steps under TORCH_LOGS, warm caches
+    ("score:default", SCORER_ESTIMATE_S),  # `python prepare.py score` on the launch run's checkpoint, fresh process
+    ("tolerance:default", 2),  # the launch run's val_bpc_exact against the score section's answer: nothing to run
     ("fp8:dim1024", 85),  # two cold compiles of the 135M model (BF16, then FP8 with torchao's filter)
-    ("hosttime:default", 40),  # at 64 sequences (warm cache) and at 8 (a new shape: a recompile)
 )
 OTHER_ESTIMATES = {  # the sections outside the default plan, same card and caches
     "ceilings": 5,
+    "eval:default": 15,  # prepare.evaluate over 5 MB in this process: score:default's answer holds the scorer's
+    "hosttime:default": 40,  # at 64 sequences (warm cache) and at 8 (a new shape: a recompile)
     "throughput:fork": 45,
     "throughput:dim1024": 60,
     "fp8:default": 50,
     "baseline:fork": 20,
     "optimizer:default": 20,
-    "tolerance:default": 70,
-    "quality": 300,
+    "quality": 2 * (120 + 45 + RUN_END_ESTIMATE_S),  # two 120 s runs: startup and a cold compile each
 }
 ESTIMATES = dict(DEFAULT_PLAN) | OTHER_ESTIMATES
 CATALOGUE = (  # every section, in the order `--sections all` runs them
     "ceilings",
-    *(name for name, _ in DEFAULT_PLAN[:-2]),
+    "throughput:default",
+    "microbatch:default",
+    "launch:default",
+    "recompiles:default",
+    "eval:default",
+    "score:default",
+    "tolerance:default",
     "throughput:dim1024",
     "fp8:default",
     "fp8:dim1024",
@@ -115,7 +126,6 @@ CATALOGUE = (  # every section, in the order `--sections all` runs them
     "throughput:fork",
     "baseline:fork",
     "optimizer:default",
-    "tolerance:default",
 )
 MICRO_BATCH_CAPS_GB = (
     8,
@@ -129,7 +139,7 @@ RECOMPILE_LOGS = "graph_breaks,recompiles"  # TORCH_LOGS of that run
 HOST_TIME_BATCHES = (64, 8)  # a step on one GPU, and one rank's share of it under torchrun on 8 GPUs
 HOST_TIME_STEPS = 8  # steps issued while the GPU is held busy: fewer than METRICS_EVERY, so no Tracker sync
 GPU_HOLD_S = 5.0  # how long the GPU is held busy (torch.cuda._sleep) while the host issues those steps
-TOLERANCE_BUDGET = 30  # AR_TIME_BUDGET of the run whose checkpoint is re-scored for the tolerance
+TOLERANCE_BUDGET = 30  # AR_TIME_BUDGET of the tolerance section's own run, when no launch run left a checkpoint
 WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which but".split()
 
 
@@ -157,6 +167,7 @@ class Bench:
     out: Path
     results: dict
     checkpoints: dict = field(default_factory=dict)  # config -> checkpoint.pt of its launch run (for score)
+    scores: dict = field(default_factory=dict)  # checkpoint.pt -> the score section's result (for tolerance)
 
     @property
     def device(self):
@@ -1034,13 +1045,22 @@ def section_recompiles(b, name):
 def section_score(b, name):
     """The sealed scorer's total time: `python prepare.py score CHECKPOINT` in a fresh process,
     from its start to its JSON line, on the launch run's checkpoint (or one of a short run of its
-    own). A scorer that fails records its crash line."""
+    own). Its answer holds the scorer's own seconds for the 5 MB evaluation; the tolerance section
+    compares its bpc with the run's. A scorer that fails records its crash line."""
     checkpoint = b.checkpoints.get(name)
     if checkpoint is None:
         folder = Path(run_train_copy(b, name, b.args.launch_budget, keep_folder=True)["folder"])
-        checkpoint = folder / "checkpoint.pt"
+        checkpoint = b.checkpoints[name] = folder / "checkpoint.pt"
     if not checkpoint.exists():
         return dict(config=name, error="the training run left no checkpoint")
+    result = dict(config=name) | fresh_score(b, checkpoint)
+    b.scores[checkpoint] = result
+    return result
+
+
+def fresh_score(b, checkpoint):
+    """`python prepare.py score CHECKPOINT` in a fresh process: its returncode, total seconds, and
+    its answer or its crash line."""
     start = time.time()
     proc = subprocess.run(
         [sys.executable, str(harness_file()), "score", str(checkpoint)],
@@ -1054,8 +1074,8 @@ def section_score(b, name):
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         reason = next((line for line in reversed(lines) if line.startswith("crash: ")), "no output")
-        return dict(config=name, returncode=proc.returncode, total_seconds=seconds, error=f"prepare.py score: {reason}")
-    return dict(config=name, returncode=0, total_seconds=seconds, answer=json.loads(lines[-1]))
+        return dict(returncode=proc.returncode, total_seconds=seconds, error=f"prepare.py score: {reason}")
+    return dict(returncode=0, total_seconds=seconds, answer=json.loads(lines[-1]))
 
 
 def gpu_hold(b):
@@ -1112,28 +1132,28 @@ def section_hosttime(b, name):
 
 def section_tolerance(b, name):
     """The run's own val_bpc_exact (its sealed scorer's) against `python prepare.py score` of its
-    checkpoint in another fresh process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py stands for."""
-    budget = 1.0 if b.args.tiny else TOLERANCE_BUDGET  # --tiny: the CPU smoke's one-second run
-    run = run_train_copy(b, name, budget, keep_folder=True)
-    folder = Path(run.pop("folder"))
-    log = (folder / "run.log").read_text()
+    checkpoint in another fresh process: the figure RESCORE_TOLERANCE_GPU in labbook/rescore.py
+    stands for. In the session's plan both are there already: the launch run's checkpoint and the
+    score section's answer for it. Named alone, it trains a run of its own and re-scores that."""
+    checkpoint = b.checkpoints.get(name)
+    if checkpoint is None:
+        budget = 1.0 if b.args.tiny else TOLERANCE_BUDGET  # --tiny: the CPU smoke's one-second run
+        checkpoint = Path(run_train_copy(b, name, budget, keep_folder=True)["folder"]) / "checkpoint.pt"
+    log = (checkpoint.parent / "run.log").read_text()
     exact = parse_summary(log).get("val_bpc_exact")
-    if run["returncode"] != 0 or exact is None:
-        return dict(config=name, error="the training run failed", log_tail=run.get("log_tail"))
-    proc = subprocess.run(
-        [sys.executable, str(harness_file()), "score", str(folder / "checkpoint.pt")],
-        cwd=folder, env=train_env(b, folder, budget), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        return dict(config=name, error="the re-score failed", log_tail=proc.stdout.splitlines()[-5:])
-    rescored = json.loads(proc.stdout.splitlines()[-1])
+    if exact is None:
+        return dict(config=name, error="the training run failed", log_tail=log.splitlines()[-5:])
+    scored = b.scores.get(checkpoint) or fresh_score(b, checkpoint)
+    if "error" in scored:
+        return dict(config=name, error=f"the re-score failed: {scored['error']}")
     return dict(
         config=name,
+        checkpoint=str(checkpoint),
         val_bpc_exact=exact,
-        rescored=rescored["bpc"],
-        abs_difference=abs(rescored["bpc"] - exact),
-        rescore_seconds=rescored["seconds"],
-        eval_bytes=run.get("eval_bytes"),
+        rescored=scored["answer"]["bpc"],
+        abs_difference=abs(scored["answer"]["bpc"] - exact),
+        rescore_seconds=scored["answer"]["seconds"],
+        eval_bytes=scored["answer"]["summary"]["eval_bytes"],
     )
 
 
@@ -1258,7 +1278,15 @@ def recompiles_rows(_, r):
 
 
 def score_rows(_, r):
-    return [("sealed scorer, total", f"{r['total_seconds']:.1f} s", "")]
+    answer = r["answer"]
+    return [
+        ("sealed scorer, total", f"{r['total_seconds']:.1f} s", ""),
+        (
+            f"sealed scorer's eval of {answer['summary']['eval_bytes']:,} val bytes",
+            f"{answer['seconds']:.1f} s",
+            f"<= {TARGETS['eval_5m_bytes_s']:g} s for 5M",
+        ),
+    ]
 
 
 def hosttime_rows(_, h):

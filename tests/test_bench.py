@@ -26,19 +26,19 @@ from harness import REPO, TRAIN, base_env, python
 from torch.optim import optimizer as torch_optimizer
 
 import prepare
+from labbook.rescore import RESCORE_TOLERANCE
 
 BENCH = REPO / "bench" / "bench.py"
 SECTIONS = ("meta", "ceilings", "throughput", "baseline", "eval", "launch", "optimizer", "fp8")
-SECTIONS += ("microbatch", "recompiles", "score", "hosttime")
-SESSION_ORDER = [  # the order of value
+SECTIONS += ("microbatch", "recompiles", "score", "hosttime", "tolerance")
+SESSION_ORDER = [  # the order of value, with the re-score tolerance after the score it reads
     "throughput:default",
     "microbatch:default",
     "launch:default",
     "recompiles:default",
-    "eval:default",
     "score:default",
+    "tolerance:default",
     "fp8:dim1024",
-    "hosttime:default",
 ]
 CONFIGS = ("default", "fork", "dim1024")
 HOST_READS = {"item", "tolist", "cpu", "numpy", "synchronize"}
@@ -139,6 +139,14 @@ def test_smoke_session_sections_report_their_figures(smoke):
     assert set(results["seconds"]) >= set(SESSION_ORDER)
 
 
+def test_smoke_tolerance_compares_the_launch_run_with_the_score_sections_answer(smoke):
+    _, results = smoke
+    tolerance, answer = results["tolerance"], results["score"]["answer"]
+    assert "error" not in tolerance, tolerance
+    assert tolerance["rescored"] == answer["bpc"] and tolerance["rescore_seconds"] == answer["seconds"]  # no new run
+    assert tolerance["abs_difference"] <= RESCORE_TOLERANCE  # a CPU's FP32 evaluation is deterministic
+
+
 def test_smoke_fp8_is_counted_but_not_timed_off_the_gpu(smoke):
     _, results = smoke
     for name in ("default", "dim1024"):
@@ -185,8 +193,17 @@ def test_the_session_plan_is_ordered_by_value_and_fits_400_s(bench):
     plan = bench.section_plan(bench.parse_args(["--device", "cpu"]))
     assert [bench.label(section, name) for section, name in plan] == SESSION_ORDER
     rows, total = bench.plan_lines(plan)
-    assert total <= bench.SESSION_BUDGET_S == 400
+    assert total == sum(seconds for _, seconds in rows) <= bench.SESSION_BUDGET_S == 400
     assert all(seconds > 0 for _, seconds in rows)
+    run_end = 20 + 5  # a run's sealed scorer (~20-25 s on a GPU), then a supervisor and a trainer process (~5 s)
+    assert bench.ESTIMATES["launch:default"] >= 45 + run_end  # startup and a cold compile (~45 s) come first
+    assert bench.ESTIMATES["recompiles:default"] >= run_end and bench.ESTIMATES["score:default"] >= 20
+
+
+def test_the_session_plan_keeps_the_rescore_tolerance_after_the_runs_it_compares(bench):
+    plan = [name for name, _ in bench.DEFAULT_PLAN]
+    assert "tolerance:default" in plan, "RESCORE_TOLERANCE_GPU stays a guess until a GPU session measures it"
+    assert plan.index("launch:default") < plan.index("score:default") < plan.index("tolerance:default")
 
 
 def test_every_named_section_exists_with_its_config_and_an_estimate(bench):
