@@ -2100,7 +2100,7 @@ def trainer_main():
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
     summary = make_summary(run, stats, header["identity"])
-    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY)
+    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY, data_path=header["data_path"])
     check = {"loss": check_loss(model.net, run.train_data, run.device), "float8_layers": float8_layers(model)}
     written = save_checkpoint(run, model, spec, check, header["source"], summary, header["run_folder"])
     report("saved", sha256=written, summary=summary)
@@ -2469,7 +2469,7 @@ def supervise(script, argv):
         Path(env["metrics"]).write_text("")
     guarded = guarded_paths(env, data_path)
     header = dict(
-        env=env, script=str(script), source=source, identity=identity, data_identity=data_identity,
+        env=env, script=str(script), source=source, identity=identity, data_identity=data_identity, data_path=str(data_path),
         val_size=bounds["val"][1] - bounds["val"][0], run_folder=str(run_folder), t_start=T_START, guarded=guarded,
         require_sandbox=os.environ.get(REQUIRE_SANDBOX) == "1",
         rules=sandbox_rules(script, env, run_folder, guarded, int(os.environ.get("WORLD_SIZE", "1")) > 1),
@@ -2572,7 +2572,10 @@ class Crash(HarnessError):
 # `site` (-I -S: no PYTHONPATH, no user site, no .pth file, the script's folder not on sys.path), with
 # the libraries on the first process's path, alone in a temporary directory.
 
-MEASURED_KEYS = ("seed", "budget", "excluded_steps", "num_steps", "run_id", "data", "eval_bytes", "device", "libraries")
+MEASURED_KEYS = (
+    *("seed", "budget", "excluded_steps", "num_steps", "run_id", "data", "data_path", "eval_bytes", "device"),
+    "libraries",
+)  # the checkpoint's summary must say what the supervisor measured
 
 
 def scorer_env():

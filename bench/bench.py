@@ -463,9 +463,7 @@ def fresh_run(b, precision=None):
     gets its own: the model handed to prepare_model, its compiled wrapper and the micro-batch
     are fixed once per Run."""
     r = b.run
-    return prepare.Run(
-        r.env, r.device, precision or r.precision, r.train_data, r.data_identity, r.data_path, r.eval_bytes
-    )
+    return prepare.Run(r.env, r.device, precision or r.precision, r.train_data, r.data_identity, r.eval_bytes)
 
 
 def training_setup(b, cfg, compile_model=True, precision=None):
@@ -1364,8 +1362,12 @@ def open_bench(args, workdir):
     if args.device:
         os.environ["AR_DEVICE"] = args.device
     module = train_module()
-    splits, _, _ = prepare.load_corpus(prepare.read_env())  # the bench scores val itself: the harness never does
-    run = prepare.setup(prepare.read_env())
+    blob, bounds, identity, _ = prepare.read_splits(prepare.read_env())
+    splits = {
+        name: prepare.split_bytes(blob, lo, hi) for name, (lo, hi) in bounds.items()
+    }  # the bench scores val itself
+    val_size = bounds["val"][1] - bounds["val"][0]
+    run = prepare.setup(prepare.read_env(), bytearray(blob[slice(*bounds["train"])]), identity, val_size)
     heldout = {"val": splits["val"].to(run.device)}
     bench = Bench(args, module, run, heldout, make_configs(module, args), workdir, corpus, output_path(args, run), {})
     bench.results["meta"] = meta(bench)

@@ -69,6 +69,14 @@ def rebind_after_import(source, **values):
     return source[: line.end()] + extra + source[line.end() :]
 
 
+def insert_after_import(source, code):
+    """train.py's text with `code` right below its `from prepare import ...` line: the first place
+    an edit may run code (above it, the harness refuses the file)."""
+    line = re.search(r"^from prepare import .*\n", source, flags=re.M)
+    assert line, "train.py no longer imports from prepare on one line: update this edit"
+    return source[: line.end()] + code.strip("\n") + "\n" + source[line.end() :]
+
+
 def make_train_copy(dest_dir, source=None, **values):
     """A copy of train.py in `dest_dir` with the tiny config plus `values` applied."""
     dest_dir = Path(dest_dir)

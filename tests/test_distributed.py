@@ -20,22 +20,23 @@ import prepare
 CORPUS_BYTES = 800_000
 EVAL_BYTES = 40_000
 
-# Each rank reports where it stopped and what weights it ended with, in a file of its own: two
-# ranks printing to one pipe can interleave their lines. The copy's train(run) is edited the way
-# the agent edits it; prepare.py stays as it is.
+# Each rank reports where it stopped and what weights it ended with, as one short line (a pipe
+# write under 4 KB is never interleaved with another rank's): the trainer writes only its run folder.
+# The copy's train(run) is edited the way the agent edits it; prepare.py stays as it is.
 REPORT_LINE = (
-    "    open(f'rank{run.rank}.report', 'w').write(f'{run.steps} "
-    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}')\n"
+    "    print(f'rank-report {run.rank} {run.steps} "
+    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}', flush=True)\n"
 )
 RETURN = "    return model\n"
 
 
-def rank_reports(workdir):
-    """{rank: (final step, sum of |weights|)} from the files the edited copy writes."""
+def rank_reports(log):
+    """{rank: (final step, sum of |weights|)} from the lines the edited copy prints."""
     reports = {}
-    for path in sorted(workdir.glob("rank*.report")):
-        step, weights = path.read_text().split()
-        reports[int(path.stem.removeprefix("rank"))] = (int(step), float(weights))
+    for line in log.splitlines():
+        if line.startswith("rank-report "):
+            _, rank, step, weights = line.split()
+            reports[int(rank)] = (int(step), float(weights))
     return reports
 
 
@@ -74,7 +75,7 @@ def test_metrics_file_has_each_step_once_and_one_summary_row(ddp_run):
 
 def test_both_ranks_stop_at_the_same_step_with_identical_weights(ddp_run):
     workdir, _, log, summary, _ = ddp_run
-    reports = rank_reports(workdir)
+    reports = rank_reports(log)
     assert sorted(reports) == [0, 1], log[-3000:]
     (step0, weights0), (step1, weights1) = reports[0], reports[1]
     assert step0 == step1 == int(summary["num_steps"])

@@ -1,10 +1,10 @@
 """The libraries where an offline GPU box keeps them: a run ends with a score whatever the layout.
 
 bench/gpu_session.sh installs the wheels with `pip install --target /tmp/site` and puts that folder
-on PYTHONPATH, under a python that has no torch of its own. The harness starts its children (the
-sealed scorer, soon a supervisor and a sandboxed trainer) with `python -I`, which ignores
-PYTHONPATH: they must get the first process's sys.path some other way, or every run on that box
-crashes at scoring. Here the same layout on a CPU: the interpreter this venv was made from (no
+on PYTHONPATH, under a python that has no torch of its own. The harness starts its processes (the
+supervisor, the sandboxed trainer, the sealed scorer) with `python -I -S`, which ignores PYTHONPATH:
+each gets the first process's sys.path instead, or every run on that box would crash at scoring.
+Here the same layout on a CPU: the interpreter this venv was made from (no
 torch) with PYTHONPATH naming the venv's site-packages, the folder that holds torch.
 
 A venv (uv's or a plain one) is the layout every other test runs in.
@@ -24,22 +24,12 @@ STEPS = 2
 EVAL_BYTES = 4096
 
 
-class LibrariesLost(Exception):
-    """A process the harness started could not import what the first process imported."""
-
-
 def base_python():
     """The interpreter this venv was made from, which has none of the venv's packages."""
     candidates = (getattr(sys, "_base_executable", ""), Path(sys.base_prefix) / "bin" / "python3")
     return next((Path(c) for c in candidates if c and Path(c).exists()), None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LibrariesLost,
-    reason="the harness's `python -I` children ignore PYTHONPATH until they get the first process's sys.path; "
-    "remove this mark once that fix is in",
-)
 def test_a_run_scores_with_the_libraries_on_pythonpath_only(tmp_path, corpus):
     python = base_python()
     if python is None or sys.prefix == sys.base_prefix:
@@ -60,8 +50,6 @@ def test_a_run_scores_with_the_libraries_on_pythonpath_only(tmp_path, corpus):
         timeout=300,
     )
     log, reason = proc.stdout, crash_reason(proc.stdout)
-    if reason and "is not installed in this python" in reason:
-        raise LibrariesLost(reason)
     assert reason is None, log[-3000:]
     assert proc.returncode == 0, log[-3000:]
     assert math.isfinite(float(parse_summary(log)["val_bpc"])), log[-3000:]

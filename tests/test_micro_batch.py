@@ -6,7 +6,16 @@ import re
 
 import pytest
 import torch
-from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_copy, parse_summary, run_train
+from harness import (
+    TRAIN,
+    assert_crashed,
+    base_env,
+    crash_reason,
+    insert_after_import,
+    make_train_copy,
+    parse_summary,
+    run_train,
+)
 
 import prepare
 
@@ -34,7 +43,7 @@ def fitting_source(fits, fail_after=0):
     )
     source = source.replace('\n\nif __name__ == "__main__":', FITTING_LOSS + '\n\nif __name__ == "__main__":')
     header = f"import torch\n\nFITS = {fits}\nFAIL_AFTER = {fail_after}\n"
-    return source.replace("from prepare import", header + "from prepare import", 1)
+    return insert_after_import(source, header)
 
 
 @pytest.fixture(scope="module")

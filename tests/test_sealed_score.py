@@ -18,6 +18,7 @@ from harness import (
     base_env,
     crash_reason,
     edit_constants,
+    insert_after_import,
     make_prepare_copy,
     parse_summary,
     run_train,
@@ -34,7 +35,7 @@ def with_code(before_main="", train_body=None, build_edit=None, imports=""):
     text, train() replaced by `train_body` (its indented body) and `before_main` added."""
     text = edit_constants(TRAIN.read_text(), **TINY)
     if imports:
-        text = text.replace("from prepare import", imports.strip() + "\nfrom prepare import", 1)
+        text = insert_after_import(text, imports)
     if build_edit:
         text = build_edit(text)
     if train_body is not None:

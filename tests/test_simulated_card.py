@@ -108,9 +108,7 @@ def test_fp8_compiles_the_model_before_ddp_wraps_it(monkeypatch):
     try:
         orders = {}
         for precision in ("FP8", "BF16"):
-            run = prepare.Run(
-                dict(prepare.read_env(), steps=1), torch.device("cpu"), precision, torch.zeros(8), "x", 8
-            )
+            run = prepare.Run(dict(prepare.read_env(), steps=1), torch.device("cpu"), precision, torch.zeros(8), "x", 8)
             run.world_size, run.compile_options = 2, {}
             model = nn.Linear(4, 4)
             net = run.step_model(model)
