@@ -192,7 +192,7 @@ def code_above_import(source, line):
 
 def importing_script():
     """(path, source, line) of the script run as `python SCRIPT` when its own top level is importing
-    this file and it is a train.py (it defines train or build_model, or imports main); else None."""
+    this file and it is a train.py (it defines train(), or imports main); else None."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     frame = sys._getframe(1)
@@ -203,7 +203,7 @@ def importing_script():
     source = Path(path).read_text()
     names = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
     imports_main = re.search(r"^from prepare import .*\bmain\b", source, flags=re.M)
-    return (Path(path).resolve(), source, frame.f_lineno) if names & {"train", "build_model"} or imports_main else None
+    return (Path(path).resolve(), source, frame.f_lineno) if "train" in names or imports_main else None
 
 
 def library_path(script_folder):
@@ -277,6 +277,8 @@ EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GP
 HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
 HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
 OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' time, if longer) before it is a crash
+HANDBACK_GRACE = 20.0  # seconds from train()'s return to the checkpoint on disk, plus HANDBACK_BYTES_PER_S of its size
+HANDBACK_BYTES_PER_S = 50e6  # a slow disk's write rate: a large honest checkpoint never overruns the hand-back
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
 HOST_MICRO_BATCH = 8  # off the GPU, sequences per forward/backward: host RAM holds ~8 of a GPU-sized model
@@ -453,6 +455,7 @@ def read_env():
     if steps is not None and os.environ.get("AR_TIME_BUDGET"):
         raise HarnessError("AR_STEPS and AR_TIME_BUDGET are exclusive: a run is budgeted in steps or in seconds")
     budget = env_number("AR_TIME_BUDGET", float(TIME_BUDGET), float, minimum=0.001)
+    check_device_request(os.environ.get("AR_DEVICE", ""))
     cuda = torch.cuda.is_available() if "torch" in globals() else nvidia_gpu_present()
     margin = HARD_LIMIT_MARGIN if cuda else HARD_LIMIT_MARGIN_NO_GPU
     return dict(
@@ -471,6 +474,16 @@ def read_env():
         checkpoint=os.environ.get("AR_CHECKPOINT", "") or "checkpoint.pt",
         overrides={k: os.environ[k] for k in ENV_VARS if os.environ.get(k)},
     )
+
+
+def check_device_request(requested):
+    """AR_DEVICE refused before any data is read, without torch (the supervisor has none)."""
+    if requested and not re.fullmatch(r"cuda(:\d+)?|mps|cpu", requested):
+        raise HarnessError(f"AR_DEVICE={requested!r} is not a device: use cuda, cuda:N, mps or cpu")
+    if requested.startswith("cuda") and not nvidia_gpu_present():
+        raise HarnessError("AR_DEVICE=cuda but this machine has no CUDA GPU: unset it, or use AR_DEVICE=cpu")
+    if requested == "mps" and sys.platform != "darwin":
+        raise HarnessError("AR_DEVICE=mps but MPS is not available here: unset it, or use AR_DEVICE=cpu")
 
 
 def pick_device(requested):
@@ -2075,7 +2088,7 @@ def trainer_main():
     train = exec_train_source("train", script, header["source"])
     if steps.untracked_steps:
         raise HarnessError(
-            f"{script.name} took {steps.untracked_steps} optimizer steps when imported: train in train(run)"
+            f"{script.name} took {steps.untracked_steps} optimizer steps when imported: train inside train(run)"
         )
     for needed in ("train", "build_model"):
         if not callable(getattr(train, needed, None)):
@@ -2100,7 +2113,9 @@ def trainer_main():
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
     summary = make_summary(run, stats, header["identity"])
-    summary.update(spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY, data_path=header["data_path"])
+    summary.update(
+        spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY, data_path=header["data_path"]
+    )
     check = {"loss": check_loss(model.net, run.train_data, run.device), "float8_layers": float8_layers(model)}
     written = save_checkpoint(run, model, spec, check, header["source"], summary, header["run_folder"])
     report("saved", sha256=written, summary=summary)
@@ -2440,9 +2455,10 @@ def supervise(script, argv):
     if argv:
         raise HarnessError(f"unknown arguments {argv}: train.py takes none (data: python prepare.py)")
     if importlib.util.find_spec("torch") is None:
-        raise HarnessError(
+        raise Crash(
             f"torch is not installed in this python ({sys.executable}): activate the project's environment in "
-            "this shell (README.md: source .venv/bin/activate) and run the same command again"
+            "this shell (README.md: source .venv/bin/activate) and run the same command again",
+            1,
         )
     if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):  # before any CUDA allocator starts: trainer and scorer alike
         os.environ.setdefault("PYTORCH_ALLOC_CONF", ALLOC_CONF)
@@ -2507,6 +2523,7 @@ def supervise(script, argv):
         raise HarnessError(
             "the checkpoint changed after the harness wrote it: code of train.py ran after train(run) returned; nothing is scored"
         )
+    check_handback(watch, env, written.stat().st_size)
     os.replace(written, checkpoint)
     shutil.rmtree(run_folder, ignore_errors=True)
     if measure:
@@ -2523,6 +2540,20 @@ def supervise(script, argv):
         append_journal(journal, dict(answer["entry"], sandbox=started["sandbox"]))
     summary["total_seconds"] = time.time() - T_START
     print_summary(summary, env["metrics"])
+
+
+def check_handback(watch, env, size):
+    """The hand-back (checks, check loss, the checkpoint written) is the harness's own work, timed by the
+    supervisor: longer than the grace for its size, train.py's code ran there (a hook, a rebound
+    function), off the clock. Not under AR_STEPS, which has no clock."""
+    seconds = watch.events["saved"][0] - watch.events["returned"][0]
+    limit = HANDBACK_GRACE + size / HANDBACK_BYTES_PER_S
+    if not env["steps"] and seconds > limit:
+        raise HarnessError(
+            f"saving the model took {seconds:.0f} s after train(run) returned (limit {limit:.0f} s for "
+            f"{size / 1e6:,.0f} MB): code of train.py ran there, off the clock; keep hooks and replaced "
+            "functions out of the returned model and the libraries"
+        )
 
 
 def measured_summary(env, identity, watch, data_identity, data_path):

@@ -10,7 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from harness import TRAIN, assert_crashed, base_env, crash_reason, make_train_copy, parse_summary, run_train
+from harness import (
+    TRAIN,
+    assert_crashed,
+    base_env,
+    crash_reason,
+    insert_after_import,
+    make_train_copy,
+    parse_summary,
+    run_train,
+)
 
 TAIL_LINES = 50
 
@@ -138,17 +147,17 @@ def test_a_train_py_that_trains_when_imported_is_refused_naming_it(tmp_path, cor
     source = edited(
         MAIN_GUARD, "_w = torch.nn.Parameter(torch.zeros(1))\ntorch.optim.SGD([_w], lr=0.1).step()\n\n" + MAIN_GUARD
     )
-    code, log = run_edit(tmp_path, corpus, "import torch\n" + source(TRAIN.read_text()))
+    code, log = run_edit(tmp_path, corpus, insert_after_import(source(TRAIN.read_text()), "import torch"))
     assert_crashed(code, log)
     assert crash_reason(log) == "train.py took 1 optimizer steps when imported: train inside train(run)"
     assert not re.search(r"^step ", log, flags=re.M)
 
 
-def test_a_train_py_that_never_calls_main_prints_no_summary(tmp_path, corpus):
+def test_a_train_py_that_never_calls_main_still_runs_from_its_import_of_the_harness(tmp_path, corpus):
+    # the run starts at `from prepare import`, which makes `python train.py` the supervisor: the call is a formality
     code, log = run_edit(tmp_path, corpus, edited(MAIN_GUARD, "")(TRAIN.read_text()))
-    assert parse_summary(log) == {}  # nothing for program.md's grep: the experiment records as a crash
-    assert not re.search(r"^val_bpc:", log, flags=re.M)
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert code == 0, log[-2000:]
+    assert re.search(r"^val_bpc:", log, flags=re.M)
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +214,10 @@ def test_a_train_that_returns_nothing_is_refused(tmp_path, corpus):
     assert crash_reason(log) == "train(run) must return the trained AutoregressiveWrapper (its .net is scored)"
 
 
-def test_a_train_py_that_replaces_the_harness_evaluation_gets_no_summary(tmp_path, corpus):
+def test_a_train_py_that_replaces_the_harness_evaluation_records_the_honest_score(tmp_path, corpus):
     source = edited(
         MAIN_GUARD, "import prepare\n\nprepare.evaluate = lambda *args, **kwargs: (0.125, 0.0)\n\n" + MAIN_GUARD
     )
     code, log = run_edit(tmp_path, corpus, source(TRAIN.read_text()), steps=1)
-    assert parse_summary(log).get("val_bpc") != "0.125000", "the run printed the score its train.py chose"
-    assert_crashed(code, log)
+    assert code == 0, log[-2000:]  # the trainer's copy of the harness changed; the scorer's did not
+    assert parse_summary(log)["val_bpc"] != "0.125000", "the run printed the score its train.py chose"

@@ -21,7 +21,9 @@ from harness import (
     assert_crashed,
     base_env,
     crash_reason,
+    insert_after_import,
     leftover_parts,
+    make_prepare_copy,
     make_train_copy,
     python,
     run_train,
@@ -64,7 +66,7 @@ def strict_rows(workdir):
 
 def with_torch(source):
     """The copy imports torch (and time) for the injected code."""
-    return "import time\n\nimport torch\n" + source
+    return insert_after_import(source, "import time\n\nimport torch\n")
 
 
 def in_loop(code):
@@ -139,19 +141,18 @@ def test_out_of_memory_in_training_names_peak_memory_and_model_size(tmp_path, co
 
 @pytest.fixture(scope="module")
 def scorer_crash(tmp_path_factory, corpus):
-    """A run whose training finishes and whose sealed scorer fails: the corpus is moved away at the
-    end of train() (a disk unmounted, a cache cleaned), so the scorer has no validation bytes."""
+    """A run whose training finishes and whose sealed scorer fails: a harness whose scorer may take
+    a millisecond (train.py cannot reach the scorer or the corpus, so the harness's copy stands in for
+    a disk unmounted or a scorer that hangs)."""
     tmp_path = tmp_path_factory.mktemp("scorer_crash")
-    data = tmp_path / "corpus.txt"
-    data.write_bytes(Path(corpus).read_bytes())
-    source = edited("    return model\n", f"    os.rename({str(data)!r}, {str(data) + '.moved'!r})\n    return model\n")
-    return run_copy(tmp_path, corpus, "import os\n" + source, AR_DATA=data)
+    make_prepare_copy(tmp_path / "repo", SCORER_TIMEOUT=0.001)
+    return run_copy(tmp_path, corpus, TRAIN.read_text())
 
 
 def test_a_crash_in_the_sealed_scorer_is_the_runs_one_crash_line(scorer_crash):
     workdir, code, log = scorer_crash
     assert_crashed(code, log)
-    assert "is gone: the checkpoint cannot be scored here" in crash_reason(log)
+    assert "the sealed scorer ran past 0.001 s" in crash_reason(log)
     rows = metrics_rows(workdir)
     assert rows and not any("summary" in row for row in rows)
     assert leftover_parts(workdir) == []
