@@ -2199,7 +2199,7 @@ def compile_caches():
     return [os.environ[k] for k in caches]
 
 
-def guarded_paths(env, data_path):
+def guarded_paths(data_path):
     """The corpus and where copies of it live: out of the trainer's reach."""
     git = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir"],
                          capture_output=True, text=True, cwd=REPO_DIR).stdout.split()  # fmt: skip
@@ -2452,6 +2452,46 @@ def supervise(script, argv):
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_supervisor_signal)
     become_subreaper()
+    env, source, identity, journal, measure = run_settings(script, argv)
+    blob, bounds, data_identity, data_path = read_splits(env)
+    if measure:
+        refuse_unlike_effort(data_differences(data_identity, data_path, None, measure))
+    checkpoint = Path(env["checkpoint"]).resolve()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    run_folder = Path(tempfile.mkdtemp(prefix=".run-", dir=checkpoint.parent))  # the trainer's only writable folder
+    try:
+        header = trainer_header(script, env, source, identity, bounds, data_identity, data_path, run_folder)
+        watch = trained(script, env, header, memoryview(blob)[slice(*bounds["train"])])
+        del blob
+        wait_for_local_ranks()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        sha = handed_back(watch, env, run_folder / "checkpoint.pt", checkpoint)
+    finally:
+        shutil.rmtree(run_folder, ignore_errors=True)
+    started = watch.events["started"][1]
+    if measure:
+        refuse_unlike_effort(
+            data_differences(data_identity, data_path, (started["device"], started["eval_bytes"]), measure)
+        )
+    summary = dict(
+        watch.events["saved"][1]["summary"], **measured_summary(env, identity, watch, data_identity, data_path)
+    )
+    enter_phase("the sealed score (a fresh process)")
+    heartbeat()
+    answer = run_scorer(
+        identity["text"], [str(checkpoint), "--device", started["device"], "--run", "--sha256", sha], summary
+    )
+    summary.update(answer["summary"])
+    if journal:
+        append_journal(journal, dict(answer["entry"], sandbox=started["sandbox"]))
+    summary["total_seconds"] = time.time() - T_START
+    print_summary(summary, env["metrics"])
+
+
+def run_settings(script, argv):
+    """(env, train.py's text, the run's identity, the journal, the effort's measure): everything the
+    supervisor knows before the data, each refusal a crash line."""
     if argv:
         raise HarnessError(f"unknown arguments {argv}: train.py takes none (data: python prepare.py)")
     if importlib.util.find_spec("torch") is None:
@@ -2466,80 +2506,64 @@ def supervise(script, argv):
     source = script.read_text()
     harness = Path(__file__).read_text()  # what the scorer runs
     identity = dict(commit=git_commit(script.parent), run_id=uuid.uuid4().hex[:12], libraries=library_digest(),
-                    harness=prepare_hash(harness))  # fmt: skip
+                    harness=prepare_hash(harness), text=harness)  # fmt: skip
     journal = journal_path(script.parent)
     measure = effort_measure(journal)
     if measure:
         refuse_unlike_effort(setting_differences(env, measure))
     env["seed"] = env["seed"] if os.environ.get("AR_SEED") else source_seed(source)
-    blob, bounds, data_identity, data_path = read_splits(env)
-    if measure:
-        refuse_unlike_effort(data_differences(data_identity, data_path, None, measure))
-    checkpoint = Path(env["checkpoint"]).resolve()
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    run_folder = Path(tempfile.mkdtemp(prefix=".run-", dir=checkpoint.parent))
+    return env, source, identity, journal, measure
+
+
+def trainer_header(script, env, source, identity, bounds, data_identity, data_path, run_folder):
+    """What the trainer is handed besides the training bytes: settings, source, identity, sandbox rules."""
     (run_folder / "tmp").mkdir()
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    if rank0:  # one metrics file per run, rows from rank 0
+    if int(os.environ.get("RANK", "0")) == 0:  # one metrics file per run, rows from rank 0
         Path(env["metrics"]).parent.mkdir(parents=True, exist_ok=True)
         Path(env["metrics"]).write_text("")
-    guarded = guarded_paths(env, data_path)
-    header = dict(
-        env=env, script=str(script), source=source, identity=identity, data_identity=data_identity, data_path=str(data_path),
-        val_size=bounds["val"][1] - bounds["val"][0], run_folder=str(run_folder), t_start=T_START, guarded=guarded,
+    guarded = guarded_paths(data_path)
+    return dict(
+        env=env, script=str(script), source=source, data_identity=data_identity, data_path=str(data_path),
+        identity={k: v for k, v in identity.items() if k != "text"}, val_size=bounds["val"][1] - bounds["val"][0],
+        run_folder=str(run_folder), t_start=T_START, guarded=guarded,
         require_sandbox=os.environ.get(REQUIRE_SANDBOX) == "1",
         rules=sandbox_rules(script, env, run_folder, guarded, int(os.environ.get("WORLD_SIZE", "1")) > 1),
     )  # fmt: skip
-    trainer, reports = start_trainer(script, header, memoryview(blob)[slice(*bounds["train"])])
+
+
+def trained(script, env, header, train_bytes):
+    """The trainer started, followed to its end, and everything it left killed and reaped: its Watch."""
+    trainer, reports = start_trainer(script, header, train_bytes)
     SUPERVISOR["trainer"] = trainer
-    del blob
     watch = Watch(env, trainer, reports)
     try:
         watch.follow()
         watch.check_clock()  # a train() that returned past the budget
     except HarnessError as e:
         end_trainer(trainer, wait=0 if isinstance(e, Watchdog) else STOP_WAIT)
-        shutil.rmtree(run_folder, ignore_errors=True)
         raise
     end_trainer(trainer)
-    if watch.crash or "saved" not in watch.events:
-        shutil.rmtree(run_folder, ignore_errors=True)
-        if watch.crash:
-            raise Crash(*watch.crash)
+    if watch.crash:
+        raise Crash(*watch.crash)
+    if "saved" not in watch.events:
         status = trainer.returncode
         how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with code {status}"
-        raise Crash(
-            f"the trainer {how} before it saved the model (its output above says why)", status if status > 0 else 1
-        )
-    wait_for_local_ranks()
-    if not rank0:
-        shutil.rmtree(run_folder, ignore_errors=True)
-        return
-    started, saved = watch.events["started"][1], watch.events["saved"][1]
-    written = run_folder / "checkpoint.pt"
+        raise Crash(f"the trainer {how} before it saved the model (its output above says why)", max(status, 1))
+    return watch
+
+
+def handed_back(watch, env, written, checkpoint):
+    """The checkpoint's sha256 once it is where the run keeps it: the bytes the trainer said it wrote,
+    within the hand-back's time."""
     sha = file_sha256(written) if written.exists() else None
-    if sha != saved["sha256"]:
-        shutil.rmtree(run_folder, ignore_errors=True)
+    if sha != watch.events["saved"][1]["sha256"]:
         raise HarnessError(
-            "the checkpoint changed after the harness wrote it: code of train.py ran after train(run) returned; nothing is scored"
+            "the checkpoint changed after the harness wrote it: code of train.py ran after train(run) "
+            "returned; nothing is scored"
         )
     check_handback(watch, env, written.stat().st_size)
     os.replace(written, checkpoint)
-    shutil.rmtree(run_folder, ignore_errors=True)
-    if measure:
-        refuse_unlike_effort(
-            data_differences(data_identity, data_path, (started["device"], started["eval_bytes"]), measure)
-        )
-    summary = dict(saved["summary"], **measured_summary(env, identity, watch, data_identity, data_path))
-    enter_phase("the sealed score (a fresh process)")
-    heartbeat()
-    answer = run_scorer(harness, [str(checkpoint), "--device", started["device"] if started["device"] != "cuda" else "cuda",
-                                  "--run", "--sha256", sha], measured=summary)  # fmt: skip
-    summary.update(answer["summary"])
-    if journal:
-        append_journal(journal, dict(answer["entry"], sandbox=started["sandbox"]))
-    summary["total_seconds"] = time.time() - T_START
-    print_summary(summary, env["metrics"])
+    return sha
 
 
 def check_handback(watch, env, size):
