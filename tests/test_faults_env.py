@@ -146,7 +146,9 @@ def test_ctrl_c_during_the_imports_is_the_one_crash_line(tmp_path, corpus):
     says so and waits holds the imports open (a cold interpreter: the tests' warm one has them imported)."""
     stand_in = tmp_path / "slow" / "x_transformers"
     stand_in.mkdir(parents=True)
-    (stand_in / "__init__.py").write_text("import time\nprint('importing x_transformers', flush=True)\ntime.sleep(120)\n")
+    (stand_in / "__init__.py").write_text(
+        "import time\nprint('importing x_transformers', flush=True)\ntime.sleep(120)\n"
+    )
     train_py = make_train_copy(tmp_path / "run")
     env = base_env(tmp_path, AR_DATA=corpus)
     env["PYTHONPATH"] = f"{stand_in.parent}{os.pathsep}{env['PYTHONPATH']}"

@@ -97,7 +97,7 @@ def test_opening_the_corpus_during_training_ends_the_run_naming_the_file(tmp_pat
     body = HONEST_LOOP + '    open(os.environ["AR_DATA"], "rb").read()  # the held-out bytes, for a cheat\n'
     code, log, _ = run_text(tmp_path, corpus, with_code(train_body=body + "    return model", imports="import os"))
     assert_crashed(code, log)
-    assert f"train.py opened {Path(corpus).resolve()}" in crash_reason(log) and "run.get_batch" in crash_reason(log)
+    assert crash_reason(log) == f"PermissionError: [Errno 13] Permission denied: '{corpus}'"
 
 
 def test_a_forward_replaced_on_the_returned_model_is_refused(tmp_path, corpus):
@@ -124,7 +124,7 @@ def test_opening_the_corpus_when_train_py_is_imported_ends_the_run(tmp_path, cor
     )
     code, log, _ = run_text(tmp_path, corpus, text)
     assert_crashed(code, log)
-    assert f"train.py opened {Path(corpus).resolve()}" in crash_reason(log)
+    assert crash_reason(log) == f"PermissionError: [Errno 13] Permission denied: '{corpus}'"
 
 
 def test_work_done_when_train_py_is_imported_is_charged_to_the_clock(tmp_path, corpus):
@@ -173,7 +173,7 @@ def test_train_running_long_past_the_budget_is_a_crash(tmp_path, corpus):
     text = with_code(train_body=body, imports="import time")
     code, log, _ = run_text(tmp_path, corpus, text, prepare_copy=dict(OVERRUN_GRACE=0.5), AR_TIME_BUDGET=1)
     assert_crashed(code, log)
-    assert re.search(r"train\(run\) returned \d+ s after the 1 s budget", crash_reason(log))
+    assert re.search(r"train\(run\) (returned|is still running) \d+ s (after|past) the 1 s budget", crash_reason(log))
 
 
 def test_code_of_train_py_running_inside_the_hand_back_is_a_crash(tmp_path, corpus):
@@ -186,44 +186,35 @@ def test_code_of_train_py_running_inside_the_hand_back_is_a_crash(tmp_path, corp
 
 
 def test_a_checkpoint_changed_after_the_harness_wrote_it_is_not_scored(tmp_path, corpus):
-    # a gc callback runs when the harness collects after saving: it rewrites the file before the scorer reads it
+    # an exit handler, run once the harness has saved: it rewrites the file in the run folder (TMPDIR's parent)
     tamper = """
 def tamper_with(path):
-    def on_gc(phase, info):
-        if phase == "stop" and os.path.exists(path):
-            with open(path, "ab") as f:
-                f.write(b"other weights")
-            gc.callbacks.remove(on_gc)
+    def rewrite():
+        with open(path, "ab") as f:
+            f.write(b"other weights")
 
-    gc.callbacks.append(on_gc)
+    atexit.register(rewrite)
 """
-    body = HONEST_LOOP + '    tamper_with(run.env["checkpoint"])\n    return model'
+    body = HONEST_LOOP + "    tamper_with(os.path.join(os.path.dirname(tempfile.gettempdir()), 'checkpoint.pt'))\n"
+    body += "    return model"
     code, log, _ = run_text(
-        tmp_path, corpus, with_code(before_main=tamper, train_body=body, imports="import gc\nimport os")
+        tmp_path,
+        corpus,
+        with_code(before_main=tamper, train_body=body, imports="import atexit\nimport os\nimport tempfile"),
     )
     assert_crashed(code, log)
     assert "the checkpoint changed after the harness wrote it" in crash_reason(log)
 
 
-def test_the_corpus_opened_through_a_hard_link_ends_the_run(tmp_path, corpus):
-    body = (
-        HONEST_LOOP
-        + '    os.link(os.environ["AR_DATA"], "held-out")\n    open("held-out", "rb").read()\n    return model'
-    )
-    code, log, _ = run_text(tmp_path, corpus, with_code(train_body=body, imports="import os"))
-    assert_crashed(code, log)
-    assert "held-out: the training process reads data only through run.get_batch" in crash_reason(log)
-
-
-def test_a_module_from_a_file_git_does_not_see_ends_the_run(tmp_path, corpus):
-    # a sourceless .pyc in the working tree (git ignores *.pyc) imported by train.py, shadowing nothing
+def test_a_module_from_a_file_git_does_not_see_is_not_found(tmp_path, corpus):
+    # a sourceless .pyc in the working tree (git ignores *.pyc): the trainer's path holds the libraries only
     where = tmp_path / "run"
     where.mkdir()
     (tmp_path / "helper_lib.py").write_text("SCALE = 1.0\n")
     py_compile.compile(str(tmp_path / "helper_lib.py"), cfile=str(where / "helper_lib.pyc"))
     code, log, _ = run_text(tmp_path, corpus, with_code(imports="import helper_lib"))
     assert_crashed(code, log)
-    assert "train.py ran helper_lib.pyc (module helper_lib) from the working tree" in crash_reason(log)
+    assert crash_reason(log) == "ModuleNotFoundError: No module named 'helper_lib'"
 
 
 def test_a_bytecode_file_planted_for_train_py_never_runs(tmp_path, corpus, honest):
@@ -308,10 +299,6 @@ SCORER_LAUNCH = """    sys.executable = "/bin/false"
         ),
         ("log_softmax", (LOG_SOFTMAX_OVERRIDE, "    KEEP.append(low_loss_for_the_evaluation())\n", "import torch")),
         ("scorer_launch", ("", SCORER_LAUNCH, "import os\nimport sys")),
-        (
-            "torch_save",
-            (TRAIN_ON_IN_SAVE, "    train_on_while_the_harness_saves(model, run.train_data)\n", "import torch"),
-        ),
     ],
 )
 def test_an_attack_on_the_evaluation_from_train_py_scores_what_an_honest_run_scores(
@@ -324,6 +311,25 @@ def test_an_attack_on_the_evaluation_from_train_py_scores_what_an_honest_run_sco
     status, log, summary = run_text(tmp_path, corpus, text)
     assert status == 0, log[-2000:]
     assert summary["val_bpc_exact"] == honest["val_bpc_exact"] and summary["spec"] == honest["spec"]
+
+
+def test_training_inside_the_harnesss_save_is_flagged_and_with_a_clock_is_a_crash(tmp_path, corpus):
+    # torch.save rebound by train.py: the trainer's harness calls it, so the extra training lands in the
+    # checkpoint; the rebuilt model's check loss then differs from the one measured at hand-back
+    line = "    train_on_while_the_harness_saves(model, run.train_data)\n"
+    text = with_code(
+        before_main=TRAIN_ON_IN_SAVE, train_body=HONEST_LOOP + line + "    return model", imports="import torch"
+    )
+    status, log, summary = run_text(tmp_path, corpus, text)
+    assert status == 0, log[-2000:]
+    assert summary["flags"] == "state_not_in_spec"
+    slow = text.replace("for _ in range(20):", "for _ in range(20):\n                time.sleep(0.1)")
+    status, log, _ = run_text(
+        tmp_path, corpus, insert_after_import(slow, "import time"), name="clock", prepare_copy=dict(HANDBACK_GRACE=0.5),
+        AR_TIME_BUDGET=1,
+    )  # fmt: skip
+    assert_crashed(status, log)
+    assert re.search(r"saving the model took \d+ s after train\(run\) returned", crash_reason(log))
 
 
 # Legitimate research edits: recorded with no flag

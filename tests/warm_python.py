@@ -142,6 +142,9 @@ def run_child(request, fds, python, base):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    import tempfile
+
+    tempfile.tempdir = None  # found again from this run's TMPDIR, as a fresh interpreter would
     argv = list(request["argv"])
     options = []
     while argv and argv[0] in ("-I", "-S", "-u"):
