@@ -251,3 +251,12 @@ def test_a_run_repeating_a_recorded_runs_commit_and_seed_is_refused_naming_the_n
     assert len(data_lines(repo / "results.tsv")) == 1
     write_log(repo, commit, val_bpc=1.52, seed=1)  # the seed it names
     assert record(capsys, "--description", "noise")[0] == 0
+
+
+def test_a_row_keeps_the_runs_sandbox_and_a_summary_from_before_it_leaves_the_column_empty(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.5, sandbox="landlock ABI 7")
+    assert record(capsys, "--status", "keep", "--description", "baseline")[0] == 0
+    write_log(repo, commit, val_bpc=1.51, seed=1)  # an older harness: no sandbox key
+    assert record(capsys, "--description", "noise")[0] == 0
+    assert [r.extra["sandbox"] for r in ledger.read_results(repo / "results.tsv").rows] == ["landlock ABI 7", ""]
