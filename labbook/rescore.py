@@ -50,6 +50,11 @@ def journal_path(run_dir):
     return common / JOURNAL if common else None
 
 
+def run_journal(log_path):
+    """The journal a run's score is in: its repository's, else the one recording it (None outside git)."""
+    return journal_path(Path(log_path).resolve().parent) or journal_path(".")
+
+
 def journal_lines(path):
     """Every entry of a journal, in order (a torn line is skipped)."""
     try:
@@ -91,7 +96,7 @@ def journal_score(log_path, summary, log=""):
     if not run_id:
         return None, "the summary has no run_id: it was not printed by prepare.py"
     run_dir = Path(log_path).resolve().parent
-    journal = journal_path(run_dir) or journal_path(".")  # the run's repository, else the one recording it
+    journal = run_journal(log_path)
     entries = journal_entries(journal) if journal else {}
     if run_id in entries and entries[run_id] is None:
         return None, f"run {run_id} has more than one score in the journal {journal}: the scorer writes one"
