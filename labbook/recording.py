@@ -65,7 +65,7 @@ from labbook.ledger import (
     read_results,
     recorded_run_ids,
 )
-from labbook.rescore import journal_entries, journal_score, run_journal
+from labbook.rescore import journal_entries, journal_runs, journal_score, run_journal
 from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 from labbook.sources import programs_at, statements_at
 
@@ -486,6 +486,24 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
     return values, problem
 
 
+def unrecorded_runs_note(tsv, log_path, commit):
+    """A note on the journal's scored runs of `commit` that no row records (refused, or never
+    recorded), or None: they are evidence too, and the morning should not learn of them by chance."""
+    recorded = recorded_run_ids(tsv)
+    journal = run_journal(log_path)
+    runs = [e for e in journal_runs(journal, commit) if e["run_id"] not in recorded] if journal else []
+    if not runs:
+        return None
+    scores = [number(e.get("val_bpc_exact")) for e in runs]
+    listed = ", ".join(f"{e['run_id']} (val_bpc {'-' if v is None else f'{v:.6f}'})" for e, v in zip(runs, scores))
+    held = "1 scored run" if len(runs) == 1 else f"{len(runs)} scored runs"
+    were = "was" if len(runs) == 1 else "were"
+    return (
+        f"note: the journal holds {held} of {commit} that {were} never recorded: {listed}; "
+        "a run is evidence whether or not it is recorded"
+    )
+
+
 def save_keep_artifacts(tsv, checkpoint, commit):
     """A kept run's checkpoint (and the metrics.jsonl next to it) as checkpoints/<commit>.pt(.metrics.jsonl)."""
     run_dir = Path(checkpoint).parent
@@ -530,6 +548,8 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
         print(f"warning: {tsv} was missing, but the backup has earlier rows: run `python analysis.py restore`")
     if "fingerprint" not in columns:
         print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
+    if unrecorded := unrecorded_runs_note(tsv, log_path, values["commit"]):
+        print(unrecorded)
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
     saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
     if values["status"] == "keep":

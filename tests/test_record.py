@@ -318,3 +318,19 @@ def test_a_confirmation_must_use_the_seed_decide_named_and_a_new_commits_first_r
     fresh = commit_change(night.repo, lr=0.5, message="lr 0.5")
     write_log(night.repo, fresh, val_bpc=1.6, seed=861234)  # no AR_SEED: train.py's own seed
     assert cli.main(["decide"]) == 0 and capsys.readouterr().out.startswith("discard\n")
+
+
+def test_record_lists_the_journals_scored_runs_of_the_commit_that_were_never_recorded(repo, capsys):
+    commit = head(repo)
+    log = write_log(repo, commit, val_bpc=1.5)
+    this_run = runlog.parse_summary(log.read_text())["run_id"]
+    other = ("aaaaaaa", 1.2, "aaaaaaa")  # another commit's run
+    dirty = ("d1d1d1d1d1d1", 1.1, f"{commit}-dirty")  # uncommitted code: not a run of this commit
+    write_journal(repo, ("c0ffee000001", 1.4987654, commit), other, dirty, (this_run, 1.5, commit))
+    write_journal(repo, ("c0ffee000002", 1.51, commit))
+    code, out, _ = record(capsys, "--status", "keep", "--description", "baseline")
+    assert code == 0
+    assert (
+        f"note: the journal holds 2 scored runs of {commit} that were never recorded: c0ffee000001 (val_bpc "
+        "1.498765), c0ffee000002 (val_bpc 1.510000); a run is evidence whether or not it is recorded"
+    ) in out.splitlines()
