@@ -8,7 +8,9 @@ row's prepare_hash and to the baseline's (the fingerprint covers prepare.py's wh
 other fingerprint parts (libraries, budget, eval bytes, data) must equal the baseline's, a keep
 or noise replicate must name a commit git knows, and a measured row must carry provenance, not
 be --force'd, not carry harness flags, and record a re-score that agrees with what it reported.
-Kept experiments that gain less than the rule's keep bound are a separate note: their gain may be noise.
+Kept experiments that gain less than the rule's keep bound are a separate note: their gain may be noise,
+and so are rows measured without the kernel sandbox (their `sandbox` is `none (...)`): they count, but
+their scores rest on the harness's Python-level data guard alone.
 """
 
 import contextlib
@@ -112,9 +114,41 @@ def small_gains(report):
     return notes
 
 
+def unsandboxed(rows):
+    """The measured rows whose run had no kernel sandbox (`sandbox: none (<why>)`). A row from before
+    the column (no `sandbox`) says nothing either way and is not counted."""
+    return [r for r in rows if r.measured and r.extra.get("sandbox", "").strip().startswith("none")]
+
+
+def line_ranges(numbers):
+    """Line numbers as spans: [2, 3, 4, 7] gives "2-4, 7"."""
+    spans = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def unsandboxed_note(rows):
+    """One line on the rows measured without the kernel sandbox, or None when there are none."""
+    found = unsandboxed(rows)
+    if not found:
+        return None
+    why = "; ".join(dict.fromkeys(r.extra["sandbox"].strip() for r in found))
+    many = len(found) != 1
+    return (
+        f"{len(found)} row{'s' if many else ''} {'were' if many else 'was'} measured without the kernel sandbox "
+        f"(sandbox: {why}; line{'s' if many else ''} {line_ranges([r.line for r in found])}): "
+        f"{'their scores rest' if many else 'its score rests'} on the Python-level data guard only"
+    )
+
+
 def audit(results, report):
     """The flagged rows (comparability and integrity: these make `audit` exit 1) and, apart, the
-    keeps whose gain is below the rule's keep bound (a note, never an exit code)."""
+    keeps whose gain is below the rule's keep bound and the rows measured without the kernel
+    sandbox (notes, never an exit code)."""
     by_line = {r.line: r for r in results.rows}
     flagged = [
         {"line": f["line"], "commit": by_line[f["line"]].commit, "reason": "; ".join(f["reasons"])}
@@ -124,6 +158,7 @@ def audit(results, report):
         "baseline_commit": report["baseline"]["commit"] if report["baseline"] else None,
         "not_comparable": flagged,
         "small_gains": small_gains(report),
+        "unsandboxed": unsandboxed_note(results.rows),
         "flagged": len(flagged),
     }
 

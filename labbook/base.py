@@ -76,6 +76,12 @@ def main_worktree_top(cwd):
     return Path(top) if top else None
 
 
+def in_side_worktree(cwd):
+    """Whether `cwd` is in another worktree of its repository than the main one (a worker's)."""
+    top, main = git(["rev-parse", "--show-toplevel"], cwd), main_worktree_top(cwd)
+    return bool(top and main) and Path(top).resolve() != main.resolve()
+
+
 def default_tsv(cwd="."):
     """The effort's one results.tsv: top of the main worktree, or `cwd` outside git."""
     return (main_worktree_top(cwd) or Path(cwd).resolve()) / "results.tsv"

@@ -135,10 +135,11 @@ def sent_to_confirmation(row):
     return row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
 
 
-def next_seed(rows, commit):
-    """The smallest AR_SEED >= 1 that no row has used, for any commit: a confirmation or replicate
-    shares no seed (no initialisation, no data order) with any run it is compared against."""
-    used = set()
+def next_seed(rows, commit, taken=None):
+    """The smallest AR_SEED >= 1 that no row has used, for any commit, nor the run just judged
+    (`taken`, its seed): a confirmation or replicate shares no seed (no initialisation, no data
+    order) with any run it is compared against."""
+    used = {taken}
     for row in rows:
         try:
             used.add(int(row.extra.get("seed", "") or -1))
@@ -387,7 +388,7 @@ def replicate_verdict(rows, candidate, tip):
     verdict.reference_se = verdict.sigma / math.sqrt(len(values)) if verdict.sigma is not None else None
     verdict.record_command = record_command(description)
     if replicates < wanted:
-        seed = next_seed(rows, tip) if candidate.seed is None else max(next_seed(rows, tip), candidate.seed + 1)
+        seed = next_seed(rows, tip, candidate.seed)
         verdict.next_seed = seed
         verdict.reason = f"replicate {replicates} of {wanted} of {tip}: run the next one"
         verdict.commands = [run_command(seed), record_command(f"{NOISE_PREFIX} {tip}, seed {seed}")]
@@ -412,9 +413,10 @@ def decide(rows, candidate, reference_params=None, reference_statements=None, pr
     if tip is None:
         verdict = Verdict("keep", "baseline", "keep", "the first run: the baseline", candidate.commit)
         verdict.value = verdict.mean = candidate.val_bpc
-        verdict.runs, verdict.next_seed = 1, 1
+        seed = next_seed(rows, candidate.commit, candidate.seed)
+        verdict.runs, verdict.next_seed = 1, seed
         verdict.record_command = record_command(candidate.description if candidate.explicit else "baseline")
-        verdict.commands = [run_command(1), record_command(f"{NOISE_PREFIX} {candidate.commit}, seed 1")]
+        verdict.commands = [run_command(seed), record_command(f"{NOISE_PREFIX} {candidate.commit}, seed {seed}")]
         return verdict
     if candidate.commit == tip:
         return replicate_verdict(rows, candidate, tip)
@@ -494,9 +496,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
     else:
         note = f" (declared a simplification, but {why}: judged as an experiment)"
     if passes and k == 1:
-        seed = next_seed(rows, candidate.commit)
-        if candidate.seed is not None and seed == candidate.seed:
-            seed += 1
+        seed = next_seed(rows, candidate.commit, candidate.seed)
         verdict.verdict, verdict.next_seed = "rerun", seed
         verdict.reason = f"provisional {what}: {compare}; one confirmation run decides{note}"
         verdict.commands = [run_command(seed), record_command(candidate.description)]
@@ -504,9 +504,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
         verdict.verdict = verdict.status = "keep"
         label = f"{why}" if simple else "confirmed improvement"
         verdict.reason = f"{label}: {compare}"
-        seed = next_seed(rows, candidate.commit)
-        if candidate.seed is not None and seed == candidate.seed:
-            seed += 1
+        seed = next_seed(rows, candidate.commit, candidate.seed)
         if REPLICATES_AFTER_KEEP:
             verdict.next_seed = seed
             verdict.commands = [

@@ -32,6 +32,7 @@ PROVENANCE_COLUMNS = (
     "fingerprint",  # hash of the five parts above: equal means comparable
     "device",
     "gpu",
+    "sandbox",  # the trainer's kernel boundary: `landlock ABI <n>`, or `none (<why>)`; empty before it was recorded
     "seed",
     "precision",
     "training_seconds",

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from labbook import keeprule, outcomes
+from labbook.audit import unsandboxed_note
 from labbook.base import checkpoints_dir, git, results_repo
 from labbook.ledger import read_results
 from labbook.report import recorded_at as when
@@ -108,6 +109,8 @@ def overview_text(night):
     )
     if problem := night.report.get("setup_incomplete"):
         text += "\nSetup is incomplete: " + problem.removeprefix("setup is not complete: ")
+    if unsandboxed := unsandboxed_note(night.rows):
+        text += f"\n{unsandboxed}."
     return text
 
 

@@ -32,6 +32,7 @@ from labbook.base import (
     default_tsv,
     git,
     git_common_dir,
+    in_side_worktree,
     locked,
     results_repo,
     write_atomically,
@@ -42,9 +43,12 @@ from labbook.keeprule import (
     RUN_TAIL,
     Candidate,
     CannotJudge,
+    crash_of,
     decide,
     explain,
     next_seed,
+    row_kind,
+    run_command,
     tip_commit,
     verdict_note,
 )
@@ -61,7 +65,7 @@ from labbook.ledger import (
     read_results,
     recorded_run_ids,
 )
-from labbook.rescore import journal_score
+from labbook.rescore import journal_entries, journal_runs, journal_score, run_journal
 from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 from labbook.sources import programs_at, statements_at
 
@@ -177,26 +181,6 @@ def candidate_from_log(tsv, log_path, description="", simplification=False, reco
     )
 
 
-def repeated_seed(tsv, commit, seed):
-    """The recorded row of `commit` that already ran with `seed`, or None: the same program and the
-    same seed is the same run again (bit for bit on a CPU), no new evidence for the mean."""
-    if seed is None or not commit or not Path(tsv).is_file():
-        return None
-    for row in read_results(tsv).rows:
-        if row.commit[:7] == commit[:7] and row.status != "crash" and row.extra.get("seed", "").strip() == str(seed):
-            return row
-    return None
-
-
-def refuse_repeated_seed(tsv, commit, seed):
-    if row := repeated_seed(tsv, commit, seed):
-        raise Refusal(
-            f"this run of {commit[:7]} used AR_SEED={seed}, as line {row.line} of {Path(tsv).name} did: the same "
-            f"commit and seed repeat a recorded run and add no evidence. Run it again with "
-            f"AR_SEED={next_seed(read_results(tsv).rows, commit)}"
-        )
-
-
 # Deciding: the keep rule's verdict on a run
 
 
@@ -215,23 +199,31 @@ def recorded_row(tsv, log_path):
     return next((r for r in rows if r.extra.get("run_id", "").strip() == run_id), None)
 
 
+def verdict_on(tsv, rows, candidate, programs):
+    """The keep rule's verdict on `candidate` after `rows`; a declared simplification is compared
+    with the tip's kept run (its parameters) and train.py (its syntax tree)."""
+    tip = tip_commit(rows)
+    reference = {"programs": programs}
+    if candidate.simplification and tip:
+        reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
+    return decide(rows, candidate, **reference)
+
+
 def verdict_for_log(tsv, log_path, description="", simplification=False):
     """(Candidate, Verdict) for a run.log against the comparable rows of the results file `tsv`.
     A run already recorded is judged against the rows before its own, as `record` judged it, and
-    its verdict says so and offers no second record command."""
+    its verdict says so and offers no second record command. A new run of a recorded commit is
+    refused when it cannot be new evidence (refuse_unfit_run)."""
     rows = judged_rows(tsv)
     recorded = recorded_row(tsv, log_path)
     if recorded is not None:
         rows = [r for r in rows if r.line < recorded.line]
     candidate = candidate_from_log(tsv, log_path, description, simplification, recorded)
+    programs = programs_at([*(r.commit for r in rows), candidate.commit])
+    candidate.program = programs.get(candidate.commit)
     if recorded is None and candidate.crash is None:
-        refuse_repeated_seed(tsv, candidate.commit, candidate.seed)
-    candidate.program = programs_at([candidate.commit]).get(candidate.commit)
-    tip = tip_commit(rows)
-    reference = {"programs": programs_at(r.commit for r in rows)}
-    if candidate.simplification and tip:
-        reference.update(reference_params=params_of_kept(tsv, tip), reference_statements=statements_at(tip))
-    verdict = decide(rows, candidate, **reference)
+        refuse_unfit_run(tsv, log_path, rows, candidate, programs)
+    verdict = verdict_on(tsv, rows, candidate, programs)
     settings = effort_settings(tsv, log_path)
     verdict.commands = [with_effort_settings(c, settings) for c in verdict.commands]
     if recorded is not None:
@@ -240,6 +232,100 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
             f" (already recorded: line {recorded.line} of {Path(tsv).name}, {recorded.status}; run what follows)"
         )
     return candidate, verdict
+
+
+# A new run of a recorded commit: its seed and its score
+#
+# A replicate or a confirmation is evidence only as a fresh draw: another seed than every recorded
+# run of its commit (the same seed is the same run again, bit for bit on a CPU), the one the rule
+# named (it shares no seed with the runs it is compared against), and a score of its own (seeds
+# that score bit for bit alike mean train.py re-seeds itself, so every seed is one run).
+
+
+def candidate_of_row(row, journal, programs):
+    """The Candidate the rule judged when `row` was recorded: its commit, score, seed and crash line,
+    whether it was judged a simplification (its kind), its size (the journal's summary of its run)."""
+    entry = journal.get(row.extra.get("run_id", "").strip()) or {}
+    return Candidate(
+        commit=row.commit,
+        val_bpc=row.val_bpc if row.measured else None,
+        description=row.description,
+        simplification=row_kind(row) == "simplification",
+        params=number(entry.get("summary", {}).get("num_params_M")),
+        statements=statements_at(row.commit),
+        seed=number(row.extra.get("seed"), int),
+        crash=None if row.measured else crash_of(row),
+        program=programs.get(row.commit),
+    )
+
+
+def named_seed(tsv, rows, commit, journal, programs):
+    """The AR_SEED that decide named for the next run of `commit` (a replicate, a confirmation, or a
+    crashed run's own seed after its environment stopped it), or None when it named none. The rule
+    keeps no state: this is its verdict on the commit's last recorded run, given the rows before it."""
+    mine = [r for r in rows if r.commit == commit]
+    if not mine:
+        return None
+    last = mine[-1]
+    try:
+        verdict = verdict_on(
+            tsv, [r for r in rows if r.line < last.line], candidate_of_row(last, journal, programs), programs
+        )
+    except CannotJudge:
+        return None  # recorded with --status over a refusal: no verdict named a seed
+    return verdict.next_seed
+
+
+def twin_score(log_path, candidate, recorded, journal):
+    """The `recorded` measured row of the candidate's commit, run with another seed, whose score is the
+    run's bit for bit (the journal's exact float where it holds the row's run, else the row's value), or None."""
+    exact = None
+    for row in recorded:
+        seed = number(row.extra.get("seed"), int)
+        if row.commit != candidate.commit or not row.measured or seed in (None, candidate.seed):
+            continue
+        if candidate.val_bpc is None or f"{row.val_bpc:.6f}" != f"{candidate.val_bpc:.6f}":
+            continue
+        entry = journal.get(row.extra.get("run_id", "").strip())
+        exact = exact or number(sealed_run(log_path)[0]["val_bpc_exact"])
+        if entry is None or number(entry.get("val_bpc_exact")) == exact:
+            return row
+    return None
+
+
+def repeated_seed(recorded, commit, seed):
+    """The `recorded` row of `commit` that already ran with `seed`, or None: the same program and the
+    same seed is the same run again (bit for bit on a CPU), no new evidence for the mean."""
+    same = [r for r in recorded if r.commit[:7] == commit[:7] and r.measured and r.extra.get("seed", "").strip()]
+    return next((r for r in same if seed is not None and r.extra["seed"].strip() == str(seed)), None)
+
+
+def refuse_unfit_run(tsv, log_path, rows, candidate, programs):
+    """Refuse a run of a recorded commit that repeats a recorded seed, scores bit for bit what another
+    seed scored, or ran with another seed than the one decide named for it."""
+    commit, seed, name, recorded = candidate.commit, candidate.seed, Path(tsv).name, read_results(tsv).rows
+    journal = journal_entries(path) if (path := run_journal(log_path)) else {}
+    named = named_seed(tsv, rows, commit, journal, programs)
+    rerun = with_effort_settings(run_command(named or next_seed(recorded, commit)), effort_settings(tsv))
+    if row := repeated_seed(recorded, commit, seed):
+        raise Refusal(
+            f"this run of {commit[:7]} used AR_SEED={seed}, as line {row.line} of {name} did: the same commit and "
+            f"seed repeat a recorded run and add no evidence. Run it again: {rerun}"
+        )
+    if seed is not None and (row := twin_score(log_path, candidate, recorded, journal)):
+        raise Refusal(
+            f"this run of {commit[:7]} with AR_SEED={seed} scored {candidate.val_bpc:.6f}, bit for bit what AR_SEED="
+            f"{row.extra['seed'].strip()} scored (line {row.line} of {name}): the seeds gave bit-identical scores. "
+            "A train.py that re-seeds (its own torch.manual_seed or random.seed) makes every seed the same run: "
+            "remove the re-seeding, commit, and run again"
+        )
+    # workers run replicates of the tip in parallel (docs/scale-out.md), each with a seed no row has used
+    unused = commit == tip_commit(rows) and all(number(r.extra.get("seed"), int) != seed for r in recorded)
+    if named is not None and seed not in (None, named) and not (unused and in_side_worktree(Path(log_path).parent)):
+        raise Refusal(
+            f"this run of {commit[:7]} used AR_SEED={seed}, but decide named AR_SEED={named} for its next run (a "
+            f"replicate or confirmation shares no seed with the runs it is compared against). Run it again: {rerun}"
+        )
 
 
 def decide_command(args, tsv):
@@ -400,6 +486,24 @@ def row_values(tsv, log_path, log, status, description, head, force=False, kind=
     return values, problem
 
 
+def unrecorded_runs_note(tsv, log_path, commit):
+    """A note on the journal's scored runs of `commit` that no row records (refused, or never
+    recorded), or None: they are evidence too, and the morning should not learn of them by chance."""
+    recorded = recorded_run_ids(tsv)
+    journal = run_journal(log_path)
+    runs = [e for e in journal_runs(journal, commit) if e["run_id"] not in recorded] if journal else []
+    if not runs:
+        return None
+    scores = [number(e.get("val_bpc_exact")) for e in runs]
+    listed = ", ".join(f"{e['run_id']} (val_bpc {'-' if v is None else f'{v:.6f}'})" for e, v in zip(runs, scores))
+    held = "1 scored run" if len(runs) == 1 else f"{len(runs)} scored runs"
+    were = "was" if len(runs) == 1 else "were"
+    return (
+        f"note: the journal holds {held} of {commit} that {were} never recorded: {listed}; "
+        "a run is evidence whether or not it is recorded"
+    )
+
+
 def save_keep_artifacts(tsv, checkpoint, commit):
     """A kept run's checkpoint (and the metrics.jsonl next to it) as checkpoints/<commit>.pt(.metrics.jsonl)."""
     run_dir = Path(checkpoint).parent
@@ -444,6 +548,8 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
         print(f"warning: {tsv} was missing, but the backup has earlier rows: run `python analysis.py restore`")
     if "fingerprint" not in columns:
         print(f"note: {tsv} has the original five columns; provenance is kept in the backup {backup}")
+    if unrecorded := unrecorded_runs_note(tsv, log_path, values["commit"]):
+        print(unrecorded)
     checkpoint = logged_checkpoint(log, Path(log_path).resolve().parent)
     saved = (checkpoints_dir(tsv) / f"{values['commit']}.pt").exists()
     if values["status"] == "keep":

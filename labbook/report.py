@@ -232,6 +232,8 @@ def text_audit(found):
     for item in found["small_gains"]:
         bound = "" if item["bound"] is None else f", below the keep bound {item['bound']:.6f}"
         lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{bound}")
+    if found.get("unsandboxed"):
+        lines.append(f"note: {found['unsandboxed']}")
     return lines
 
 

@@ -10,6 +10,7 @@ run.log's text, and nothing in the working tree caches one.
 
 Entry points for other code:
   journal_score(log_path, summary)                       -> (entry or None, problem or None)
+  journal_runs(journal, commit)                          -> the journal's entries of a commit's runs
   rescore_subprocess(checkpoint, prepare_text, split)    -> dict, a fresh sealed score (the morning)
   harness_text(commit, repo)                             -> prepare.py's text at a commit
 """
@@ -48,6 +49,18 @@ def journal_path(run_dir):
     """The journal of the repository `run_dir` is in, or None outside git."""
     common = git_common_dir(run_dir)
     return common / JOURNAL if common else None
+
+
+def run_journal(log_path):
+    """The journal a run's score is in: its repository's, else the one recording it (None outside git)."""
+    return journal_path(Path(log_path).resolve().parent) or journal_path(".")
+
+
+def journal_runs(journal, commit):
+    """The journal's entries of runs of `commit` (a 7-character commit; a -dirty run is not one), in order."""
+    entries = [e for e in journal_entries(journal).values() if e] if journal and commit else []
+    logged = [str(e.get("summary", {}).get("commit", "")) for e in entries]
+    return [e for e, c in zip(entries, logged) if c[:7] == commit[:7] and not c.endswith("-dirty")]
 
 
 def journal_lines(path):
@@ -91,7 +104,7 @@ def journal_score(log_path, summary, log=""):
     if not run_id:
         return None, "the summary has no run_id: it was not printed by prepare.py"
     run_dir = Path(log_path).resolve().parent
-    journal = journal_path(run_dir) or journal_path(".")  # the run's repository, else the one recording it
+    journal = run_journal(log_path)
     entries = journal_entries(journal) if journal else {}
     if run_id in entries and entries[run_id] is None:
         return None, f"run {run_id} has more than one score in the journal {journal}: the scorer writes one"

@@ -150,9 +150,9 @@ def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
     code, out, _ = main(capsys, "decide")
     assert out.splitlines()[0] == "rerun" and 'record --description "lr 3e-3"' in out
     main(capsys, "record", "--description", "lr 3e-3")
-    write_log(repo, exp, val_bpc=1.291, seed=1)
+    write_log(repo, exp, val_bpc=1.291, seed=5)  # the seed the rerun named: no run has used it
     code, out, _ = main(capsys, "record", "--description", "lr 3e-3")
-    assert code == 0 and "AR_SEED=5 timeout -k 30 600 python train.py" in out and "confirmed improvement" in out
+    assert code == 0 and "AR_SEED=6 timeout -k 30 600 python train.py" in out and "confirmed improvement" in out
     last = rows_of(repo)[-1]
     assert last["status"] == "keep" and last["kind"] == "confirm"
     assert "mean 1.290500 of 2" in last["note"]

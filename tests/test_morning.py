@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from fixtures_results import ANALYSIS, write_night
+from fixtures_results import ANALYSIS, set_column, write_night
 
 from labbook import morning, report
 from labbook.ledger import read_results
@@ -33,6 +33,16 @@ def night(tmp_path):
 def test_an_environment_crash_is_counted_apart_from_the_ideas(night):
     text = morning.overview_text(night)
     assert "1 kept, 1 crashed (1 of them by the run's environment, not the idea: run again)" in text
+
+
+def test_the_night_says_which_rows_ran_without_the_kernel_sandbox(tmp_path):
+    lab = write_night(tmp_path / "lab", ROWS)
+    set_column(lab.tsv, "sandbox", ["landlock ABI 7"] * 8 + ["none (no Landlock in this kernel)", ""])
+    text = morning.overview_text(morning.load(lab.tsv))
+    assert (
+        "1 row was measured without the kernel sandbox (sandbox: none (no Landlock in this kernel); line 10): its "
+        "score rests on the Python-level data guard only."
+    ) in text.splitlines()
 
 
 def test_the_kept_table_shows_the_reports_mean_and_the_mean_the_decision_rested_on(night):

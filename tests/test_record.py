@@ -1,11 +1,13 @@
 """`python analysis.py record`: one row per run, parsed from run.log, never typed, never lost."""
 
+import json
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     HEADER5,
+    RULE_NIGHT,
     commit_change,
     copy_run,
     data_lines,
@@ -17,6 +19,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     run_cli,
     tiny_lab,
     write_log,
+    write_night,
 )
 
 from labbook import cli, ledger, runlog
@@ -147,7 +150,7 @@ def test_a_file_with_the_original_five_columns_gets_five_column_rows(repo, capsy
 
 def test_every_row_is_also_appended_to_a_backup_inside_the_git_directory(repo, capsys):
     for i, status in enumerate(("keep", "discard")):
-        write_log(repo, head(repo), val_bpc=1.5 - i / 10)
+        write_log(repo, head(repo), val_bpc=1.5 - i / 10, seed=None if i == 0 else i)  # the replicate: the named seed
         assert record(capsys, "--status", status, "--description", f"run {i}")[0] == 0
     backup = repo / ".git" / "autoresearch" / "results.tsv"
     assert backup.read_text() == (repo / "results.tsv").read_text()
@@ -221,7 +224,7 @@ def test_a_discard_saves_no_checkpoint_and_a_keep_without_one_says_so(repo, caps
     code, _, _ = record(capsys, "--status", "discard", "--description", "worse")
     assert code == 0 and not (repo / "checkpoints").exists()
     assert not (repo / "checkpoint.pt").exists(), "a recorded discard's checkpoint is deleted (retention rule)"
-    write_log(repo, head(repo), val_bpc=1.44)  # the next run: a run is recorded once
+    write_log(repo, head(repo), val_bpc=1.44, seed=1)  # the next run, with the seed the rule named
     code, out, _ = record(capsys, "--status", "keep", "--description", "better")
     assert code == 0 and "no checkpoint at" in out and "not saved" in out
 
@@ -251,3 +254,83 @@ def test_a_run_repeating_a_recorded_runs_commit_and_seed_is_refused_naming_the_n
     assert len(data_lines(repo / "results.tsv")) == 1
     write_log(repo, commit, val_bpc=1.52, seed=1)  # the seed it names
     assert record(capsys, "--description", "noise")[0] == 0
+
+
+def write_journal(repo, *entries):
+    """Scores in the sealed scorer's journal of `repo`: (run_id, val_bpc_exact, commit) each."""
+    path = repo / ".git" / "autoresearch" / "journal.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(dict(run_id=r, val_bpc_exact=v, summary=dict(commit=c))) + "\n" for r, v, c in entries]
+    with path.open("a") as f:
+        f.writelines(lines)
+
+
+def test_a_row_keeps_the_runs_sandbox_and_a_summary_from_before_it_leaves_the_column_empty(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.5, sandbox="landlock ABI 7")
+    assert record(capsys, "--status", "keep", "--description", "baseline")[0] == 0
+    write_log(repo, commit, val_bpc=1.51, seed=1)  # an older harness: no sandbox key
+    assert record(capsys, "--description", "noise")[0] == 0
+    assert [r.extra["sandbox"] for r in ledger.read_results(repo / "results.tsv").rows] == ["landlock ABI 7", ""]
+
+
+def test_two_seeds_of_one_commit_with_bit_identical_scores_are_refused(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.5)
+    assert record(capsys, "--status", "keep", "--description", "baseline")[0] == 0
+    write_log(repo, commit, val_bpc=1.5, seed=1)  # another seed, the same score: train.py seeds itself
+    code, _, err = record(capsys, "--description", "noise")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the seeds gave bit-identical scores" in err and "re-seeds" in err and "remove the re-seeding" in err
+    assert len(data_lines(repo / "results.tsv")) == 1
+    # where the journal holds the recorded run, its exact float decides: these two only print alike
+    (row,) = ledger.read_results(repo / "results.tsv").rows
+    write_journal(repo, (row.extra["run_id"], 1.5000000001, commit))
+    assert record(capsys, "--description", "noise")[0] == 0
+
+
+def test_a_replicate_must_use_the_seed_decide_named_and_a_stopped_one_runs_again_with_it(repo, capsys):
+    commit = head(repo)
+    write_log(repo, commit, val_bpc=1.5)
+    assert record(capsys, "--description", "baseline")[0] == 0  # its verdict names AR_SEED=1
+    write_log(repo, commit, val_bpc=1.51, seed=3)
+    code, _, err = record(capsys, "--status", "keep", "--description", "noise")
+    assert code == 2 and err.count("\n") == 1 and "used AR_SEED=3, but decide named AR_SEED=1" in err, err
+    assert "Run it again: AR_SEED=1 timeout -k 30 600 python train.py > run.log 2>&1" in err
+    write_log(repo, commit, crash="interrupted (SIGTERM) after 40 s")  # the replicate, stopped by a signal
+    assert record(capsys, "--description", "noise")[0] == 0
+    write_log(repo, commit, val_bpc=1.51, seed=1)  # run again with the seed it had
+    code, out, _ = record(capsys, "--description", "noise")
+    assert code == 0 and "AR_SEED=2 timeout" in out
+
+
+def test_a_confirmation_must_use_the_seed_decide_named_and_a_new_commits_first_run_never_is(
+    tmp_path, monkeypatch, capsys
+):
+    night = write_night(tmp_path / "lab", RULE_NIGHT[:15])  # setup, ..., and lr 3e-3 sent to a confirmation
+    monkeypatch.chdir(night.repo)
+    exp6 = night.commits["exp6"]
+    write_log(night.repo, exp6, val_bpc=1.401, seed=7)
+    code, _, err = record(capsys, "--description", "lr 3e-3")
+    assert code == 2 and "used AR_SEED=7, but decide named AR_SEED=1 for its next run" in err, err
+    write_log(night.repo, exp6, val_bpc=1.401, seed=1)
+    assert cli.main(["decide"]) == 0 and capsys.readouterr().out.startswith("keep\n")
+    fresh = commit_change(night.repo, lr=0.5, message="lr 0.5")
+    write_log(night.repo, fresh, val_bpc=1.6, seed=861234)  # no AR_SEED: train.py's own seed
+    assert cli.main(["decide"]) == 0 and capsys.readouterr().out.startswith("discard\n")
+
+
+def test_record_lists_the_journals_scored_runs_of_the_commit_that_were_never_recorded(repo, capsys):
+    commit = head(repo)
+    log = write_log(repo, commit, val_bpc=1.5)
+    this_run = runlog.parse_summary(log.read_text())["run_id"]
+    other = ("aaaaaaa", 1.2, "aaaaaaa")  # another commit's run
+    dirty = ("d1d1d1d1d1d1", 1.1, f"{commit}-dirty")  # uncommitted code: not a run of this commit
+    write_journal(repo, ("c0ffee000001", 1.4987654, commit), other, dirty, (this_run, 1.5, commit))
+    write_journal(repo, ("c0ffee000002", 1.51, commit))
+    code, out, _ = record(capsys, "--status", "keep", "--description", "baseline")
+    assert code == 0
+    assert (
+        f"note: the journal holds 2 scored runs of {commit} that were never recorded: c0ffee000001 (val_bpc "
+        "1.498765), c0ffee000002 (val_bpc 1.510000); a run is evidence whether or not it is recorded"
+    ) in out.splitlines()

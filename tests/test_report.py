@@ -14,6 +14,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     is_real_png,
     make_repo,
     results_text,
+    set_column,
     write_log,
     write_night,
 )
@@ -109,6 +110,21 @@ def test_the_audit_exits_1_for_flags_only_and_notes_small_gains_apart(night, tmp
     clean = write_night(tmp_path / "clean", [r for r in RULE_NIGHT if r[0] != "hack"])
     assert cli.main(["audit", "--tsv", str(clean.tsv)]) == 0, "a small gain is a note, not a flag"
     assert "kept with a gain of" in capsys.readouterr().out
+
+
+def test_audit_and_report_say_which_rows_were_measured_without_the_kernel_sandbox(tmp_path, capsys):
+    night = write_night(tmp_path / "lab", RULE_NIGHT[:6] + RULE_NIGHT[10:11])  # setup, an experiment, a crash
+    none = "none (the kernel has no Landlock)"
+    set_column(night.tsv, "sandbox", [none, none, "landlock ABI 7", "", none, "landlock ABI 7", none])
+    line = (
+        "3 rows were measured without the kernel sandbox (sandbox: none (the kernel has no Landlock); lines 2-3, 6): "
+        "their scores rest on the Python-level data guard only"
+    )
+    assert cli.main(["audit", "--tsv", str(night.tsv)]) == 0, "a note, not a flag: the rows still count"
+    assert f"note: {line}" in capsys.readouterr().out.splitlines()
+    assert f"note: {line}" in report_text(capsys, night.tsv).splitlines()
+    set_column(night.tsv, "sandbox", [""] * 7)  # rows from before the column: nothing is said about them
+    assert "sandbox" not in report_text(capsys, night.tsv)
 
 
 def test_rows_without_provenance_are_flagged_and_never_count(tmp_path, capsys):

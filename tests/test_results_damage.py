@@ -140,12 +140,12 @@ APPENDER = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import fixtures_results
-from labbook import cli, recording
+from labbook import base, recording
 recording.sealed_run = fixtures_results.log_as_sealed
 commit = fixtures_results.head(".")
-for i in range({rows}):
+for i in range({rows}):  # `record`'s append, without the verdict (the rule would refuse a 200th baseline)
     log = fixtures_results.write_log(".", commit, val_bpc=1.44, name=f"run-{{sys.argv[1]}}-{{i}}.log")
-    code = cli.main(["record", "--status", "discard", "--description", f"writer {{sys.argv[1]}} row {{i}}", str(log)])
+    code = recording.record_run(base.default_tsv(), str(log), "discard", f"writer {{sys.argv[1]}} row {{i}}")
     assert code == 0, code
 """
 
