@@ -304,7 +304,9 @@ def cpu_run(corpus, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(prepare.gc, "freeze", lambda: None)  # keep the test process's heap collectable
     with contextlib.redirect_stdout(io.StringIO()):
-        run = prepare.setup(prepare.read_env())
+        blob, bounds, identity, _ = prepare.read_splits(prepare.read_env())
+        val_size = bounds["val"][1] - bounds["val"][0]
+        run = prepare.setup(prepare.read_env(), bytearray(blob[slice(*bounds["train"])]), identity, val_size)
         run.tracker = prepare.Tracker(run)  # every batch drawn is counted by the Run's tracker
         return run
 

@@ -185,13 +185,15 @@ def git(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_a_head_that_moves_during_the_run_does_not_relabel_it(tmp_path, corpus):
-    """The commit, its dirty state and the source are taken when the run starts."""
+def test_a_train_py_cannot_move_head_and_the_run_keeps_the_commit_it_started_at(tmp_path, corpus):
+    """The commit, its dirty state and the source are the supervisor's, taken before the trainer
+    starts; the trainer cannot write the git directory at all."""
     repo = tmp_path / "repo"
     source = TRAIN.read_text().replace(
         "    return model\n",
         "    import subprocess\n"
-        "    subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'moved'], check=True)\n"
+        "    moved = subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'moved'], capture_output=True)\n"
+        "    print('git commit from train.py exited with', moved.returncode, flush=True)\n"
         "    return model\n",
         1,
     )
@@ -204,8 +206,8 @@ def test_a_head_that_moves_during_the_run_does_not_relabel_it(tmp_path, corpus):
     start = git(repo, "rev-parse", "--short=7", "HEAD")
     code, log = run_train(repo / "train.py", base_env(tmp_path, AR_DATA=corpus, AR_STEPS=2, AR_EVAL_BYTES=4096))
     assert code == 0, log[-2000:]
-    assert git(repo, "rev-parse", "--short=7", "HEAD") != start  # HEAD did move
-    assert parse_summary(log)["commit"] == start
+    assert "git commit from train.py exited with 128" in log
+    assert git(repo, "rev-parse", "--short=7", "HEAD") == start and parse_summary(log)["commit"] == start
     saved, _ = prepare.read_checkpoint(repo / "checkpoint.pt")
     assert saved["source"] == started_with
 
@@ -219,8 +221,10 @@ def run_edited(tmp_path, corpus, old, new, **env):
     return code, log, parse_summary(log)
 
 
-def test_patching_cross_entropy_at_import_ends_the_run(tmp_path, corpus):
-    code, log, _ = run_edited(
+def test_patching_cross_entropy_at_import_does_not_reach_the_score(tmp_path, corpus):
+    # the trainer's torch is train.py's to patch; the scorer's is not: the score stays honest, and the
+    # trainer's own check loss (halved by the patch) disagrees with the rebuilt model's, which is flagged
+    code, log, summary = run_edited(
         tmp_path,
         corpus,
         "from prepare import MAX_SEQ_LEN, VOCAB, main\n",
@@ -229,8 +233,8 @@ def test_patching_cross_entropy_at_import_ends_the_run(tmp_path, corpus):
         "F.cross_entropy = lambda *a, **k: _ce(*a, **k) * (1.0 if torch.is_grad_enabled() else 0.5)  # halves eval\n",
         AR_STEPS=1,
     )
-    assert_crashed(code, log)
-    assert "F.cross_entropy" in crash_reason(log)
+    assert code == 0, log[-2000:]
+    assert summary["flags"] == "state_not_in_spec" and 6 < float(summary["val_bpc"]) < 9  # 8 bits: an untrained guess
 
 
 def test_extra_batches_drawn_in_the_uncounted_warmup_are_counted_and_flagged(tmp_path, corpus):
