@@ -15,9 +15,7 @@ import torch
 from harness import (
     REPO,
     TRAIN,
-    assert_crashed,
     base_env,
-    crash_reason,
     make_train_copy,
     parse_summary,
     run_train,

@@ -138,7 +138,9 @@ def seeded_tsv(lab, name):
 def honest_b_log(lab, dest):
     """Run B's log without the fake block its train.py printed: only the edited prepare.py remains."""
     text = (lab.run_b / "run.log").read_text()
-    fake = "---\nval_bpc:          0.500000\nval_bpc_exact:    0.5\n"  # printed as the trainer exits: before the real one
+    fake = (
+        "---\nval_bpc:          0.500000\nval_bpc_exact:    0.5\n"  # printed as the trainer exits: before the real one
+    )
     assert text.count(fake) == 1
     return copy_run(lab.run_b, dest, text.replace(fake, ""))
 
