@@ -342,6 +342,7 @@ UNMEASURED_VARS = (
     "AR_HARD_LIMIT",
     "AR_DEVICE",
     "AR_DATA_URL",
+    "AR_REQUIRE_SANDBOX",
 )  # free per run
 
 ENV_VARS = (
@@ -355,10 +356,10 @@ ENV_VARS = (
     "AR_HARD_LIMIT",
     "AR_METRICS",
     "AR_CHECKPOINT",
+    "AR_REQUIRE_SANDBOX",
 )
 TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file survives a kill
 ACTIVE_RUN = None  # the Run of this process, for crash messages
-REQUIRE_SANDBOX = "AR_REQUIRE_SANDBOX"  # =1: a run without the kernel sandbox ends before training
 REAP_WAIT = 5.0  # seconds the supervisor gives what the trainer left (and the other local ranks) to end
 STOP_WAIT = 10.0  # seconds a signalled trainer gets to end before the supervisor kills it
 
@@ -459,6 +460,7 @@ def read_env():
     cuda = torch.cuda.is_available() if "torch" in globals() else nvidia_gpu_present()
     margin = HARD_LIMIT_MARGIN if cuda else HARD_LIMIT_MARGIN_NO_GPU
     return dict(
+        require_sandbox=env_flag("AR_REQUIRE_SANDBOX"),
         use_fp8=use_fp8,
         use_fp16=use_fp16,
         budget=budget,
@@ -2062,7 +2064,7 @@ def trainer_main():
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if BOUNDARY.startswith("none") and header["require_sandbox"]:
-        raise HarnessError(f"{REQUIRE_SANDBOX}=1 and this run has no kernel sandbox: {BOUNDARY}")
+        raise HarnessError(f"AR_REQUIRE_SANDBOX=1 and this run has no kernel sandbox: {BOUNDARY}")
     if BOUNDARY.startswith("none"):
         print0(f"warning: sandbox: {BOUNDARY}; the data guard and the supervisor's clock still apply")
         guard_data_files(header["guarded"])
@@ -2526,7 +2528,7 @@ def trainer_header(script, env, source, identity, bounds, data_identity, data_pa
         env=env, script=str(script), source=source, data_identity=data_identity, data_path=str(data_path),
         identity={k: v for k, v in identity.items() if k != "text"}, val_size=bounds["val"][1] - bounds["val"][0],
         run_folder=str(run_folder), t_start=T_START, guarded=guarded,
-        require_sandbox=os.environ.get(REQUIRE_SANDBOX) == "1",
+        require_sandbox=env["require_sandbox"],
         rules=sandbox_rules(script, env, run_folder, guarded, int(os.environ.get("WORLD_SIZE", "1")) > 1),
     )  # fmt: skip
 
