@@ -425,6 +425,12 @@ class SignDescent(torch.optim.Optimizer):
         )
         + "    return model",
     ),
+    "cast_to_bf16_and_a_debug_file": dict(  # scored in the dtype it was returned in; the run folder is writable
+        train_body=HONEST_LOOP
+        + "    open(os.path.join(tempfile.gettempdir(), 'debug.txt'), 'w').write(str(run.steps))\n"
+        + "    return model.to(torch.bfloat16)",
+        imports="import os\nimport tempfile\n\nimport torch",
+    ),
     "muon_on_other_groups": dict(
         train_body=HONEST_LOOP.replace(
             "optimizer = build_optimizer(model)",
