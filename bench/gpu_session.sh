@@ -10,10 +10,10 @@
 # then bring the checkout with that folder to the GPU box (BENCH_WHEELS=<folder> points at another one)
 # and run `bash bench/gpu_session.sh` there under a 600 s limit. Nothing is installed from an
 # index: the wheels go into /tmp/site with --no-index --no-deps, and PYTHONPATH=<checkout>:/tmp/site
-# makes `import prepare` and `import labbook` find this checkout. The harness starts its own children
-# (the sealed scorer) with `python -I`, which ignores PYTHONPATH: they reach /tmp/site only once the
-# harness hands them the first process's sys.path; until then every run here crashes at scoring
-# (tests/test_library_layouts.py runs this layout on a CPU, an expected failure until that fix).
+# makes `import prepare` and `import labbook` find this checkout. The harness starts its own processes
+# (supervisor, sandboxed trainer, sealed scorer) with `python -I -S`, which ignores PYTHONPATH: each
+# is handed the first process's sys.path instead, so /tmp/site reaches them all
+# (tests/test_library_layouts.py runs this layout on a CPU).
 #
 # With no arguments it runs the GPU session's plan (bench/bench.py's DEFAULT_PLAN, ordered by value:
 # default-model throughput, the micro-batch truth table, launch, recompiles, the sealed scorer, the
