@@ -168,6 +168,9 @@ def receive_handoff(fd):
 
 def say_crash(message, code):
     """End this process with one `crash:` line; the trainer's goes to its supervisor, which prints it."""
+    for stream in (sys.stdout, sys.stderr):  # what train.py printed before the crash stays in the log
+        with contextlib.suppress(Exception):
+            stream.flush()
     if ROLE == "trainer":
         with contextlib.suppress(OSError):
             os.write(int(sys.argv[3]), (json.dumps(dict(event="crash", message=message, code=code)) + "\n").encode())
@@ -2221,7 +2224,16 @@ def start_trainer(script, header, train_bytes):
     reports, report_end = os.pipe()
     child_env = dict(os.environ, TMPDIR=str(Path(header["run_folder"]) / "tmp"))
     trainer = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "trainer", str(handoff), str(report_end)],
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            *(["-u"] if os.environ.get("PYTHONUNBUFFERED") else []),  # -I drops the variable
+            str(Path(__file__).resolve()),
+            "trainer",
+            str(handoff),
+            str(report_end),
+        ],  # fmt: skip
         pass_fds=(handoff, report_end),
         env=child_env,
     )
@@ -2481,9 +2493,9 @@ def supervise(script, argv):
     )
     enter_phase("the sealed score (a fresh process)")
     heartbeat()
-    answer = run_scorer(
-        identity["text"], [str(checkpoint), "--device", started["device"], "--run", "--sha256", sha], summary
-    )
+    left = watch.hard_limit - (time.time() - T_START)  # the watchdog covers the score too
+    args = [str(checkpoint), "--device", started["device"], "--run", "--sha256", sha]
+    answer = run_scorer(identity["text"], args, summary, timeout=min(SCORER_TIMEOUT, max(left, 1.0)))
     summary.update(answer["summary"])
     if journal:
         append_journal(journal, dict(answer["entry"], sandbox=started["sandbox"]))
@@ -2524,6 +2536,10 @@ def trainer_header(script, env, source, identity, bounds, data_identity, data_pa
         Path(env["metrics"]).parent.mkdir(parents=True, exist_ok=True)
         Path(env["metrics"]).write_text("")
     guarded = guarded_paths(data_path)
+    for name, path in (("AR_METRICS", env["metrics"]), ("AR_CHECKPOINT", env["checkpoint"])):
+        where = os.path.realpath(path)
+        if any(where == g or where.startswith(g.rstrip(os.sep) + os.sep) for g in map(os.path.realpath, guarded)):
+            raise HarnessError(f"{name}={path} lies among the corpus or the git directory, out of the trainer's reach")
     return dict(
         env=env, script=str(script), source=source, data_identity=data_identity, data_path=str(data_path),
         identity={k: v for k, v in identity.items() if k != "text"}, val_size=bounds["val"][1] - bounds["val"][0],
@@ -2638,7 +2654,7 @@ MEASURED_KEYS = (
 def scorer_env():
     """The supervisor's environment (no code of train.py ever ran in it), without what the checkpoint
     decides (AR_*, precision flags) or torchrun's ranks."""
-    dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "TMPDIR")
+    dropped = ("USE_FP8", "USE_FP16", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
     return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in dropped}
 
 
@@ -2662,7 +2678,7 @@ def run_scorer(harness, args, measured=None, timeout=SCORER_TIMEOUT):
                 timeout=timeout,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
-            raise HarnessError(f"the sealed scorer ran past {timeout} s") from None
+            raise HarnessError(f"the sealed scorer ran past {timeout:.3g} s") from None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     crash = [line for line in lines if line.startswith("crash:")]
     if crash:
