@@ -2243,37 +2243,26 @@ def start_trainer(script, header, train_bytes):
 
 
 class Watch:
-    """The supervisor's view of the trainer: its events, timed by the supervisor's clock, each value of
-    the measure compared with the supervisor's own, the watchdog and the budget enforced while it runs."""
+    """The supervisor's view of the trainer: its reports, timed by the supervisor's clock, each value of
+    the measure checked against the supervisor's own, the watchdog and the budget enforced while it runs."""
 
     def __init__(self, env, trainer, reports):
         self.env, self.trainer, self.reports = env, trainer, reports
-        self.events = {}  # event -> (supervisor time, data): the first of each
-        self.step_times = []  # (supervisor time, step) of each steps report
-        self.warmup = 0.0
-        self.crash = None  # (message, code)
+        self.events = {}  # kind -> (supervisor time, report): the first of each
+        self.steps = []  # (supervisor time, step) of each steps report
+        self.warmup, self.warmed_at, self.excluded = 0.0, None, None  # the trainer's warm-up, as bounded here
+        self.crash = None  # (message, code) the trainer reported
         self.hard_limit = watchdog_seconds(env, cuda=nvidia_gpu_present())
-        self.excluded = None
-        self.warmed_at = None  # when the trainer said its last uncounted step ended
         self.buffer = b""
 
     def seconds(self, at=None):
         """Training seconds by this clock: from the call of train(run) to `at`, less the warm-up, which
         cannot be longer than the time to the end of the uncounted steps."""
-        start = self.events["clock"][0]
-        end = at or time.time()
-        warm_end = start if not self.excluded else self.warmed_at or end
+        start, end = self.events["clock"][0], at or time.time()
+        warm_end = self.warmed_at or end if self.excluded else start
         return end - start - min(self.warmup, warm_end - start)
 
-    def grace(self):
-        counted = [(t, s) for t, s in self.step_times if s > (self.excluded or 0)]
-        pace = (
-            (counted[-1][0] - self.step_times[0][0]) / max(counted[-1][1] - self.step_times[0][1], 1) if counted else 0
-        )
-        world = self.events.get("started", (0, {}))[1].get("world_size", 1)
-        return max(OVERRUN_GRACE, (METRICS_EVERY if world > 1 else 2) * pace)
-
-    def on_event(self, now, event):
+    def on_report(self, now, event):
         kind = event.get("event")
         if kind in self.events and kind != "steps":
             raise HarnessError(f"the trainer reported `{kind}` twice: its reports are the harness's alone")
@@ -2294,59 +2283,57 @@ class Watch:
                     f"train.py changed the harness's {key} (from {value} to {event[key]}): the measure of a run is "
                     "the harness's; leave run and run.tracker's values as they are"
                 )
-        if self.step_times and event["step"] < self.step_times[-1][1]:
-            raise HarnessError(
-                f"the step count went back from {self.step_times[-1][1]} to {event['step']}: train.py changed it"
-            )
-        if self.env["steps"] and event["step"] > self.env["steps"]:
-            raise HarnessError(f"the trainer took {event['step']} steps, AR_STEPS={self.env['steps']}")
+        last = self.steps[-1][1] if self.steps else 0
+        if event["step"] < last or self.env["steps"] and event["step"] > self.env["steps"]:
+            raise HarnessError(f"the step count went from {last} to {event['step']}: train.py changed it")
         if (self.warmed_at or not self.excluded) and event["warmup_seconds"] != self.warmup:
             raise HarnessError("the warm-up's seconds changed after the warm-up ended: train.py changed warmup_seconds")
         if event["warmup_seconds"] > now - self.events["clock"][0]:
             raise HarnessError("the warm-up took longer than the run so far: train.py changed warmup_seconds")
         self.warmup = event["warmup_seconds"]
-        self.step_times.append((now, event["step"]))
-        if event["warmed"] and self.warmed_at is None:
-            self.warmed_at = now
+        self.steps.append((now, event["step"]))
+        self.warmed_at = self.warmed_at or (now if event["warmed"] else None)
 
     def check_clock(self):
-        """The watchdog, and a train() past the budget by this clock (live, and at its return)."""
+        """The watchdog, and a train() past the budget by this clock (while it runs, and at its return),
+        with the grace of OVERRUN_GRACE or two steps' time (ten under torchrun), the larger."""
         if time.time() - T_START > self.hard_limit:
             raise Watchdog(f"exceeded hard time limit ({self.hard_limit:.0f} s)")
-        if "clock" not in self.events or self.env["steps"] or "started" not in self.events:
+        if self.env["steps"] or "clock" not in self.events:
             return
+        counted = [(t, s) for t, s in self.steps if s >= (self.excluded or 0)] or [(0, 0)]  # compiling is not the pace
+        (t0, s0), (t1, s1) = counted[0], counted[-1]
+        per_step = METRICS_EVERY if self.events["started"][1]["world_size"] > 1 else 2
+        grace = max(OVERRUN_GRACE, per_step * (t1 - t0) / max(s1 - s0, 1))
         returned = self.events.get("returned", (None,))[0]
         over = self.seconds(returned) - self.env["budget"]
-        if over > self.grace() and self.step_times:
+        if over > grace:
             when = f"returned {over:.0f} s after" if returned else f"is still running {over:.0f} s past"
             raise HarnessError(
-                f"train(run) {when} the {self.env['budget']:g} s budget (grace {self.grace():.0f} s): the budget "
+                f"train(run) {when} the {self.env['budget']:g} s budget (grace {grace:.0f} s): the budget "
                 "covers all of train(), so stop soon after run.done"
             )
 
     def follow(self):
-        """Read the trainer's reports until it exits; raises HarnessError or Watchdog to end it."""
+        """Read the trainer's reports until it exits; raises HarnessError to end it."""
         while True:
             exited = self.trainer.poll() is not None  # read what it wrote before it ended, then stop
             ready, _, _ = select.select([self.reports], [], [], 0 if exited else 0.5)
             chunk = os.read(self.reports, 1 << 16) if ready else b""
-            now = time.time()
             *lines, self.buffer = (self.buffer + chunk).split(b"\n")
             for line in lines:
                 try:
-                    event = json.loads(line)
-                except ValueError:
+                    self.on_report(time.time(), json.loads(line))
+                except (ValueError, KeyError, TypeError):
                     raise HarnessError(
                         "the trainer's report channel carried something else: train.py wrote to it"
                     ) from None
-                self.on_event(now, event)
             if self.crash or exited and not chunk:
                 return
             if ready and not chunk:  # the channel closed before the trainer ended
                 time.sleep(0.2)
             self.check_clock()
-            if SUPERVISOR["signal"]:
-                signum = SUPERVISOR["signal"]
+            if signum := SUPERVISOR["signal"]:
                 raise Interrupted(
                     f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum
                 )
