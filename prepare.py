@@ -2164,6 +2164,7 @@ def sandbox_rules(script, env, run_folder, excluded, torchrun):
     its run folder, the metrics file and the compile caches. No TCP and no signals out, but under torchrun."""
     reads = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/run", "/nix"]
     reads += [sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent), *sys.path, str(script.parent)]
+    reads += os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)  # a CUDA toolkit or driver kept elsewhere
     writes = [str(run_folder), *compile_caches(), "/dev/shm"]
     paths = [(p, "read") for p in readable_beneath(reads, excluded)]
     paths += [("/dev", "device"), *((p, "write") for p in readable_beneath(writes, excluded))]
