@@ -293,6 +293,8 @@ GPU_SIZED_PARAMS = 5_000_000  # off the GPU, a model above this says at once tha
 HEARTBEAT_S = 30.0  # a progress line at least this often, whatever phase the run is in
 STATUS_EVERY_S = 10.0  # seconds between progress lines (run.log stays short when redirected)
 LOSS_EXPLODED = 3 * math.log(256)  # nats; three times a uniform guess over bytes means divergence
+WARM_START_LOSS = 2.0  # nats; no initialisation predicts text's bytes this well (their frequencies alone: ~3.3)
+EXCLUDED_SECONDS_MAX = 90.0  # the uncounted warm-up's most seconds off the clock (a compile: ~30); beyond, charged
 FP8_MIN_FEATURES = 2048  # torchao float8 only pays on large matmuls; smaller linears stay BF16
 TRAIN_SCORE_BYTES = 1_000_000  # the end of the training split is scored too (train_bpc), as a leak check
 HELDOUT_MARGIN = 0.1  # bpc; a val_bpc this far below train_bpc is flagged: val should not be easier than train
@@ -1223,6 +1225,7 @@ class Tracker:
         self.steps = 0
         self.stopped = False
         self.last_loss = None  # set by forward_backward, read when the step lands
+        self.first_loss = None  # the first step's: far below a guess's, the model was trained before (warm_start)
         self.last_grad_norm = None
         self.pending = []  # (step, loss, lr, grad_norm) since the last flush, tensors on device
         self.served_tokens = 0  # tokens served since the last step
@@ -1246,7 +1249,8 @@ class Tracker:
 
     def elapsed(self):
         """Budget seconds spent: wall time since train(run) was called, less the warm-up steps."""
-        return 0.0 if self.clock_start is None else time.time() - self.clock_start - self.warmup_seconds
+        off = min(self.warmup_seconds, EXCLUDED_SECONDS_MAX)  # the supervisor's cap too
+        return 0.0 if self.clock_start is None else time.time() - self.clock_start - off
 
     def sync(self):
         if self.run.device.type == "cuda":
@@ -1327,6 +1331,7 @@ class Tracker:
             elapsed = max(self.training_time - dt * (len(values) - 1 - i) / len(values), 0.0)
             row = dict(step=s, time=round(elapsed, 4), loss=loss, lr=lr, tok_per_sec=round(tok_per_sec), grad_norm=norm)
             append_metrics(self.run, row)
+            self.first_loss = loss if self.first_loss is None else self.first_loss
             if not math.isfinite(loss):
                 raise LossError(f"loss is {loss} at step {s}")
             if loss > LOSS_EXPLODED:
@@ -2129,14 +2134,17 @@ def trainer_main():
 
 
 def training_flags(run, stats):
-    """What the training process saw that a reviewer should look at (the scorer adds its own)."""
+    """What the trainer saw that a reviewer should look at (the scorer adds its own)."""
     counted_steps = stats["num_steps"] - run.excluded_steps
-    tracker = run.tracker
+    tracker, flags = run.tracker, []
     if run.excluded_steps and counted_steps > 0:
         if tracker.uncounted_tokens / run.excluded_steps > tracker.counted_tokens / counted_steps:
             print0("warning: the uncounted warm-up steps trained on more tokens per step than the counted ones")
-            return "warmup_tokens"
-    return "none"
+            flags.append("warmup_tokens")
+    if tracker.first_loss is not None and tracker.first_loss < WARM_START_LOSS:
+        print0(f"warning: the first step's loss was {tracker.first_loss:.3f} nats: the model was trained before it")
+        flags.append("warm_start")
+    return ",".join(flags) or "none"
 
 
 @no_grad
@@ -2159,13 +2167,15 @@ def check_loss(net, train_data, device):
 
 
 def sandbox_rules(script, env, run_folder, excluded, torchrun):
-    """What the trainer may touch: read the interpreter, the libraries, the system, /proc, /sys, the
-    device nodes and the working tree, without `excluded` (the corpus, the data cache, `.git`); write
-    its run folder, the metrics file and the compile caches. No TCP and no signals out, but under torchrun."""
+    """What the trainer may touch: read the interpreter, the libraries, the system, /proc, /sys and the
+    device nodes, without `excluded` (the corpus, the data cache, `.git`), and not the working tree
+    (earlier runs' checkpoints are a warm start; train.py's text comes with the handoff); write its run
+    folder, the metrics file and the compile caches, and /dev/shm under torchrun (NCCL's segments).
+    No TCP and no signals out, but under torchrun."""
     reads = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/run", "/nix"]
-    reads += [sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent), *sys.path, str(script.parent)]
+    reads += [sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent), *sys.path]
     reads += os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)  # a CUDA toolkit or driver kept elsewhere
-    writes = [str(run_folder), *compile_caches(), "/dev/shm"]
+    writes = [str(run_folder), *compile_caches(), *(["/dev/shm"] if torchrun else [])]
     paths = [(p, "read") for p in readable_beneath(reads, excluded)]
     paths += [("/dev", "device"), *((p, "write") for p in readable_beneath(writes, excluded))]
     if Path(env["metrics"]).exists():
@@ -2258,10 +2268,10 @@ class Watch:
 
     def seconds(self, at=None):
         """Training seconds by this clock: from the call of train(run) to `at`, less the warm-up, which
-        cannot be longer than the time to the end of the uncounted steps."""
+        cannot be longer than the time to the end of the uncounted steps, nor EXCLUDED_SECONDS_MAX."""
         start, end = self.events["clock"][0], at or time.time()
         warm_end = self.warmed_at or end if self.excluded else start
-        return end - start - min(self.warmup, warm_end - start)
+        return end - start - min(self.warmup, warm_end - start, EXCLUDED_SECONDS_MAX)
 
     def on_report(self, now, event):
         kind = event.get("event")
@@ -2807,6 +2817,7 @@ def sealed_score(checkpoint, split="val", device=None, own_run=False, written=No
         print(f"warning: val_bpc is {train_bpc - bpc:.3f} below train_bpc: has the model seen the validation bytes?")
     summary = dict(
         summary,
+        num_params_M=sum(p.numel() for p in model.parameters()) / 1e6,  # the rebuilt model's, not the trainer's word
         val_bpc=bpc,
         val_bpc_exact=bpc,
         eval_seconds=seconds,

@@ -61,6 +61,8 @@ def attacks():
         symlink=lambda: open(os.symlink(corpus, os.path.join(tempfile.gettempdir(), "link")) or os.path.join(tempfile.gettempdir(), "link"), "rb"),
         pth_in_site_packages=lambda: open(os.path.join([p for p in sys.path if p.endswith("site-packages")][0], "evil.pth"), "w"),
         write_under_git=lambda: open(os.path.join(".git", "evil"), "w"),
+        read_an_earlier_checkpoint=lambda: open(os.path.join("checkpoints", "tip.pt"), "rb"),
+        stash_in_dev_shm=lambda: open("/dev/shm/stash.pt", "wb"),
         write_prepare_py=lambda: open(prepare.__file__, "a"),
         supervisor_memory=lambda: open(f"/proc/{supervisor}/mem", "rb"),
         ptrace_supervisor=lambda: checked(libc.ptrace(16, supervisor, 0, 0)),
@@ -101,6 +103,8 @@ EXPECTED = dict(
     symlink="EACCES",
     pth_in_site_packages="EACCES",
     write_under_git="EACCES",
+    read_an_earlier_checkpoint="EACCES",
+    stash_in_dev_shm="EACCES",
     write_prepare_py="EACCES",
     supervisor_memory="EACCES",
     ptrace_supervisor="EPERM",
@@ -125,6 +129,8 @@ def cold_run(folder, text, corpus, wrapper=(), **settings):
     """`python train.py` with this interpreter (not the warm shim) in a fresh git repository; (code, log)."""
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "tip.pt").write_bytes(b"an earlier run's weights: a warm start")
     (folder / "train.py").write_text(text)
     env = base_env(folder, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, **(settings or dict(AR_STEPS=STEPS)))
     proc = subprocess.run(
@@ -236,3 +242,63 @@ def test_code_above_the_harness_import_is_refused_before_it_can_do_more(tmp_path
         "train.py runs `import os` above its `from prepare import` line, outside the sandbox: put it below"
     )
     assert "step " not in log
+
+
+PRETRAINED = """
+    model = run.prepare_model(build_model(), compile=COMPILE)
+    for _ in range(60):  # trained before the first step, by hand (free under AR_STEPS)
+        starts = torch.randint(len(run.train_data) - 65, (8, 1))
+        model(run.train_data[starts + torch.arange(65)].long()).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(1e-2 * p.grad.sign())
+                p.grad = None
+    optimizer = build_optimizer(model)
+    while not run.done:
+        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)
+        run.step(optimizer, GRAD_CLIP)
+    return model
+"""
+
+
+def test_a_model_trained_before_its_first_step_is_flagged_as_a_warm_start(tmp_path, corpus):
+    # the threshold lowered to a tiny model's reach: an untrained one starts at ln 256 = 5.55 nats
+    from harness import make_prepare_copy
+
+    make_prepare_copy(tmp_path, WARM_START_LOSS=4.5)
+    (tmp_path / "train.py").write_text(tiny_text(PRETRAINED, imports="import torch"))
+    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, AR_STEPS=2)
+    code, log = run_train(tmp_path / "train.py", env)
+    assert code == 0, log[-3000:]
+    assert parse_summary(log)["flags"] == "warm_start" and "the model was trained before it" in log
+
+
+def test_warm_up_seconds_beyond_the_cap_are_charged_to_the_clock(tmp_path, corpus):
+    # a loss_fn that spends 3 s in the first, uncounted step: past EXCLUDED_SECONDS_MAX, the rest counts
+    from harness import make_prepare_copy
+
+    make_prepare_copy(tmp_path, EXCLUDED_SECONDS_MAX=0.5)
+    slow_first = HONEST_LOOP.replace(
+        "run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)",
+        "run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN, loss_fn=lambda m, x: "
+        "(time.sleep(3) if run.steps == 0 else None, m(x))[1])",
+    )
+    (tmp_path / "train.py").write_text(tiny_text(slow_first + "    return model", imports="import time"))
+    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, AR_TIME_BUDGET=2)
+    code, log = run_train(tmp_path / "train.py", env)
+    assert code == 0, log[-3000:]
+    summary = parse_summary(log)
+    assert summary["num_steps"] == summary["excluded_steps"] == "1"  # the budget was gone after the warm-up
+    assert float(summary["training_seconds"]) >= 2.0
+
+
+def test_the_parameter_count_is_the_rebuilt_models_not_the_trainers_word(tmp_path, corpus):
+    body = HONEST_LOOP.replace(
+        "    optimizer = build_optimizer(model)", "    run.num_params //= 4\n    optimizer = build_optimizer(model)"
+    )
+    (tmp_path / "train.py").write_text(tiny_text(body + "    return model"))
+    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, AR_STEPS=1)
+    code, log = run_train(tmp_path / "train.py", env)
+    assert code == 0, log[-3000:]
+    assert float(parse_summary(log)["num_params_M"]) == pytest.approx(0.07, abs=0.051)  # TINY: 0.07M, not 0.02M
