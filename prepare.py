@@ -1111,6 +1111,12 @@ class SpecRecorder:
         )
 
 
+def random_states():
+    """The default generators' states (the CPU's, and each GPU's once CUDA started): a build that
+    initialises weights draws from one of them."""
+    return [torch.random.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])]
+
+
 def model_layout(model):
     """(name, class name, FP8 layers as their high-precision class) of every submodule, and the
     name and shape of every state entry: what must match between a trained and a rebuilt model."""
@@ -2035,7 +2041,9 @@ def exec_train_source(name, script, source):
 
 def seeded_state(run, seed):
     """What train.py must leave as the harness set it: torch's seed and the Run's batch generator."""
-    return dict(generator=run.generator, torch_seed=seed, generator_seed=run.generator.initial_seed())
+    return dict(
+        generator=run.generator, torch_seed=seed, generator_seed=run.generator.initial_seed(), states=random_states()
+    )
 
 
 def check_not_reseeded(run, state):
@@ -2045,6 +2053,12 @@ def check_not_reseeded(run, state):
             f"train.py re-seeded torch (torch.initial_seed() is {torch.initial_seed()}, the harness seeded "
             f"{state['torch_seed']}): the seed is the harness's (AR_SEED, or one derived from train.py's text), so "
             "that replicates differ; remove the manual_seed call"
+        )
+    if all(torch.equal(a, b) for a, b in zip(state["states"], random_states())):
+        raise HarnessError(
+            "train() drew nothing from the run's random state: the model's initialisation came from elsewhere "
+            "(torch.random.fork_rng, a generator of its own), so every seed would train the same model; let the "
+            "harness's seed initialise it"
         )
     if run.generator is not state["generator"] or run.generator.initial_seed() != state["generator_seed"]:
         raise HarnessError(

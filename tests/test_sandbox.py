@@ -205,6 +205,17 @@ MEASURE_EDITS = {
         dict(AR_STEPS=STEPS),
         "train.py re-seeded torch (torch.initial_seed() is 0, the harness seeded 7)",
     ),
+    "fixed_init": (
+        HONEST_LOOP.replace(
+            "    model = run.prepare_model(build_model(), compile=COMPILE)\n",
+            "    with torch.random.fork_rng():  # the same initialisation every run, for reproducibility\n"
+            "        torch.manual_seed(0)\n"
+            "        net = build_model()\n"
+            "    model = run.prepare_model(net, compile=COMPILE)\n",
+        ),
+        dict(AR_STEPS=STEPS),
+        "train() drew nothing from the run's random state",
+    ),
     "warmup_inflated": (
         HONEST_LOOP.replace("        run.step(", "        run.tracker.warmup_seconds += 0.5\n        run.step("),
         dict(AR_TIME_BUDGET=2),
