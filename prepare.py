@@ -700,7 +700,8 @@ def read_splits(env, trust_stamp=True):
         a, b = int(n * CUSTOM_SPLIT[0]), int(n * CUSTOM_SPLIT[1])
         bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}
         identity = f"custom:{hashlib.sha256(blob).hexdigest()[:16]}"
-        print0(f"notice: custom corpus {path} ({n:,} bytes): results are not comparable with enwik8 runs")
+        if ROLE != "score":  # said once, by the run's supervisor
+            print0(f"notice: custom corpus {path} ({n:,} bytes): results are not comparable with enwik8 runs")
     return blob, bounds, identity, path.resolve()
 
 
