@@ -2466,14 +2466,6 @@ def wait_for_local_ranks():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def supervise(script, argv):
     """`python train.py` after the exec: the run, as a short script."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -2586,7 +2578,7 @@ def trained(script, env, header, train_bytes):
 def handed_back(watch, env, written, checkpoint):
     """The checkpoint's sha256 once it is where the run keeps it: the bytes the trainer said it wrote,
     within the hand-back's time."""
-    sha = file_sha256(written) if written.exists() else None
+    sha = hashlib.sha256(written.read_bytes()).hexdigest() if written.exists() else None
     if sha != watch.events["saved"][1]["sha256"]:
         raise HarnessError(
             "the checkpoint changed after the harness wrote it: code of train.py ran after train(run) "

@@ -141,6 +141,21 @@ def run_train(train_py, env, args=(), timeout=300, cwd=None):
     return proc.returncode, proc.stdout
 
 
+def run_cold(train_py, env, wrapper=(), python=sys.executable, timeout=300):
+    """`python train.py` with a fresh interpreter (never the warm shim, whose trainer the server forks,
+    out of the supervisor's reach), `wrapper` in front; returns (returncode, log text)."""
+    proc = subprocess.run(
+        [*map(str, wrapper), str(python), str(train_py)],
+        cwd=Path(train_py).parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout
+
+
 def parse_summary(log):
     """The key: value lines after the last `---` line of a run log ({} when there is none)."""
     lines = log.splitlines()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import base_env, crash_reason, make_train_copy, parse_summary
+from harness import base_env, crash_reason, make_train_copy, parse_summary, run_cold
 
 STEPS = 2
 EVAL_BYTES = 4096
@@ -40,16 +40,7 @@ def test_a_run_scores_with_the_libraries_on_pythonpath_only(tmp_path, corpus):
     train_py = make_train_copy(tmp_path)
     env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=STEPS, AR_EVAL_BYTES=EVAL_BYTES)
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(libraries)])  # <checkout>:/tmp/site
-    proc = subprocess.run(  # this python, not the tests' warm shim (which has the venv's sys.path)
-        [python, str(train_py)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
-    log, reason = proc.stdout, crash_reason(proc.stdout)
-    assert reason is None, log[-3000:]
-    assert proc.returncode == 0, log[-3000:]
+    code, log = run_cold(train_py, env, python=python)  # not the tests' warm shim, which has the venv's sys.path
+    assert crash_reason(log) is None, log[-3000:]
+    assert code == 0, log[-3000:]
     assert math.isfinite(float(parse_summary(log)["val_bpc"])), log[-3000:]

@@ -25,6 +25,7 @@ from harness import (
     edit_constants,
     insert_after_import,
     parse_summary,
+    run_cold,
     run_train,
 )
 
@@ -133,16 +134,7 @@ def cold_run(folder, text, corpus, wrapper=(), **settings):
     (folder / "checkpoints" / "tip.pt").write_bytes(b"an earlier run's weights: a warm start")
     (folder / "train.py").write_text(text)
     env = base_env(folder, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_SEED=7, **(settings or dict(AR_STEPS=STEPS)))
-    proc = subprocess.run(
-        [*wrapper, sys.executable, "train.py"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout
+    return run_cold(folder / "train.py", env, wrapper)
 
 
 @pytest.fixture(scope="module")
