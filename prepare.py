@@ -254,8 +254,8 @@ if ROLE != "supervise":  # the supervisor never imports torch: it holds nothing 
         from torch.optim import optimizer as torch_optimizer
 
         if (
-            not sys.flags.isolated
-        ):  # the sealed scorer (python -I) imports x-transformers only once it checked its files
+            ROLE is None
+        ):  # the harness's own processes import x-transformers when they need it (the scorer: once checked)
             import x_transformers  # noqa: F401  (train.py's own import of it, next, then takes no time)
     except KeyboardInterrupt:
         say_crash("interrupted (SIGINT)", 128 + signal.SIGINT)
@@ -2040,6 +2040,17 @@ def exec_train_source(name, script, source):
     return module
 
 
+def import_libraries(source):
+    """The libraries train.py imports, imported before the clock starts: their seconds are not the idea's."""
+    for node in ast.parse(source).body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level and node.module != "prepare":
+            names = [node.module]
+        for name in names:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+
 def seeded_state(run, seed):
     """What train.py must leave as the harness set it: torch's seed and the Run's batch generator."""
     return dict(
@@ -2107,6 +2118,7 @@ def trainer_main():
         sandbox=BOUNDARY,
         world_size=run.world_size,
     )
+    import_libraries(header["source"])
     run.tracker = Tracker(run)
     run.tracker.start_clock()  # train.py's import counts too: work done there is not off the clock
     report("clock")

@@ -30,6 +30,7 @@ from labbook.runlog import logged_checkpoint
 RESCORE_TOLERANCE = 1e-6  # bits per byte; CPU runs: eval is FP32 and deterministic, measured |diff| = 0.0
 RESCORE_TOLERANCE_GPU = 1e-4  # CUDA runs: UNMEASURED until a GPU measures it (BF16 autocast, kernel choice)
 RESCORE_TIMEOUT = 1800  # seconds; a full 5 MB val score on a GPU takes ~20 s, a CPU prefix a minute
+LIBS_VAR = "AUTORESEARCH_LIBS"  # prepare.LIBS_VAR: the scorer's sys.path, which isolated mode leaves out
 JOURNAL = Path("autoresearch") / "journal.jsonl"  # under the git directory: prepare.py's JOURNAL
 
 
@@ -134,8 +135,12 @@ def harness_text(commit, repo):
 
 
 def clean_env():
-    """The caller's environment without AR_* overrides or precision flags: the checkpoint says."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
+    """The caller's environment without AR_* overrides or precision flags (the checkpoint says), with
+    this interpreter's libraries for the scorer: found where they are (a venv, a folder on PYTHONPATH),
+    never in the caller's own folder (sys.path[0], the checkout: no file of it shadows a library)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in ("USE_FP8", "USE_FP16")}
+    libraries = [os.path.abspath(p) for p in sys.path if p and os.path.abspath(p) != os.path.abspath(sys.path[0])]
+    return dict(env, **{LIBS_VAR: json.dumps(libraries)})
 
 
 def rescore_subprocess(checkpoint, prepare_text, split="val", timeout=RESCORE_TIMEOUT):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import base_env, crash_reason, make_train_copy, parse_summary, run_cold
+from harness import REPO, base_env, crash_reason, make_train_copy, parse_summary, run_cold
 
 STEPS = 2
 EVAL_BYTES = 4096
@@ -43,4 +43,12 @@ def test_a_run_scores_with_the_libraries_on_pythonpath_only(tmp_path, corpus):
     code, log = run_cold(train_py, env, python=python)  # not the tests' warm shim, which has the venv's sys.path
     assert crash_reason(log) is None, log[-3000:]
     assert code == 0, log[-3000:]
-    assert math.isfinite(float(parse_summary(log)["val_bpc"])), log[-3000:]
+    summary = parse_summary(log)
+    assert math.isfinite(float(summary["val_bpc"])), log[-3000:]
+    # the morning's re-score (labbook's scorer launch) in the same layout: the same number
+    harness = str(REPO / "prepare.py")
+    rescore = f"from labbook import rescore; print(rescore.rescore_subprocess('checkpoint.pt', open({harness!r}).read())['bpc'])"
+    proc = subprocess.run([python, "-c", rescore], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and float(proc.stdout.split()[-1]) == float(summary["val_bpc_exact"]), proc.stderr[
+        -3000:
+    ]
