@@ -19,6 +19,7 @@ import ctypes
 import fcntl
 import functools
 import gc
+import getpass
 import gzip
 import hashlib
 import importlib
@@ -58,6 +59,9 @@ from pathlib import Path
 ROLES = ("supervise", "trainer", "score")  # `python prepare.py ROLE ...`: the harness's own processes
 ROLE = sys.argv[1] if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1] in ROLES else None
 LIBS_VAR = "AUTORESEARCH_LIBS"  # the first process's sys.path, handed to every process it starts (-I -S)
+
+
+SANDBOX_HINT = " (the sandbox: the trainer reads no file of the working tree and writes only tempfile.gettempdir())"
 
 
 class SandboxUnavailable(Exception):
@@ -280,7 +284,7 @@ EXCLUDED_STEPS_NO_GPU = 1  # without CUDA nothing compiles, and one step of a GP
 HARD_LIMIT_MARGIN = 240  # whole-run watchdog on a GPU: budget + this, under program.md's 10-minute kill
 HARD_LIMIT_MARGIN_NO_GPU = 1800  # off the GPU a single step can take minutes; the watchdog still ends hangs
 OVERRUN_GRACE = 15.0  # seconds train() may run past the budget (or two steps' time, if longer) before it is a crash
-HANDBACK_GRACE = 20.0  # seconds from train()'s return to the checkpoint on disk, plus HANDBACK_BYTES_PER_S of its size
+HANDBACK_GRACE = 5.0  # seconds from train()'s return to the checkpoint on disk, plus HANDBACK_BYTES_PER_S of its size
 HANDBACK_BYTES_PER_S = 50e6  # a slow disk's write rate: a large honest checkpoint never overruns the hand-back
 EVAL_BATCH_SIZE = 16  # windows per evaluation forward: fixed, never the training batch size
 CPU_EVAL_BYTES = 65_536  # off CUDA only this prefix of val is scored, so a CPU run ends in minutes
@@ -1773,8 +1777,10 @@ def print_summary(summary, metrics):
     """The `---` block, and the summary as the metrics file's last row."""
     lines = [f"{key + ':':<18}{fmt.format(summary[key])}" for key, fmt in SUMMARY_FORMAT.items()]
     print("---\n" + "\n".join(lines), flush=True)
-    with open(metrics, "a") as f:
-        f.write(json.dumps({"summary": summary}, default=str) + "\n")
+    with open(metrics, "ab+") as f:
+        f.seek(max(f.seek(0, os.SEEK_END) - 1, 0))
+        lead = b"" if f.read(1) in (b"", b"\n") else b"\n"  # a line train.py left unfinished stays its own
+        f.write(lead + json.dumps({"summary": summary}, default=str).encode() + b"\n")
 
 
 # ---------------------------------------------------------------------------
@@ -2229,7 +2235,10 @@ def readable_beneath(roots, excluded):
 def compile_caches():
     """torch.compile's and Triton's caches, named explicitly (the trainer's TMPDIR is private), so they
     stay warm across runs; created now, so the sandbox can allow them."""
-    user = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("USER", "") or str(os.getuid()))
+    try:  # torch's own default name: the cache the person's other work already warmed
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
     caches = dict(
         TORCHINDUCTOR_CACHE_DIR=os.path.join(tempfile.gettempdir(), f"torchinductor_{user}"),
         TRITON_CACHE_DIR=os.path.join(os.environ.get("TRITON_HOME") or Path.home(), ".triton", "cache"),
@@ -2331,6 +2340,14 @@ class Watch:
         self.warmup = event["warmup_seconds"]
         self.steps.append((now, event["step"]))
         self.warmed_at = self.warmed_at or (now if event["warmed"] else None)
+
+    def check_returned(self):
+        """The step count the trainer returned with is the one its last report said."""
+        returned, last = self.events["returned"][1]["num_steps"], self.steps[-1][1] if self.steps else 0
+        if returned != last:
+            raise HarnessError(
+                f"train() returned after step {returned}, the last report said {last}: train.py changed it"
+            )
 
     def check_clock(self):
         """The watchdog, and a train() past the budget by this clock (while it runs, and at its return),
@@ -2580,6 +2597,8 @@ def trained(script, env, header, train_bytes):
     end_trainer(trainer)
     if watch.crash:
         raise Crash(*watch.crash)
+    if "returned" in watch.events:
+        watch.check_returned()
     if "saved" not in watch.events:
         status = trainer.returncode
         how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with code {status}"
@@ -2914,6 +2933,9 @@ def crash_on_error(body):
         die(str(e), 2)
     except LossError as e:
         die(str(e), 3)
+    except PermissionError as e:
+        traceback.print_exc()
+        die(one_line_reason(e) + (SANDBOX_HINT if ROLE == "trainer" else ""), 1)
     except Exception as e:
         if ROLE != "supervise" and isinstance(e, (torch.OutOfMemoryError, NothingFits)):
             traceback.print_exc()
