@@ -2353,7 +2353,7 @@ class Watch:
         """The watchdog, and a train() past the budget by this clock (while it runs, and at its return),
         with the grace of OVERRUN_GRACE or two steps' time (ten under torchrun), the larger."""
         if time.time() - T_START > self.hard_limit:
-            raise Watchdog(f"exceeded hard time limit ({self.hard_limit:.0f} s)")
+            raise Crash(f"exceeded hard time limit ({self.hard_limit:.0f} s)", 124)
         if self.env["steps"] or "clock" not in self.events:
             return
         counted = [(t, s) for t, s in self.steps if s >= (self.excluded or 0)] or [(0, 0)]  # compiling is not the pace
@@ -2389,21 +2389,9 @@ class Watch:
                 time.sleep(0.2)
             self.check_clock()
             if signum := SUPERVISOR["signal"]:
-                raise Interrupted(
+                raise Crash(
                     f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum
                 )
-
-
-class Watchdog(HarnessError):
-    """The whole run passed its hard limit."""
-
-
-class Interrupted(HarnessError):
-    """A signal ended the run (program.md's timeout, Ctrl-C, `kill`)."""
-
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
 
 
 SUPERVISOR = {"signal": None, "trainer": None}
@@ -2467,10 +2455,7 @@ def end_trainer(trainer, wait=STOP_WAIT):
         if time.time() > deadline:
             break
     if left:
-        print(
-            f"notice: the trainer left {left} process(es) running: killed and reaped before the checkpoint was read",
-            flush=True,
-        )
+        print0(f"notice: the trainer left {left} process(es) running: killed and reaped before the checkpoint was read")
 
 
 def wait_for_local_ranks():
@@ -2479,10 +2464,8 @@ def wait_for_local_ranks():
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local == 1:
         return
-    folder = (
-        Path(tempfile.gettempdir())
-        / f"autoresearch-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{os.environ.get('MASTER_PORT', '')}"
-    )
+    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{os.environ.get('MASTER_PORT', '')}"
+    folder = Path(tempfile.gettempdir()) / f"autoresearch-{run}"
     folder.mkdir(exist_ok=True)
     (folder / f"reaped-{os.environ.get('LOCAL_RANK', '0')}").touch()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -2592,7 +2575,7 @@ def trained(script, env, header, train_bytes):
         watch.follow()
         watch.check_clock()  # a train() that returned past the budget
     except HarnessError as e:
-        end_trainer(trainer, wait=0 if isinstance(e, Watchdog) else STOP_WAIT)
+        end_trainer(trainer, wait=0 if getattr(e, "code", 0) == 124 else STOP_WAIT)  # the watchdog waits no more
         raise
     end_trainer(trainer)
     if watch.crash:
@@ -2665,7 +2648,7 @@ def measured_summary(env, identity, watch, data_identity, data_path):
 
 
 class Crash(HarnessError):
-    """The trainer's own crash line and exit code, printed as they are."""
+    """A crash line with its own exit code: the trainer's, a signal's (128 + N), the watchdog's (124)."""
 
     def __init__(self, message, code):
         super().__init__(message)
@@ -2925,10 +2908,8 @@ def crash_on_error(body):
     """Run `body`, turning every failure into one `crash:` line and a distinct exit code."""
     try:
         body()
-    except (Crash, Interrupted) as e:
+    except Crash as e:
         die(str(e), e.code)
-    except Watchdog as e:
-        die(str(e), 124)
     except HarnessError as e:
         die(str(e), 2)
     except LossError as e:
