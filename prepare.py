@@ -499,10 +499,8 @@ def check_device_request(requested):
 
 def pick_device(requested):
     if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            raise HarnessError(f"AR_DEVICE={requested!r} is not a device: use cuda, cuda:N, mps or cpu") from None
+        check_device_request(requested)
+        device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise HarnessError("AR_DEVICE=cuda but this machine has no CUDA GPU: unset it, or use AR_DEVICE=cpu")
         if device.type == "mps" and not torch.backends.mps.is_available():
@@ -1383,10 +1381,8 @@ class Tracker:
         )
 
     def stats(self):
-        """Totals for the summary, taken when train(run) has returned: the clock stops here. A
-        train() that ran past the budget by more than the grace (OVERRUN_GRACE, or two steps' time
-        if longer; ten under torchrun, whose ranks look at the clock every METRICS_EVERY steps)
-        is a crash: work after the last step counts like any other."""
+        """Totals for the summary, taken when train(run) has returned (the supervisor's clock, not
+        this one, decides whether it returned too late)."""
         if self.pending:
             self.flush(self.steps)
         self.sync()
@@ -2113,14 +2109,13 @@ def trainer_main():
     steps = StepCounter()
     run = setup(env, globals().pop("TRAIN_BYTES"), header["data_identity"], header["val_size"])
     ACTIVE_RUN = run
-    numerics = eval_numerics(run.device)
     report(
         "started",
         device=run.device.type,
         gpu=gpu_name(run.device),
         precision=run.precision,
         eval_bytes=run.eval_bytes,
-        eval_numerics=numerics,
+        eval_numerics=eval_numerics(run.device),
         sandbox=BOUNDARY,
         world_size=run.world_size,
     )
@@ -2677,11 +2672,6 @@ def scorer_env():
     return {k: v for k, v in os.environ.items() if not k.startswith("AR_") and k not in dropped}
 
 
-def scorer_command(prepare_path, args):
-    """`python -I -S prepare.py score ARGS` with this process's libraries (LIBS_VAR, or its own sys.path)."""
-    return [sys.executable, "-I", "-S", str(prepare_path), "score", *args]
-
-
 def run_scorer(harness, args, measured=None, timeout=SCORER_TIMEOUT):
     """The answer dict of `python prepare.py score ARGS` run with `harness` (prepare.py's text) in
     a fresh isolated interpreter; its stderr goes to ours. Raises HarnessError with its crash line."""
@@ -2693,7 +2683,7 @@ def run_scorer(harness, args, measured=None, timeout=SCORER_TIMEOUT):
         env = dict(scorer_env(), **{LIBS_VAR: os.environ.get(LIBS_VAR) or json.dumps(sys.path)})
         try:
             proc = subprocess.run(
-                scorer_command(Path(tmp, "prepare.py"), args), cwd=tmp, env=env, stdout=subprocess.PIPE, text=True,
+                [sys.executable, "-I", "-S", str(Path(tmp, "prepare.py")), "score", *args], cwd=tmp, env=env, stdout=subprocess.PIPE, text=True,
                 timeout=timeout,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
