@@ -2383,20 +2383,23 @@ class Watch:
             if ready and not chunk:  # the channel closed before the trainer ended
                 time.sleep(0.2)
             self.check_clock()
-            if signum := SUPERVISOR["signal"]:
-                raise Crash(
-                    f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum
-                )
+            check_interrupted()
 
 
-SUPERVISOR = {"signal": None, "trainer": None}
+SUPERVISOR = {"signal": None, "child": None}  # the signal received, and the trainer or scorer running
 
 
 def on_supervisor_signal(signum, frame):
     SUPERVISOR["signal"] = signum
-    if (trainer := SUPERVISOR["trainer"]) is not None and trainer.poll() is None:
+    if (child := SUPERVISOR["child"]) is not None and child.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            trainer.send_signal(signum)
+            child.send_signal(signum)
+
+
+def check_interrupted():
+    """A signal the supervisor received (program.md's timeout or stop, Ctrl-C) ends the run in its own line."""
+    if signum := SUPERVISOR["signal"]:
+        raise Crash(f"interrupted ({signal.Signals(signum).name}) after {time.time() - T_START:.0f} s", 128 + signum)
 
 
 def nvidia_gpu_present():
@@ -2503,6 +2506,7 @@ def supervise(script, argv):
     summary = dict(
         watch.events["saved"][1]["summary"], **measured_summary(env, identity, watch, data_identity, data_path)
     )
+    check_interrupted()  # stopped while the trainer ended: no score is started
     enter_phase("the sealed score (a fresh process)")
     heartbeat()
     left = watch.hard_limit - (time.time() - T_START)  # the watchdog covers the score too
@@ -2564,7 +2568,7 @@ def trainer_header(script, env, source, identity, bounds, data_identity, data_pa
 def trained(script, env, header, train_bytes):
     """The trainer started, followed to its end, and everything it left killed and reaped: its Watch."""
     trainer, reports = start_trainer(script, header, train_bytes)
-    SUPERVISOR["trainer"] = trainer
+    SUPERVISOR["child"] = trainer
     watch = Watch(env, trainer, reports)
     try:
         watch.follow()
@@ -2681,14 +2685,16 @@ def run_scorer(harness, args, measured=None, timeout=SCORER_TIMEOUT):
             Path(tmp, "measured.json").write_text(json.dumps(measured, default=str))
             args = [*args, "--measured", str(Path(tmp, "measured.json"))]
         env = dict(scorer_env(), **{LIBS_VAR: os.environ.get(LIBS_VAR) or json.dumps(sys.path)})
+        command = [sys.executable, "-I", "-S", str(Path(tmp, "prepare.py")), "score", *args]
+        proc = SUPERVISOR["child"] = subprocess.Popen(command, cwd=tmp, env=env, stdout=subprocess.PIPE, text=True)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-S", str(Path(tmp, "prepare.py")), "score", *args], cwd=tmp, env=env, stdout=subprocess.PIPE, text=True,
-                timeout=timeout,
-            )  # fmt: skip
+            out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             raise HarnessError(f"the sealed scorer ran past {timeout:.3g} s") from None
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    check_interrupted()  # a stop during the score is the run's interruption, not the scorer's failure
+    lines = [line for line in out.splitlines() if line.strip()]
     crash = [line for line in lines if line.startswith("crash:")]
     if crash:
         raise HarnessError(crash[-1].removeprefix("crash:").strip())

@@ -9,9 +9,12 @@ the tests' warm one forks the trainer from its server, out of the supervisor's r
 """
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +308,35 @@ def test_the_parameter_count_is_the_rebuilt_models_not_the_trainers_word(tmp_pat
     code, log = run_train(tmp_path / "train.py", env)
     assert code == 0, log[-3000:]
     assert float(parse_summary(log)["num_params_M"]) == pytest.approx(0.07, abs=0.051)  # TINY: 0.07M, not 0.02M
+
+
+def test_a_run_stopped_while_it_is_scored_ends_as_interrupted(tmp_path, corpus):
+    """program.md's stop reaches the supervisor while the scorer runs: the run's crash line is the
+    interruption's (decide reruns it), not a scorer failure charged to the idea."""
+    (tmp_path / "train.py").write_text(tiny_text())
+    env = base_env(tmp_path, AR_DATA=corpus, AR_EVAL_BYTES=EVAL_BYTES, AR_STEPS=STEPS)
+    run = subprocess.Popen(
+        [sys.executable, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        while run.poll() is None and not scorer_of(run.pid):
+            time.sleep(0.02)
+        run.send_signal(signal.SIGTERM)
+        log, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert re.fullmatch(r"interrupted \(SIGTERM\) after \d+ s", crash_reason(log)), log[-3000:]
+
+
+def scorer_of(pid):
+    """Whether process `pid` has a child running the sealed scorer."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if stat[1] == str(pid) and b"score" in command:
+            return True
+    return False
