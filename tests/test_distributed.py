@@ -6,6 +6,7 @@ left behind: its log, metrics.jsonl and checkpoint.pt.
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -20,12 +21,14 @@ import prepare
 CORPUS_BYTES = 800_000
 EVAL_BYTES = 40_000
 
-# Each rank reports where it stopped and what weights it ended with, as one short line (a pipe
-# write under 4 KB is never interleaved with another rank's): the trainer writes only its run folder.
+# Each rank reports where it stopped and what weights it ended with, in one short write (a pipe
+# write under 4 KB is never split by another rank's), ended by a word of its own: print() may send the
+# newline as a second write, so another rank's report can follow on the same line. The trainer
+# writes only its run folder, hence stdout.
 # The copy's train(run) is edited the way the agent edits it; prepare.py stays as it is.
 REPORT_LINE = (
     "    print(f'rank-report {run.rank} {run.steps} "
-    "{sum(p.double().abs().sum().item() for p in model.parameters())!r}', flush=True)\n"
+    "{sum(p.double().abs().sum().item() for p in model.parameters())!r} end', flush=True)\n"
 )
 RETURN = "    return model\n"
 
@@ -33,10 +36,8 @@ RETURN = "    return model\n"
 def rank_reports(log):
     """{rank: (final step, sum of |weights|)} from the lines the edited copy prints."""
     reports = {}
-    for line in log.splitlines():
-        if line.startswith("rank-report "):
-            _, rank, step, weights = line.split()
-            reports[int(rank)] = (int(step), float(weights))
+    for rank, step, weights in re.findall(r"rank-report (\d+) (\d+) (\S+) end", log):
+        reports[int(rank)] = (int(step), float(weights))
     return reports
 
 
