@@ -751,6 +751,7 @@ class Run:
         self.startup_seconds = 0.0
         self.compile_seconds = 0.0
         self.tracker = None
+        self.own_backward = False  # this step's gradients came from forward_backward: scaled (FP16), all-reduced (DDP)
 
     @property
     def master(self):
@@ -905,7 +906,17 @@ class Run:
             self.scaler.scale(loss).backward()
             total += loss.detach().float()
         self.tracker.last_loss = total
+        self.own_backward = True
         return total
+
+    def log_loss(self, loss):
+        """Add `loss` to this optimizer step's loss: metrics.jsonl and the loss checks (NaN, explosion,
+        a warm start) see it. forward_backward does this itself; a hand-written loop calls it once
+        with the step's mean loss, or once per micro-batch with its share. A tensor stays on the
+        device (no sync)."""
+        value = torch.as_tensor(loss).detach().float().to(self.device).reshape(())
+        last = self.tracker.last_loss
+        self.tracker.last_loss = value if last is None else last + value
 
     def step(self, optimizer, grad_clip=None):
         """Unscale (FP16), clip, step, update the scaler and zero the gradients. Returns the norm."""
@@ -913,16 +924,29 @@ class Run:
             return self.optimizer_step(optimizer, grad_clip)
 
     def optimizer_step(self, optimizer, grad_clip):
-        self.scaler.unscale_(optimizer)
+        # a hand-written loop's plain .backward() was neither scaled (FP16) nor all-reduced (DDP): do
+        # what forward_backward would have done for it, or the replicas drift apart
+        own, self.own_backward = self.own_backward, False
+        scaled = own and self.scaler.is_enabled()
+        if scaled:
+            self.scaler.unscale_(optimizer)
         # the model's order, not the groups' (MuonAdamAtan2 builds one from a set): the same seed, the same norm
         params = sorted(
             (p for g in optimizer.param_groups for p in g["params"]), key=lambda p: self.param_order.get(id(p), -1)
         )
+        if not own and self.world_size > 1:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
         norm = nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
         self.tracker.last_grad_norm = norm
         before = self.tracker.steps
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        if scaled:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if self.tracker.steps == before:  # FP16's scaler skipped the step (inf gradients): it still counts
             self.tracker.on_step(optimizer)
@@ -1304,10 +1328,12 @@ class Tracker:
         self.last_step_at = self.elapsed()  # the overrun grace is a multiple of the steps' pace, not of idle time
         step, tokens = self.steps, self.served_tokens
         self.served_tokens = 0
-        loss = self.last_loss if self.last_loss is not None else torch.tensor(float("nan"))
+        loss = self.last_loss  # None: a hand-written loop that did not call run.log_loss
         norm = self.last_grad_norm if self.last_grad_norm is not None else torch.tensor(0.0)
         lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0
-        self.pending.append((step, loss.detach().float(), float(lr), norm.detach().float().to(loss.device)))
+        where = self.run.device if loss is None else loss.device
+        loss = None if loss is None else loss.detach().float()
+        self.pending.append((step, loss, float(lr), norm.detach().float().to(where)))
         self.last_loss = self.last_grad_norm = None
         self.window_tokens += tokens
         if step > self.run.excluded_steps:
@@ -1334,12 +1360,17 @@ class Tracker:
         self.training_time = self.elapsed()
         dt = max(now - self.window_start, 1e-9)
         tok_per_sec = self.window_tokens / dt
-        values = torch.stack([torch.stack([loss, norm]) for _, loss, _, norm in self.pending]).tolist()
-        for i, ((s, _, lr, _), (loss, norm)) in enumerate(zip(self.pending, values)):
+        values = torch.stack(
+            [torch.stack([norm if loss is None else loss, norm]) for _, loss, _, norm in self.pending]
+        ).tolist()  # one transfer for the window
+        for i, ((s, reported, lr, _), (loss, norm)) in enumerate(zip(self.pending, values)):
+            loss = None if reported is None else loss
             # per-step times are spread evenly over the window between two syncs
             elapsed = max(self.training_time - dt * (len(values) - 1 - i) / len(values), 0.0)
             row = dict(step=s, time=round(elapsed, 4), loss=loss, lr=lr, tok_per_sec=round(tok_per_sec), grad_norm=norm)
             append_metrics(self.run, row)
+            if loss is None:
+                continue
             self.first_loss = loss if self.first_loss is None else self.first_loss
             if not math.isfinite(loss):
                 raise LossError(f"loss is {loss} at step {s}")
@@ -1353,10 +1384,8 @@ class Tracker:
                 where = (
                     f"{self.training_time:6.1f}s/{self.budget:.0f}s ({100 * self.training_time / self.budget:5.1f}%)"
                 )
-            print0(
-                f"step {step:05d} | {where} | loss {values[-1][0]:.4f} "
-                f"| lr {self.pending[-1][2]:.2e} | {tok_per_sec:,.0f} tok/s"
-            )
+            last = "n/a (run.log_loss reports it)" if self.pending[-1][1] is None else f"{values[-1][0]:.4f}"
+            print0(f"step {step:05d} | {where} | loss {last} | lr {self.pending[-1][2]:.2e} | {tok_per_sec:,.0f} tok/s")
         self.pending, self.window_tokens, self.window_start = [], 0, now
         self.report_steps()
         done = self.training_time >= self.budget

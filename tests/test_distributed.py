@@ -31,6 +31,15 @@ REPORT_LINE = (
     "{sum(p.double().abs().sum().item() for p in model.parameters())!r} end', flush=True)\n"
 )
 RETURN = "    return model\n"
+# every other step is written by hand (each rank draws its own windows): run.step must average the
+# gradients that DDP's backward did not, or the ranks' weights part
+STEP = "        run.forward_backward(model, BATCH_SIZE, TRAIN_SEQ_LEN)\n"
+HAND_WRITTEN_STEP = (
+    "        if run.steps % 2:\n"
+    "            model(run.get_batch(BATCH_SIZE // run.world_size, TRAIN_SEQ_LEN)).backward()\n"
+    "        else:\n"
+    "    " + STEP
+)
 
 
 def rank_reports(log):
@@ -48,7 +57,9 @@ def ddp_run(tmp_path_factory):
     corpus = write_corpus(workdir / "corpus.txt", size=CORPUS_BYTES)
     source = TRAIN.read_text()
     assert source.count(RETURN) == 1, "train(run) no longer ends with one `return model`: update the anchor"
-    make_train_copy(workdir, source=source.replace(RETURN, REPORT_LINE + RETURN), BATCH_SIZE=4)
+    assert source.count(STEP) == 1, "train(run) no longer calls forward_backward once: update the anchor"
+    source = source.replace(RETURN, REPORT_LINE + RETURN).replace(STEP, HAND_WRITTEN_STEP)
+    make_train_copy(workdir, source=source, BATCH_SIZE=4)
     # a time budget: rank 0's clock decides when every rank stops
     env = base_env(workdir, AR_DATA=corpus, AR_TIME_BUDGET=3, AR_EVAL_BYTES=EVAL_BYTES, AR_DEVICE="cpu")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]

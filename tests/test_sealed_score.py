@@ -4,6 +4,7 @@ honest run's with the same seed), and the legitimate research edits it must not 
 recorded by `analysis.py record` with no flag."""
 
 import importlib.util
+import json
 import os
 import py_compile
 import re
@@ -347,6 +348,19 @@ EMA = """
                 e.lerp_(p, 0.5)
 """
 
+# gradient accumulation written by hand: the harness draws the batches and takes the step, the loop the rest
+HAND_WRITTEN_ACCUMULATION = """
+    model = run.prepare_model(build_model(), compile=COMPILE)
+    optimizer = build_optimizer(model)
+    while not run.done:
+        for _ in range(2):
+            x = run.get_batch(BATCH_SIZE // 2, TRAIN_SEQ_LEN)
+            with run.autocast():
+                loss = model(x) / 2
+            loss.backward(){log}
+        run.step(optimizer, GRAD_CLIP)
+"""
+
 LEGITIMATE = {
     "ema_returned": dict(train_body=EMA + "    return ema", imports="import copy\nimport torch"),
     "ema_loaded_in_place": dict(
@@ -410,6 +424,7 @@ class SignDescent(torch.optim.Optimizer):
 """,
         imports="import torch",
     ),
+    "hand_written_accumulation": dict(train_body=HAND_WRITTEN_ACCUMULATION.format(log="") + "    return model"),
     "tie_embedding": dict(
         build_edit=lambda t: t.replace("use_abs_pos_emb=False,", "use_abs_pos_emb=False,\n        tie_embedding=True,")
     ),
@@ -467,6 +482,21 @@ def test_a_legitimate_research_edit_is_recorded_with_no_flag(lab_repo, corpus, e
     assert cli.main(["record", "--status", "discard", "--description", edit]) == 0, capsys.readouterr()
     row = ledger.read_results(lab_repo / "results.tsv").rows[-1]
     assert row.status == "discard" and row.extra["flags"] == "none" and row.description == edit
+
+
+def test_a_hand_written_loop_that_reports_its_loss_gets_the_metrics_and_the_loss_checks(tmp_path, corpus):
+    body = HAND_WRITTEN_ACCUMULATION.format(log="\n            run.log_loss(loss)") + "    return model"
+    code, log, summary = run_text(tmp_path, corpus, with_code(train_body=body))
+    assert code == 0, log[-2000:]
+    assert summary["flags"] == "none"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "step" in row]
+    assert len(losses) == STEPS and all(2.0 < loss < 8.0 for loss in losses), losses  # a byte model's first steps
+
+    poisoned = body.replace("run.log_loss(loss)", "run.log_loss(loss * float('nan'))")
+    code, log, _ = run_text(tmp_path, corpus, with_code(train_body=poisoned), name="nan")
+    assert_crashed(code, log)
+    assert crash_reason(log) == "loss is nan at step 1"
 
 
 def test_state_set_after_construction_is_not_scored_and_is_flagged(tmp_path, corpus, honest):
