@@ -24,7 +24,7 @@ import shlex
 from datetime import datetime
 from pathlib import Path
 
-from labbook.audit import comparable_rows
+from labbook.audit import amended_from, comparable_rows
 from labbook.base import (
     Refusal,
     checkpoints_dir,
@@ -328,16 +328,35 @@ def refuse_unfit_run(tsv, log_path, rows, candidate, programs):
         )
 
 
+def amended_subject_note(tsv, commit, description):
+    """A note when `commit` replaced a recorded commit by `git commit --amend` and `description` is
+    the replaced one's row: the amend kept its subject (`--no-edit`), so the row would describe the
+    code that ran before the fix, not this run's. None otherwise."""
+    old = amended_from(commit, ".") if commit else None
+    if old is None:
+        return None
+    rows = [r for r in read_results(tsv).rows if old.startswith(r.commit)] if Path(tsv).is_file() else []
+    same = [r for r in rows if r.description.split(" (crash: ")[0] == description]
+    if not same:
+        return None
+    return (
+        f"note: {commit} amends {same[-1].commit} (line {same[-1].line}, {same[-1].status}) and keeps its description "
+        f"{description!r}: if the fix changed what runs, not just a typo, record with a --description of this run's code"
+    )
+
+
 def decide_command(args, tsv):
     """`python analysis.py decide`: the verdict on ./run.log, its numbers, the commands to run next."""
     if args.explain:
         print(explain())
         return 0
     try:
-        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
+        candidate, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
     except CannotJudge as e:
         raise Refusal(str(e)) from None
     print(verdict.text())
+    if note := amended_subject_note(tsv, candidate.commit, candidate.description):
+        print(note)
     return 0
 
 

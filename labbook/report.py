@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from labbook import keeprule, outcomes
-from labbook.audit import audit, flag_rows
+from labbook.audit import amended_note, audit, flag_rows
 from labbook.base import Refusal, results_repo
 from labbook.ledger import STATUSES, read_results
 from labbook.refusals import read_refusals
@@ -234,7 +234,7 @@ def text_audit(found):
         lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{bound}")
     if found.get("unsandboxed"):
         lines.append(f"note: {found['unsandboxed']}")
-    return lines
+    return lines + amended_note(found.get("amended"))
 
 
 def format_report(report, test_bpc=None, test_note=None):
