@@ -153,9 +153,8 @@ def amend_pairs(repo):
     refs = (git(["for-each-ref", "--format=%(refname)", "refs/heads"], repo) or "").split() + ["HEAD"]
     pairs = {}
     for ref in refs:
-        entries = [
-            line.split("\t", 1) for line in (git(["log", "-g", "--format=%H%x09%gs", ref], repo) or "").splitlines()
-        ]
+        log = git(["log", "-g", "--format=%H%x09%gs", ref], repo) or ""
+        entries = [line.partition("\t")[::2] for line in log.splitlines()]
         for (new, what), (old, _) in zip(entries, entries[1:]):  # newest first: the entry after is the value before
             if what.startswith("commit (amend)") and old != new:
                 pairs[old] = new

@@ -328,7 +328,7 @@ def memory_figure(results, flagged=None):
     data = memory_data(rows, flagged_lines(results) if flagged is None else flagged, journal_memory_mb(results))
     ylabel, title = memory_measure(rows)
     scale = 1024 if "GB" in ylabel else 1  # the data are in MB
-    if not all(d["exact"] for d in data if d["status"] != "crash"):
+    if scale == 1 and not all(d["exact"] for d in data if d["status"] != "crash"):  # GB rows: 0.1 GB of MB
         title += "; rows without a journal entry rounded to 0.1 GB"
     fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
@@ -398,7 +398,7 @@ def timeline_figure(line):
     ax.set_xlim(0, edges[-1])
     ax.set_ylim(-0.8, max(bottom) * 1.45 + 1.5)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    per = f"{width} minutes" if width < 60 else plural(width // 60, "hour")
+    per = f"{width} minutes" if width < 60 else "hour" if width == 60 else f"{width // 60} hours"
     ax.set_ylabel(f"runs per {per}")
     size = f"{width}-minute" if width < 60 else f"{width // 60}-hour"
     ax.set_title(f"the night in {size} bins: {plural(len(line['runs']), 'run')}")
@@ -531,12 +531,12 @@ def plot_curves(paths, out, labels=None):
     lo, hi, x0 = curve_ylim(curves)  # the early, steep part would squash the end of training into a line
     ax.set_ylim(lo, hi)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-    unit = "step" if x == "step" else "s"
+    start = f"step {x0:.3g}" if x == "step" else f"{x0:.3g} s"
     ax.set_xlabel("training step (AR_STEPS: a step-counted budget)" if x == "step" else "training time (s)")
     ax.set_ylabel("training loss (nats per byte)")
     ax.set_title(
         "training loss: centred moving average ending at the final loss, raw values faint; "
-        f"y fits every curve from {x0:.3g} {unit} on"
+        f"y fits every curve from {start} on"
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
