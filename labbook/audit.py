@@ -18,6 +18,7 @@ branch holds any more.
 import contextlib
 import hashlib
 import math
+import os
 import re
 
 from labbook import keeprule
@@ -165,6 +166,23 @@ def amended_from(commit, repo):
     """The full hash of the commit that `commit` replaced by `git commit --amend`, or None."""
     full = git(["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], repo)
     return next((old for old, new in amend_pairs(repo).items() if new == full), None) if full else None
+
+
+def amended_subject_note(tsv, commit, description):
+    """A note when `commit` replaced a recorded commit by `git commit --amend` and `description` is
+    the replaced one's row: the amend kept its subject (`--no-edit`), so the row would describe the
+    code that ran before the fix, not this run's. None otherwise."""
+    old = amended_from(commit, ".") if commit else None
+    if old is None:
+        return None
+    rows = [r for r in read_results(tsv).rows if old.startswith(r.commit)] if os.path.isfile(tsv) else []
+    same = [r for r in rows if r.description.split(" (crash: ")[0] == description]
+    if not same:
+        return None
+    return (
+        f"note: {commit} amends {same[-1].commit} (line {same[-1].line}, {same[-1].status}) and keeps its description "
+        f"{description!r}: if the fix changed what runs, not just a typo, record with a --description of this run's code"
+    )
 
 
 def on_a_branch(commit, repo):

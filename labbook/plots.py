@@ -268,11 +268,18 @@ def save(fig, path):
 
 
 def png_alt(path):
-    """The alternative text `save` wrote into a PNG, or its file name when it has none."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.text.get("Description") or Path(path).name
+    """The alternative text `save` wrote into a PNG (its Description tEXt chunk), or its file name."""
+    data = Path(path).read_bytes()
+    at = 8  # after the PNG signature: chunks of (length, type, data, crc)
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        key, _, text = data[at + 8 : at + 8 + length].partition(b"\0")
+        if kind == b"tEXt" and key == b"Description":
+            return text.decode("latin-1")
+        if kind == b"iTXt" and key == b"Description":  # text beyond latin-1: flags, language, keyword, UTF-8
+            return text[2:].split(b"\0", 2)[-1].decode("utf-8", errors="replace")
+        at += 12 + length
+    return Path(path).name
 
 
 def plot_progress(results, path, flagged=None):

@@ -24,7 +24,7 @@ import shlex
 from datetime import datetime
 from pathlib import Path
 
-from labbook.audit import amended_from, comparable_rows
+from labbook.audit import amended_subject_note, comparable_rows
 from labbook.base import (
     Refusal,
     checkpoints_dir,
@@ -326,23 +326,6 @@ def refuse_unfit_run(tsv, log_path, rows, candidate, programs):
             f"this run of {commit[:7]} used AR_SEED={seed}, but decide named AR_SEED={named} for its next run (a "
             f"replicate or confirmation shares no seed with the runs it is compared against). Run it again: {rerun}"
         )
-
-
-def amended_subject_note(tsv, commit, description):
-    """A note when `commit` replaced a recorded commit by `git commit --amend` and `description` is
-    the replaced one's row: the amend kept its subject (`--no-edit`), so the row would describe the
-    code that ran before the fix, not this run's. None otherwise."""
-    old = amended_from(commit, ".") if commit else None
-    if old is None:
-        return None
-    rows = [r for r in read_results(tsv).rows if old.startswith(r.commit)] if Path(tsv).is_file() else []
-    same = [r for r in rows if r.description.split(" (crash: ")[0] == description]
-    if not same:
-        return None
-    return (
-        f"note: {commit} amends {same[-1].commit} (line {same[-1].line}, {same[-1].status}) and keeps its description "
-        f"{description!r}: if the fix changed what runs, not just a typo, record with a --description of this run's code"
-    )
 
 
 def decide_command(args, tsv):
