@@ -35,7 +35,10 @@ IN_NOTEBOOK = __name__ == "__main__"  # not when tools/machine.py or bench/bench
 
 # %%
 if IN_NOTEBOOK:
-    from IPython.display import Image, display
+    import base64
+    import html
+
+    from IPython.display import display
 
     from labbook import morning, plots
     from labbook.ledger import read_results
@@ -45,7 +48,10 @@ if IN_NOTEBOOK:
     OUT = Path(".")
 
     def show(png):
-        display(Image(filename=str(png)))
+        """The PNG inline, with the alternative text the plot wrote into it (for the HTML export too)."""
+        data = base64.b64encode(Path(png).read_bytes()).decode()
+        alt = html.escape(plots.png_alt(png), quote=True)
+        display({"image/png": data, "text/html": f'<img src="data:image/png;base64,{data}" alt="{alt}">'}, raw=True)
 
 # %% [markdown]
 # ## The night
@@ -125,6 +131,8 @@ if IN_NOTEBOOK:
 
 # %% [markdown]
 # ## Memory per run
+# What the runs measured and where: CUDA's allocator peak on a GPU, the trainer process's peak
+# resident memory on a CPU. A run is coloured by its commit's fate: a first run kept later is kept.
 
 # %%
 if IN_NOTEBOOK and night.rows:
@@ -132,7 +140,8 @@ if IN_NOTEBOOK and night.rows:
 
 # %% [markdown]
 # ## Timeline
-# Runs per clock hour and the idle gaps (no run recorded for more than a run and 15 minutes).
+# Runs per bin (5 minutes to 2 hours: the bins fit the night) by what each run was, replicates and
+# confirmations apart from new ideas, and the idle gaps (no run recorded for more than a run and 15 minutes).
 
 # %%
 if IN_NOTEBOOK:
@@ -142,7 +151,8 @@ if IN_NOTEBOOK:
 
 # %% [markdown]
 # ## Loss curves: the best run against the baseline
-# From `checkpoints/<commit>.metrics.jsonl`, saved for the baseline and every keep.
+# From `checkpoints/<commit>.metrics.jsonl`, saved for the baseline and every keep; against steps
+# when the runs' budget was steps (AR_STEPS), whose seconds measure the machine's load, not the work.
 
 # %%
 if IN_NOTEBOOK:

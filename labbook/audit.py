@@ -10,12 +10,15 @@ or noise replicate must name a commit git knows, and a measured row must carry p
 be --force'd, not carry harness flags, and record a re-score that agrees with what it reported.
 Kept experiments that gain less than the rule's keep bound are a separate note: their gain may be noise,
 and so are rows measured without the kernel sandbox (their `sandbox` is `none (...)`): they count, but
-their scores rest on the harness's Python-level data guard alone.
+their scores rest on the harness's Python-level data guard alone. Rows of commits that `git commit
+--amend` replaced (on no branch now) are a note too: the row describes the code that ran, which no
+branch holds any more.
 """
 
 import contextlib
 import hashlib
 import math
+import os
 import re
 
 from labbook import keeprule
@@ -145,6 +148,81 @@ def unsandboxed_note(rows):
     )
 
 
+def amend_pairs(repo):
+    """{replaced commit (full hash): the commit that replaced it} from the branches' and HEAD's
+    reflogs, whose `commit (amend)` entries say which value an amend moved the ref from."""
+    refs = (git(["for-each-ref", "--format=%(refname)", "refs/heads"], repo) or "").split() + ["HEAD"]
+    pairs = {}
+    for ref in refs:
+        log = git(["log", "-g", "--format=%H%x09%gs", ref], repo) or ""
+        entries = [line.partition("\t")[::2] for line in log.splitlines()]
+        for (new, what), (old, _) in zip(entries, entries[1:]):  # newest first: the entry after is the value before
+            if what.startswith("commit (amend)") and old != new:
+                pairs[old] = new
+    return pairs
+
+
+def amended_from(commit, repo):
+    """The full hash of the commit that `commit` replaced by `git commit --amend`, or None."""
+    full = git(["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], repo)
+    return next((old for old, new in amend_pairs(repo).items() if new == full), None) if full else None
+
+
+def amended_subject_note(tsv, commit, description):
+    """A note when `commit` replaced a recorded commit by `git commit --amend` and `description` is
+    the replaced one's row: the amend kept its subject (`--no-edit`), so the row would describe the
+    code that ran before the fix, not this run's. None otherwise."""
+    old = amended_from(commit, ".") if commit else None
+    if old is None:
+        return None
+    rows = [r for r in read_results(tsv).rows if old.startswith(r.commit)] if os.path.isfile(tsv) else []
+    same = [r for r in rows if r.description.split(" (crash: ")[0] == description]
+    if not same:
+        return None
+    return (
+        f"note: {commit} amends {same[-1].commit} (line {same[-1].line}, {same[-1].status}) and keeps its description "
+        f"{description!r}: if the fix changed what runs, not just a typo, record with a --description of this run's code"
+    )
+
+
+def on_a_branch(commit, repo):
+    return bool(git(["for-each-ref", "--contains", commit, "--format=%(refname)", "refs/heads"], repo))
+
+
+def amended_away(rows, repo):
+    """[{"line", "commit", "status", "description", "replaced_by", "subject"}] of the rows whose commit
+    an amend replaced and no branch holds: `subject` is the replacing commit's, for the person to
+    compare with the row's description (the one of the code that ran)."""
+    pairs = amend_pairs(repo) if repo is not None and rows else {}
+    if not pairs:
+        return []
+    full = {c: git(["rev-parse", "--verify", "--quiet", f"{c}^{{commit}}"], repo) for c in {r.commit for r in rows}}
+    found = []
+    for row in rows:
+        old = full.get(row.commit)
+        if old not in pairs or on_a_branch(old, repo):
+            continue
+        new = pairs[old]
+        while new in pairs:  # amended again: name the commit that stands now
+            new = pairs[new]
+        found.append(dict(line=row.line, commit=row.commit, status=row.status, description=row.description,
+                          replaced_by=new[: len(row.commit)], subject=git(["log", "-1", "--format=%s", new], repo)))  # fmt: skip
+    return found
+
+
+def amended_note(found):
+    """Report lines on the rows of amended-away commits, or [] when there are none."""
+    if not found:
+        return []
+    lines = [
+        f"note: {len(found)} row{'s' * (len(found) != 1)} ran code that `git commit --amend` replaced (on no branch now)"
+    ]
+    for a in found:
+        lines.append(f"  line {a['line']} {a['commit']} ({a['status']}, {a['description'].split(' (crash')[0]!r}): "
+                     f"replaced by {a['replaced_by']} ({a['subject']!r})")  # fmt: skip
+    return lines
+
+
 def audit(results, report):
     """The flagged rows (comparability and integrity: these make `audit` exit 1) and, apart, the
     keeps whose gain is below the rule's keep bound and the rows measured without the kernel
@@ -159,6 +237,7 @@ def audit(results, report):
         "not_comparable": flagged,
         "small_gains": small_gains(report),
         "unsandboxed": unsandboxed_note(results.rows),
+        "amended": amended_away(results.rows, results_repo(results.path)),
         "flagged": len(flagged),
     }
 

@@ -8,7 +8,6 @@ the audit (labbook/audit.py: flagged rows, through the report), never recomputed
 
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -275,33 +274,57 @@ def test_table(night, compute=None):
 # The timeline
 
 
+BIN_MINUTES = (5, 10, 15, 20, 30, 60, 120)  # the timeline's bins: the smallest giving at most MAX_BINS
+MAX_BINS = 16
+TIMELINE_CLASSES = ("new idea, kept", "new idea, not kept", "replicate or confirmation", "crash")
+
+
+def bin_minutes(span_minutes):
+    """The timeline's bin: the smallest of BIN_MINUTES that covers the night in MAX_BINS bars."""
+    return next((m for m in BIN_MINUTES if span_minutes <= m * MAX_BINS), BIN_MINUTES[-1])
+
+
+def timeline_class(row, kind, outcomes):
+    """Which bar a run adds to: a crash, a repeat of a commit (replicate, confirmation), or a new
+    idea's first run by its commit's outcome (outcomes.commit_outcomes: a pending one is not kept)."""
+    if row.status == "crash":
+        return "crash"
+    if kind not in keeprule.FIRST_KINDS and kind != "baseline":
+        return "replicate or confirmation"
+    return "new idea, kept" if outcomes.get(row.commit) == "keep" else "new idea, not kept"
+
+
 def timeline(night):
-    """{"start", "runs": [(hours since start, row)], "per_hour": [(hour index, keep, discard, crash)],
-    "gaps": [(from hours, to hours, minutes)]}; None without recorded times."""
+    """{"start", "minutes" (a bin), "runs": [(minutes since start, row)], "bins": [(bin index,
+    {class: runs})], "gaps": [(from minutes, to minutes, minutes)]}; None without recorded times."""
     timed = [(when(r), r) for r in night.rows if when(r) is not None]
     if not timed:
         return None
-    start = min(t for t, _ in timed).replace(minute=0, second=0, microsecond=0)
-    runs = sorted(((t - start).total_seconds() / 3600, r) for t, r in timed)
-    hours = int(runs[-1][0]) + 1
-    per_hour = [[h, 0, 0, 0] for h in range(hours)]
+    first = min(t for t, _ in timed)
+    span = (max(t for t, _ in timed) - first).total_seconds() / 60
+    minutes = bin_minutes(span + RUN_MINUTES)
+    start = first.replace(second=0, microsecond=0) - timedelta(
+        minutes=first.minute % minutes if minutes <= 60 else first.minute
+    )
+    runs = sorted(((t - start).total_seconds() / 60, r) for t, r in timed)
+    fate = outcomes.commit_outcomes(night.sound)
+    bins = [(b, dict.fromkeys(TIMELINE_CLASSES, 0)) for b in range(int(runs[-1][0] // minutes) + 1)]
     for at, row in runs:
-        per_hour[int(at)][1 + ("keep", "discard", "crash").index(row.status)] += 1
-    gaps = [
-        (a, b, round((b - a) * 60))
-        for (a, _), (b, _) in zip(runs, runs[1:])
-        if (b - a) * 60 > RUN_MINUTES + IDLE_MINUTES
-    ]
-    return dict(start=start, runs=runs, per_hour=[tuple(p) for p in per_hour], gaps=gaps)
+        bins[int(at // minutes)][1][timeline_class(row, night.kinds[row.line], fate)] += 1
+    gaps = [(a, b, round(b - a)) for (a, _), (b, _) in zip(runs, runs[1:]) if b - a > RUN_MINUTES + IDLE_MINUTES]
+    return dict(start=start, minutes=minutes, runs=runs, bins=bins, gaps=gaps, span=span)
 
 
 def timeline_text(night):
     t = timeline(night)
     if t is None:
         return "No recorded_at times in the rows: no timeline."
-    rate = statistics.fmean(sum(p[1:]) for p in t["per_hour"])
-    gaps = ", ".join(f"{m} min from {t['start'] + timedelta(hours=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
-    text = f"{rate:.1f} runs an hour on average; idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    hours = (t["span"] + RUN_MINUTES) / 60  # the last run's own time counts too
+    gaps = ", ".join(f"{m} min from {t['start'] + timedelta(minutes=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
+    text = (
+        f"{len(t['runs']) / hours:.1f} runs an hour ({runs(len(t['runs']))} in {hours * 60:.0f} min); "
+        f"idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    )
     if wall := night.report.get("time"):
         text += (
             f"\n{wall['median_minutes']:.1f} min between records (median), the longest {wall['longest_minutes']:.0f} "

@@ -82,3 +82,13 @@ def standing(rows):
             "simplification_up_to": ref + simplification_allowance(rows, sigma),
         }
     return out
+
+
+def commit_outcomes(rows):
+    """{commit: "keep", "discard", "crash" or "pending"}: where each judged commit stands now, by
+    the rule's history (once kept, kept). Every figure that colours a run by its commit's fate asks
+    this one function, so a first run later kept is drawn kept, and a status the rule adds (a run
+    awaiting its confirmation) reads as pending, never as discarded."""
+    return {
+        e["commit"]: e["status"] if e["status"] in ("keep", "discard", "crash") else "pending" for e in history(rows)
+    }

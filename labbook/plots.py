@@ -11,6 +11,8 @@ from pathlib import Path
 from labbook import keeprule
 from labbook.audit import flag_rows
 from labbook.base import Refusal, results_repo
+from labbook.outcomes import commit_outcomes
+from labbook.rescore import journal_entries, journal_path
 
 
 def new_figure(width=12.0, height=6.0):
@@ -62,17 +64,20 @@ def steps_of(rows, flagged):
 
 
 def y_range(rows, flagged, best, reference):
-    """y limits from the data: the baseline, references, replicates and confirmations set the
-    core; discards far above it (and flagged rows far off) are drawn at the edge, off-scale."""
+    """y limits that follow the data: every measured value, the running best and the reference,
+    except runs far above the kept commits' range (drawn at the edge, off-scale); a range narrower
+    than the runs' noise is widened around its centre, so one run sits in the middle."""
     measured = [r.val_bpc for r in rows if r.measured and r.line not in flagged]
     if not measured:
         return 0.0, 1.0
     core = [v for _, v in best + reference if v is not None] or measured
-    lo = min(min(measured), min(core))
-    span = max(max(core) - min(core), 0.002 * statistics.median(measured), 1e-4)
-    hi = max(core) + 1.5 * span
-    ordered = sorted(measured)
-    hi = max(hi, min(ordered[int(0.75 * (len(ordered) - 1))], max(core) + 4 * span))  # most runs stay on the plot
+    least = max(0.004 * statistics.median(measured), 1e-4)
+    span = max(max(core) - min(core), least)
+    shown = [v for v in measured if v <= max(core) + 4 * span] + core
+    lo, hi = min(shown), max(shown)
+    if hi - lo < least:
+        middle = (hi + lo) / 2
+        lo, hi = middle - least / 2, middle + least / 2
     pad = 0.06 * (hi - lo)
     return lo - pad, hi + pad
 
@@ -85,7 +90,8 @@ def progress_data(rows, flagged=()):
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
     best, reference = steps_of(rows, flagged)
     lo, hi = y_range(rows, flagged, best, reference)
-    kept = {e["commit"] for e in keeprule.history([r for r in rows if r.line not in flagged]) if e["status"] == "keep"}
+    judged = keeprule.history([r for r in rows if r.line not in flagged])
+    kept = {e["commit"] for e in judged if e["status"] == "keep"}
     points, crashes, labels = [], [], []
     for x, row in enumerate(rows, start=1):
         if not row.measured:
@@ -101,8 +107,13 @@ def progress_data(rows, flagged=()):
             deciding[p["commit"]] = p
     for p in deciding.values():
         row = next(r for r in rows if r.line == p["line"])
-        labels.append(dict(x=p["x"], y=p["shown"], text=shorten(row.description.split(" (crash")[0], 28)))
-    return dict(points=points, crashes=crashes, best=best, reference=reference, labels=labels, ylim=(lo, hi))
+        labels.append(dict(x=p["x"], y=p["shown"], text=shorten(row.description.split(" (crash")[0], LABEL_CHARS)))
+    kept_kinds = {e["commit"]: e["kind"] for e in judged if e["status"] == "keep"}
+    return dict(points=points, crashes=crashes, best=best, reference=reference, labels=labels, ylim=(lo, hi),
+                kept_kinds=kept_kinds)  # fmt: skip
+
+
+LABEL_CHARS = 40  # a kept commit's label: an agent's one-line description, whole up to this
 
 
 def shorten(text, width):
@@ -129,10 +140,13 @@ def plural(n, word):
 
 
 def progress_title(data, n_rows):
-    """What the night kept, in words: the baseline is kept, and counted apart from kept changes."""
-    base = {p["commit"] for p in data["points"] if p["kind"] == "baseline" and p["kept"]}
-    changes = {p["commit"] for p in data["points"] if p["kept"]} - base
-    kept = ("the baseline" if base else "no baseline") + f" and {plural(len(changes), 'kept change')}"
+    """What the night kept, in words: the baseline, the improvements and the simplifications (kept
+    because simpler, never gains) counted apart."""
+    kinds = list(data["kept_kinds"].values())
+    improvements = sum(k == "experiment" for k in kinds)
+    simplifications = sum(k == "simplification" for k in kinds)
+    kept = "the baseline" if "baseline" in kinds else "no baseline"
+    kept += f", {plural(improvements, 'kept improvement')} and {plural(simplifications, 'kept simplification')}"
     best = f"; best mean {data['best'][-1][1]:.6f}" if data["best"] else ""
     return f"{plural(n_rows, 'run')}: {kept}{best}"
 
@@ -234,86 +248,149 @@ def progress_figure(results, flagged=None):
     return fig
 
 
-def plot_progress(results, path, flagged=None):
-    progress_figure(results, flagged).savefig(path, bbox_inches="tight")
+def alt_text(fig):
+    """What a figure shows, in words, for a reader who cannot see it: its title, axes and ranges,
+    and what its legend names (the notebook's alternative text for the image)."""
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    legend = ax.get_legend()
+    names = [t.get_text() for t in legend.get_texts()] if legend else []
+    return (
+        f"{ax.get_title()}. y: {ax.get_ylabel()}, {lo:.4g} to {hi:.4g}. x: {fig.axes[-1].get_xlabel() or 'time of day'}."
+        + (f" Shown: {'; '.join(names)}." if names else "")
+    )
+
+
+def save(fig, path):
+    """The figure as a PNG whose Description (a tEXt chunk) is its alternative text (png_alt)."""
+    fig.savefig(path, bbox_inches="tight", metadata={"Description": alt_text(fig)})
     return Path(path)
 
 
-def memory_data(rows, flagged=()):
-    """[(x, memory_gb, status, kind, commit, flagged)] for every row (crashes record 0)."""
+def png_alt(path):
+    """The alternative text `save` wrote into a PNG (its Description tEXt chunk), or its file name."""
+    data = Path(path).read_bytes()
+    at = 8  # after the PNG signature: chunks of (length, type, data, crc)
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        key, _, text = data[at + 8 : at + 8 + length].partition(b"\0")
+        if kind == b"tEXt" and key == b"Description":
+            return text.decode("latin-1")
+        if kind == b"iTXt" and key == b"Description":  # text beyond latin-1: flags, language, keyword, UTF-8
+            return text[2:].split(b"\0", 2)[-1].decode("utf-8", errors="replace")
+        at += 12 + length
+    return Path(path).name
+
+
+def plot_progress(results, path, flagged=None):
+    return save(progress_figure(results, flagged), path)
+
+
+def journal_memory_mb(results):
+    """{run_id: peak memory in MB} as the run's summary measured it (the journal's), unrounded."""
+    journal = journal_path(results_repo(results.path))
+    entries = journal_entries(journal).values() if journal else []
+    out = {}
+    for entry in filter(None, entries):
+        try:
+            out[entry["run_id"]] = float(entry.get("summary", {})["peak_vram_mb"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def memory_data(rows, flagged=(), exact_mb=None):
+    """[(x, memory in MB, exact, outcome, kind, commit, flagged)] for every row (crashes record 0).
+    `exact` when the journal had the run's unrounded peak; else the row's 0.1 GB. `outcome` is the
+    commit's (outcomes.commit_outcomes): a first run of a commit kept later is a kept commit's run."""
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
-    return [dict(x=x, memory=r.memory_gb, status=r.status, kind=kinds[r.line], commit=r.commit,
-                 flagged=r.line in set(flagged)) for x, r in enumerate(rows, start=1)]  # fmt: skip
+    fate = commit_outcomes([r for r in rows if r.line not in set(flagged)])
+    exact_mb = exact_mb or {}
+    out = []
+    for x, r in enumerate(rows, start=1):
+        mb = exact_mb.get(r.extra.get("run_id", "").strip()) if r.measured else None
+        outcome = "crash" if r.status == "crash" else fate.get(r.commit, r.status)
+        out.append(dict(x=x, memory=mb if mb is not None else r.memory_gb * 1024, exact=mb is not None,
+                        outcome=outcome, status=r.status, kind=kinds[r.line], commit=r.commit,
+                        flagged=r.line in set(flagged)))  # fmt: skip
+    return out
+
+
+def memory_measure(rows):
+    """(y label, title) for where the rows ran: CUDA's allocator peak on a GPU, the trainer
+    process's peak resident memory on a CPU (what prepare.peak_memory_mb reads)."""
+    devices = {r.extra.get("device", "").strip() for r in rows if r.measured} - {""}
+    if devices and all(d.startswith("cuda") for d in devices):
+        gpus = sorted({r.extra.get("gpu", "").strip() for r in rows if r.measured} - {""})
+        return "peak memory allocated (GB)", f"peak CUDA memory allocated per run ({', '.join(gpus) or 'GPU'})"
+    where = "CPU" if devices == {"cpu"} else " and ".join(sorted(devices)) or "device not recorded"
+    return (
+        "peak resident memory (MB)",
+        f"peak resident memory of the trainer process per run ({where}: ru_maxrss, with torch and the data)",
+    )
 
 
 def memory_figure(results, flagged=None):
     rows = results.rows
-    data = memory_data(rows, flagged_lines(results) if flagged is None else flagged)
+    data = memory_data(rows, flagged_lines(results) if flagged is None else flagged, journal_memory_mb(results))
+    ylabel, title = memory_measure(rows)
+    scale = 1024 if "GB" in ylabel else 1  # the data are in MB
+    if scale == 1 and not all(d["exact"] for d in data if d["status"] != "crash"):  # GB rows: 0.1 GB of MB
+        title += "; rows without a journal entry rounded to 0.1 GB"
     fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
-    colors = {"keep": KEPT_COLOR, "discard": "0.6", "crash": "tab:red"}
-    for status, label in (("keep", "kept commit's run"), ("discard", "discarded")):
-        chosen = [d for d in data if d["status"] == status]
+    styles = (("keep", KEPT_COLOR, "run of a kept commit"), ("pending", "tab:olive", "run of a commit awaiting its confirmation"),
+              ("discard", "0.6", "run of a discarded commit"))  # fmt: skip
+    for outcome, color, label in styles:
+        chosen = [d for d in data if d["outcome"] == outcome]
         if chosen:
-            ax.bar([d["x"] for d in chosen], [d["memory"] for d in chosen], color=colors[status], label=label,
-                   hatch=None, width=0.8)  # fmt: skip
+            ax.bar([d["x"] for d in chosen], [d["memory"] / scale for d in chosen], color=color, label=label, width=0.8)
     flagged_bars = [d for d in data if d["flagged"]]
     if flagged_bars:
-        ax.bar([d["x"] for d in flagged_bars], [d["memory"] for d in flagged_bars], fill=False, hatch="///",
+        ax.bar([d["x"] for d in flagged_bars], [d["memory"] / scale for d in flagged_bars], fill=False, hatch="///",
                edgecolor="tab:red", width=0.8, label="flagged by the audit")  # fmt: skip
     crashes = [d["x"] for d in data if d["status"] == "crash"]
     if crashes:
         ax.scatter(crashes, [0] * len(crashes), marker="x", color="tab:red", s=40, zorder=3, clip_on=False,
                    label="crash (no memory recorded)")  # fmt: skip
-    top = max([d["memory"] for d in data] + [1.0])
+    top = max([d["memory"] / scale for d in data] + [1.0])
     shown = set()
     for d in data:  # each commit named once, at its first run
         if d["commit"] not in shown and d["status"] != "crash":
             shown.add(d["commit"])
-            ax.annotate(d["commit"], (d["x"], d["memory"]), xytext=(0, 2), textcoords="offset points", rotation=90,
-                        ha="center", va="bottom", fontsize=6 if len(data) > 40 else 7)  # fmt: skip
+            ax.annotate(d["commit"], (d["x"], d["memory"] / scale), xytext=(0, 2), textcoords="offset points",
+                        rotation=90, ha="center", va="bottom", fontsize=6 if len(data) > 40 else 7)  # fmt: skip
     ax.set_ylim(0, top * 1.25)
     integer_ticks(ax, len(rows))
     ax.set_xlabel("run (in the order recorded); each commit named at its first run")
-    ax.set_ylabel("peak memory (GB)")
-    ax.set_title("peak memory per run")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return fig
 
 
 def plot_memory(results, path, flagged=None):
-    memory_figure(results, flagged).savefig(path, bbox_inches="tight")
-    return Path(path)
+    return save(memory_figure(results, flagged), path)
 
 
-def finish(fig, ax, path):
-    """The legend outside the axes (it never covers a point), a light grid, nothing cut off."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, bbox_inches="tight")
-    return Path(path)
+TIMELINE_COLORS = {"new idea, kept": KEPT_COLOR, "new idea, not kept": "0.6",
+                   "replicate or confirmation": "tab:blue", "crash": "tab:red"}  # fmt: skip
 
 
-def plot_timeline(line, path):
-    """Runs per clock hour (stacked by outcome) and the idle gaps, from morning.timeline()."""
-
+def timeline_figure(line):
+    """Runs per bin (the bin fits the night: morning.bin_minutes), stacked by what each run was, and
+    the idle gaps, from morning.timeline(): a replicate or a confirmation is never counted as a keep."""
     fig = new_figure(13.0, 4.0)
     ax = fig.add_subplot()
-    hours = [h for h, *_ in line["per_hour"]]
-    bottom = [0] * len(hours)
-    for i, (status, color) in enumerate((("keep", KEPT_COLOR), ("discard", "0.6"), ("crash", "tab:red"))):
-        counts = [p[1 + i] for p in line["per_hour"]]
+    width = line["minutes"]
+    starts = [b * width for b, _ in line["bins"]]
+    bottom = [0] * len(starts)
+    for name, color in TIMELINE_COLORS.items():
+        counts = [c[name] for _, c in line["bins"]]
         if any(counts):
-            ax.bar(
-                [h + 0.5 for h in hours],
-                counts,
-                bottom=bottom,
-                width=0.9,
-                color=color,
-                zorder=2,
-                label="keep (replicates included)" if status == "keep" else status,
-            )
+            ax.bar([x + width / 2 for x in starts], counts, bottom=bottom, width=0.9 * width, color=color, zorder=2,
+                   label=f"{name} ({sum(counts)})")  # fmt: skip
         bottom = [b + c for b, c in zip(bottom, counts)]
     ax.scatter([a for a, _ in line["runs"]], [-0.4] * len(line["runs"]), marker="|", color="black", s=60,
                label="a recorded run", clip_on=False)  # fmt: skip
@@ -321,14 +398,24 @@ def plot_timeline(line, path):
         ax.axvspan(a, b, color="tab:orange", alpha=0.25, zorder=0, label="idle gap" if i == 0 else None)
         ax.annotate(f"idle {minutes} min", ((a + b) / 2, max(bottom) * 1.2 + 0.5), ha="center", va="bottom",
                     fontsize=8, zorder=3)  # fmt: skip
-    ax.set_xticks(hours + [len(hours)])
-    ax.set_xticklabels([f"{line['start'] + timedelta(hours=h):%H:%M}" for h in hours + [len(hours)]], fontsize=8)
-    ax.set_xlim(0, len(hours))
+    edges = starts + [starts[-1] + width]
+    step = max(1, len(edges) // 12)  # at most a dozen tick labels
+    ax.set_xticks(edges[::step])
+    ax.set_xticklabels([f"{line['start'] + timedelta(minutes=m):%H:%M}" for m in edges[::step]], fontsize=8)
+    ax.set_xlim(0, edges[-1])
     ax.set_ylim(-0.8, max(bottom) * 1.45 + 1.5)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("runs in the hour")
-    ax.set_title("the night, hour by hour")
-    return finish(fig, ax, path)
+    per = f"{width} minutes" if width < 60 else "hour" if width == 60 else f"{width // 60} hours"
+    ax.set_ylabel(f"runs per {per}")
+    size = f"{width}-minute" if width < 60 else f"{width // 60}-hour"
+    ax.set_title(f"the night in {size} bins: {plural(len(line['runs']), 'run')}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def plot_timeline(line, path):
+    return save(timeline_figure(line), path)
 
 
 def flagged_lines(results):
@@ -387,9 +474,16 @@ def smoothed(values, window=None):
     return out
 
 
-def curve_data(paths, labels=None):
-    """[(label, times, raw losses, smoothed losses)] of the metrics files with per-step rows, and
-    the warnings for those without."""
+def curve_axis(paths):
+    """ "step" when a run's budget was counted in steps (AR_STEPS: its seconds measure the machine's
+    load, not the work), else "time"."""
+    budgets = [(read_metrics(p)[1] or {}).get("budget", "") for p in paths]
+    return "step" if any(str(b).strip().endswith("steps") for b in budgets) else "time"
+
+
+def curve_data(paths, labels=None, x="time"):
+    """[(label, xs, raw losses, smoothed losses)] of the metrics files with per-step rows, x the
+    rows' `time` or `step`, and the warnings for those without."""
     curves, warnings = [], []
     for i, path in enumerate(paths):
         steps, summary = read_metrics(path)
@@ -400,14 +494,33 @@ def curve_data(paths, labels=None):
         if summary and summary.get("commit") and not labels:
             label += f" ({summary['commit']})"
         losses = [s["loss"] for s in steps]
-        curves.append((label, [s["time"] for s in steps], losses, smoothed(losses)))
+        xs = (
+            [float(s.get("step", n)) for n, s in enumerate(steps, start=1)]
+            if x == "step"
+            else [s["time"] for s in steps]
+        )
+        curves.append((label, xs, losses, smoothed(losses)))
     return curves, warnings
 
 
+ZOOM_FROM = 0.1  # the y axis fits every curve from this share of the shortest run's x on
+
+
+def curve_ylim(curves):
+    """(lo, hi, x0): y limits that hold every smoothed curve from x0 on, x0 a share of the shortest
+    curve's span, the same for all: no curve loses its early part to another's zoom."""
+    x0 = ZOOM_FROM * min(xs[-1] for _, xs, _, _ in curves)
+    shown = [v for _, xs, _, smooth in curves for x, v in zip(xs, smooth) if x >= x0]
+    lo, hi = min(shown), max(shown)
+    return lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9), x0
+
+
 def plot_curves(paths, out, labels=None):
-    """Training loss against training time for one run, or several overlaid (the best against
-    the baseline in the notebook). Refusal for missing inputs, no steps, or an unwritable `out`."""
-    curves, warnings = curve_data(paths, labels)
+    """Training loss against training time for one run, or several overlaid (the best against the
+    baseline in the notebook), against steps when the runs' budget was steps (AR_STEPS). Refusal
+    for missing inputs, no steps, or an unwritable `out`."""
+    x = curve_axis(paths) if all(Path(p).is_file() for p in paths) else "time"
+    curves, warnings = curve_data(paths, labels, x)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not curves:
@@ -417,26 +530,24 @@ def plot_curves(paths, out, labels=None):
     except ImportError:
         raise Refusal("matplotlib is not installed: pip install -e '.[analysis]'") from None
     ax = fig.add_subplot()
-    tail = []
-    for label, times, losses, smooth in curves:
+    for label, xs, losses, smooth in curves:
         final = f"final {losses[-1]:.4f}"
-        (line,) = ax.plot(times, smooth, label=f"{label}: {final}", linewidth=1.6)
-        ax.plot(times, losses, color=line.get_color(), alpha=0.2, linewidth=0.7)
-        ax.scatter([times[-1]], [losses[-1]], color=line.get_color(), zorder=3, s=20)
-        tail += losses[len(losses) // 5 :]
-    if tail:  # the early, steep part would squash the end of training into a line
-        lo, hi = min(tail), max(tail)
-        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        (line,) = ax.plot(xs, smooth, label=f"{label}: {final}", linewidth=1.6)
+        ax.plot(xs, losses, color=line.get_color(), alpha=0.2, linewidth=0.7)
+        ax.scatter([xs[-1]], [losses[-1]], color=line.get_color(), zorder=3, s=20)
+    lo, hi, x0 = curve_ylim(curves)  # the early, steep part would squash the end of training into a line
+    ax.set_ylim(lo, hi)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-    ax.set_xlabel("training time (s)")
+    start = f"step {x0:.3g}" if x == "step" else f"{x0:.3g} s"
+    ax.set_xlabel("training step (AR_STEPS: a step-counted budget)" if x == "step" else "training time (s)")
     ax.set_ylabel("training loss (nats per byte)")
     ax.set_title(
-        "training loss: centred moving average ending at the final loss, raw values faint; y zoomed to the last 80%"
+        "training loss: centred moving average ending at the final loss, raw values faint; "
+        f"y fits every curve from {start} on"
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     try:
-        fig.savefig(out, bbox_inches="tight")
+        return save(fig, out)
     except OSError as e:
         raise Refusal(f"cannot write {out}: {e.strerror or e}") from None
-    return Path(out)

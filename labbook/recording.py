@@ -24,7 +24,7 @@ import shlex
 from datetime import datetime
 from pathlib import Path
 
-from labbook.audit import comparable_rows
+from labbook.audit import amended_subject_note, comparable_rows
 from labbook.base import (
     Refusal,
     checkpoints_dir,
@@ -334,10 +334,12 @@ def decide_command(args, tsv):
         print(explain())
         return 0
     try:
-        _, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
+        candidate, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
     except CannotJudge as e:
         raise Refusal(str(e)) from None
     print(verdict.text())
+    if note := amended_subject_note(tsv, candidate.commit, candidate.description):
+        print(note)
     return 0
 
 

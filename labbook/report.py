@@ -4,13 +4,14 @@ tip, reference, sigma, best, improvements, simplifications, near-misses) over th
 report as text. The command line (labbook/cli.py) adds the plots."""
 
 import json
+import re
 import statistics
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 from labbook import keeprule, outcomes
-from labbook.audit import audit, flag_rows
+from labbook.audit import amended_note, audit, flag_rows
 from labbook.base import Refusal, results_repo
 from labbook.ledger import STATUSES, read_results
 from labbook.refusals import read_refusals
@@ -91,6 +92,7 @@ def summarize(results, repo=None):
             **{status: counts[status] for status in STATUSES},
         },
         "baseline": {**baseline.as_dict(), "mean": base_mean, "runs": len(base_values)} if baseline else None,
+        "measure": measure_text(baseline or next((r for r in rows if r.measured), rows[0])) if rows else None,
         "tip": now["tip"],
         "best": best,
         "best_commit": best["commit"] if best else None,
@@ -121,15 +123,49 @@ def num(value, fmt="{:.6f}"):
     return "-" if value is None else fmt.format(value)
 
 
+def plural(n, word, many=None):
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def measure_text(row):
+    """How the effort's runs are measured, from a row's provenance (the baseline's): the budget, in
+    steps under AR_STEPS or seconds, and the corpus. None for a row that does not say."""
+    budget, data = row.extra.get("budget", "").strip(), row.extra.get("data", "").strip()
+    if not budget and not data:
+        return None
+    if steps := re.fullmatch(r"(\d+)\s*steps", budget):
+        budget = f"{steps[1]} training steps a run (AR_STEPS={steps[1]}: a rehearsal's budget, not the timed one)"
+    elif seconds := re.fullmatch(r"([\d.]+)\s*s", budget):
+        budget = f"{seconds[1]} s of training a run"
+    else:
+        budget = f"budget {budget or 'not recorded'}"
+    if data.startswith("enwik8:"):
+        corpus = "enwik8"
+    elif data.startswith("custom:"):
+        corpus = f"a custom corpus (AR_DATA, {data})"
+    else:
+        corpus = data or "a corpus not recorded"
+    return f"{budget}, on {corpus}"
+
+
 def text_header(report):
     totals = report["totals"]
+    parts = [
+        plural(totals["experiments"], "experiment"),
+        f"{totals['baselines']} baseline",
+        plural(totals["replicates"], "replicate"),
+        plural(totals["confirmations"], "confirmation run"),
+    ]
+    if totals["environment"]:
+        parts.append(plural(totals["environment"], "environment crash", "environment crashes"))
+    parts.append(f"{totals['flagged']} flagged")
     head = (
-        f"{report['file']}: {totals['rows']} rows = {totals['experiments']} experiments + {totals['baselines']} "
-        f"baseline + {totals['replicates']} replicates + {totals['confirmations']} confirmation runs + "
-        + (f"{totals['environment']} environment crashes + " if totals["environment"] else "")
-        + f"{totals['flagged']} flagged | {totals['keep']} keep, {totals['discard']} discard, {totals['crash']} crash"
+        f"{report['file']}: {plural(totals['rows'], 'row')} = {' + '.join(parts)} | {totals['keep']} keep, "
+        f"{totals['discard']} discard, {totals['crash']} crash"
     )
     lines = [head]
+    if report.get("measure"):
+        lines.append(f"measure   {report['measure']}")
     if report["header_missing"]:
         lines.append("warning: the header line is missing; rows were read in the standard column order")
     lines += [f"warning: skipped line {m['line']}: {m['reason']}" for m in report["malformed"]]
@@ -234,7 +270,7 @@ def text_audit(found):
         lines.append(f"  line {item['line']} {item['commit']}: kept with a gain of {item['gain']:+.6f}{bound}")
     if found.get("unsandboxed"):
         lines.append(f"note: {found['unsandboxed']}")
-    return lines
+    return lines + amended_note(found.get("amended"))
 
 
 def format_report(report, test_bpc=None, test_note=None):

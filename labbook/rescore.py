@@ -204,6 +204,7 @@ def kept_rescores(results, report, with_test=False):
             continue
         entry = by_sha.get(file_sha256(checkpoint))
         item["recorded"] = entry["val_bpc_exact"] if entry else None
+        item.update(runs_checked(results.rows, commit, entry))
         try:
             text = harness_text(baseline, repo)
             item["rescored"] = rescore_subprocess(checkpoint, text, "val")["bpc"]
@@ -221,16 +222,41 @@ def kept_rescores(results, report, with_test=False):
     return out
 
 
+def runs_checked(rows, commit, entry):
+    """{"checked": the line of the run whose saved weights are scored again (the journal entry's
+    run_id), or None, "unchecked": the lines of the commit's other measured runs}: a kept commit's
+    mean rests on all its runs, but only one run's weights are kept."""
+    run_id = (entry or {}).get("run_id")
+    measured = [r for r in rows if r.commit == commit and r.measured]
+    checked = next((r.line for r in measured if r.extra.get("run_id", "").strip() == run_id), None)
+    return dict(checked=checked, unchecked=[r.line for r in measured if r.line != checked])
+
+
+def checked_words(check):
+    """Which runs a check covers, in words: the line scored again and the lines it leaves out."""
+    seen = f"line {check['checked']}" if check.get("checked") else "a run no row records"
+    others = check.get("unchecked") or []
+    if not others:
+        return seen
+    return (
+        f"{seen}; not the commit's other runs behind its mean (lines {', '.join(map(str, others))}: weights not kept)"
+    )
+
+
 def rescore_lines(checks):
-    """The morning check as report lines."""
+    """The morning check as report lines, each naming the run it scored again."""
     if not checks:
         return []
-    lines = ["", "morning check: each kept checkpoint scored again in the sealed scorer"]
+    lines = [
+        "",
+        "morning check: each kept commit's saved checkpoint (one run's weights) scored again in the sealed scorer",
+    ]
     for c in checks:
         test = "" if c["test"] is None else f"  test {c['test']:.6f}"
         recorded = "-" if c["recorded"] is None else f"{c['recorded']:.6f}"
         rescored = "-" if c["rescored"] is None else f"{c['rescored']:.6f}"
-        lines.append(f"  {c['commit']:<8} recorded {recorded}  re-scored {rescored}{test}  {c['note']}")
+        runs = f"  ({checked_words(c)})" if "checked" in c else ""
+        lines.append(f"  {c['commit']:<8} recorded {recorded}  re-scored {rescored}{test}  {c['note']}{runs}")
     return lines
 
 

@@ -106,3 +106,42 @@ def test_three_crashes_in_a_row_show_as_a_crash_streak_that_says_change_directio
     capsys.readouterr()
     assert cli.main(["--json", "--no-plots"]) == 0
     assert json.loads(capsys.readouterr().out)["crashes_in_a_row"] == 0
+
+
+def test_a_crash_fixed_by_an_amend_is_named_by_audit_and_report_and_decide_asks_for_the_runs_own_words(repo, capsys):
+    run_and_record(repo, "keep", "baseline", val_bpc=1.50)
+    for seed in range(1, 5):  # setup's replicates, so that decide judges the experiment
+        write_log(repo, head(repo), val_bpc=1.50 + 0.001 * seed, seed=seed)
+        assert cli.main(["record", "--description", f"noise: seed {seed}"]) == 0
+    commit_change(repo, lr=0.5, message="shift_tokens (1, 2)")
+    crashed = run_and_record(repo, "crash", "shift_tokens (1, 2)", crash="NameError: name 'shfit' is not defined")
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "SHIFT = (1, 1, 2, 2)\n")
+    git(repo, "commit", "-q", "-a", "--amend", "--no-edit")  # program.md's fix of a typo crash
+    fixed = head(repo)
+    write_log(repo, fixed, val_bpc=1.52)
+    capsys.readouterr()
+
+    assert cli.main(["decide"]) == 0
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert note.startswith(f"note: {fixed} amends {crashed} (line 7, crash)") and "--description" in note
+    assert cli.main(["record", "--description", "shift_tokens (1, 1, 2, 2)"]) == 0
+    capsys.readouterr()
+
+    assert cli.main(["audit"]) == 0  # a note, not a flag: the run happened, its row describes its code
+    audit_text = capsys.readouterr().out
+    named = f"  line 7 {crashed} (crash, 'shift_tokens (1, 2)'): replaced by {fixed} ('shift_tokens (1, 2)')"
+    assert "note: 1 row ran code that `git commit --amend` replaced (on no branch now)" in audit_text
+    assert named in audit_text.splitlines()
+    assert cli.main(["--no-plots"]) == 0
+    assert named in capsys.readouterr().out.splitlines()
+    assert descriptions(repo)[-2:] == ["shift_tokens (1, 2)", "shift_tokens (1, 1, 2, 2)"]
+
+
+def test_a_discarded_commit_reset_away_is_not_called_amended(repo, capsys):
+    run_and_record(repo, "keep", "baseline", val_bpc=1.50)
+    commit_change(repo, lr=0.02)
+    run_and_record(repo, "discard", "lr 2e-2", val_bpc=1.90)
+    git(repo, "reset", "--hard", "HEAD~1")
+    capsys.readouterr()
+    assert cli.main(["audit"]) == 0
+    assert "amend" not in capsys.readouterr().out

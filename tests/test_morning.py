@@ -62,8 +62,24 @@ def test_the_confirmation_table_starts_at_the_first_measured_run(night):
 def test_the_reports_header_adds_up_to_its_rows_with_an_environment_crash(night):
     (header, *_) = report.text_header(report.summarize(read_results(night.tsv)))
     parts = header.split(" rows = ")[1].split(" | ")[0].split(" + ")
-    assert "1 environment crashes" in parts
+    assert "1 environment crash" in parts and "1 confirmation run" in parts and "1 experiment" in parts
     assert sum(int(p.split()[0]) for p in parts) == len(ROWS) == int(header.split(": ")[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    ("budget", "data", "said"),
+    [
+        ("50steps", "custom:0123456789abcdef", "50 training steps a run (AR_STEPS=50: a rehearsal's budget, not the "
+         "timed one), on a custom corpus (AR_DATA, custom:0123456789abcdef)"),
+        ("300s", "enwik8:a1fa5ffddb56f4953e226637dabbb36a", "300 s of training a run, on enwik8"),
+    ],
+)  # fmt: skip
+def test_the_reports_header_names_the_budget_and_corpus_the_runs_were_measured_by(tmp_path, budget, data, said):
+    lab = write_night(tmp_path / "lab", ROWS)
+    set_column(lab.tsv, "budget", [budget] * len(ROWS))
+    set_column(lab.tsv, "data", [data] * len(ROWS))
+    lines = report.text_header(report.summarize(read_results(lab.tsv)))
+    assert lines[1] == f"measure   {said}"
 
 
 def test_output_piped_into_a_reader_that_went_away_is_not_an_error(tmp_path):

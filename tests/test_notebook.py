@@ -98,6 +98,7 @@ def test_readmes_notebook_commands_run_as_printed_in_a_fresh_venv(tmp_path, fres
     for command in readme_notebook_commands():
         proc = subprocess.run(command, shell=True, cwd=lab, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+        assert "Alternative text is missing" not in proc.stderr
 
     notebook = nbformat.read(lab / "analysis.ipynb", as_version=4)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -112,6 +113,11 @@ def test_readmes_notebook_commands_run_as_printed_in_a_fresh_venv(tmp_path, fres
     assert len(images) == 3  # progress, memory, timeline
     html = (lab / "analysis.html").read_text()
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 3
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', html)  # each figure says what it shows (title, axes, legend)
+    titles = [a.split(". y: ")[0] for a in alts]
+    assert len(titles) == 3 and titles[0].startswith("12 runs: the baseline, 1 kept improvement and 0 kept simp")
+    assert titles[1] == "peak CUDA memory allocated per run (NVIDIA H100 80GB HBM3)"
+    assert titles[2].startswith("the night in ") and titles[2].endswith("-minute bins: 12 runs")
     assert git(lab, "status", "--porcelain") == ""  # program.md's clean-tree check still passes
     assert (lab / "curves.png").read_bytes() == b"the agent's last curves"
 

@@ -6,6 +6,7 @@ and the loss curve ends at the real final loss. `curves` refuses bad inputs with
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from fixtures_results import ANALYSIS, is_real_png
@@ -152,32 +153,108 @@ def test_crashes_are_marked_in_a_strip_below_the_values_never_among_them(night):
     assert not {x for c in values.collections for x, _ in c.get_offsets()} & set(data["crashes"])
 
 
-def test_the_title_counts_the_baseline_apart_from_kept_changes(tmp_path):
+def test_the_title_counts_the_baseline_improvements_and_simplifications_apart(night, tmp_path):
     fig, _ = drawn(first_rows(tmp_path, 1))
-    assert fig.axes[0].get_title().startswith("1 run: the baseline and 0 kept changes; best mean ")
+    assert fig.axes[0].get_title().startswith("1 run: the baseline, 0 kept improvements and 0 kept simplifications; ")
     assert len(fig.axes) == 1  # no crash, no strip
+    fig, _ = drawn(night)
+    improvements, simplifications = len(outcomes.improvements(night.sound)), len(outcomes.simplifications(night.sound))
+    assert simplifications >= 1 or len(night.rows) < 100  # the long night keeps one
+    assert f": the baseline, {plots.plural(improvements, 'kept improvement')} and " in fig.axes[0].get_title()
+    assert f" and {plots.plural(simplifications, 'kept simplification')}; " in fig.axes[0].get_title()
 
 
-@pytest.mark.parametrize("n", [1, 12, 100])
-def test_no_label_overlaps_another_or_the_title(n, tmp_path):
-    night = first_rows(tmp_path, n) if n == 1 else None
-    if night is None:
-        write_night(tmp_path / "lab", n, seed=n)
-        night = morning.load(tmp_path / "lab" / "results.tsv")
+@pytest.mark.parametrize("n", [1, 12])
+def test_the_value_axis_follows_the_data_one_run_in_its_middle(n, tmp_path):
+    night = first_rows(tmp_path, n)
     fig, data = drawn(night)
-    ax = fig.axes[0]
+    lo, hi = fig.axes[0].get_ylim()
+    values = [p["y"] for p in data["points"] if not p["offscale"]]
+    assert lo < min(values) and max(values) < hi
+    assert min(values) - lo < 0.1 * (hi - lo) or n == 1 and abs((lo + hi) / 2 - values[0]) < 1e-9
+    assert hi - max(values) < 0.1 * (hi - lo) or n == 1
+    assert hi - lo < 0.05  # a CPU rehearsal's values under 2.33 never get an axis to 3.5
+
+
+def test_kept_labels_are_whole_up_to_40_characters_and_clear_of_the_legend(night, tmp_path):
+    fig, data = drawn(night)
+    long = "warmdown 50% and a longer description of it"
+    assert plots.shorten(long, plots.LABEL_CHARS) == long[:39] + "…"
+    described = {r.description for r in night.rows}
+    assert all(lab["text"] in described for lab in data["labels"])  # every label whole in these nights
     renderer = fig.canvas.get_renderer()
-    texts = [t for t in ax.texts if t.get_text() in {lab["text"] for lab in data["labels"]}]
-    assert len(texts) == len(data["labels"]) >= 1
-    boxes = [t.get_window_extent(renderer) for t in texts] + [ax.title.get_window_extent(renderer)]
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1 :]:
-            assert not a.overlaps(b), (a, b)
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    texts = [t for t in fig.axes[0].texts if t.get_text() in {lab["text"] for lab in data["labels"]}]
+    assert texts and not any(t.get_window_extent(renderer).overlaps(legend) for t in texts)
+    path = plots.plot_progress(ledger.read_results(night.tsv), tmp_path / "p.png", night.flagged)
+    assert plots.png_alt(path).startswith(fig.axes[0].get_title() + ". y: val_bpc")
 
 
-def test_the_memory_legend_marks_a_crash_as_drawn(night, tmp_path):
+def cpu_night(tmp_path, n=12, seconds_apart=42):
+    """The first `n` rows of a generated night as a CPU rehearsal recorded them: device cpu, 50 steps,
+    a run every `seconds_apart` seconds, and the journal holding each run's unrounded peak memory."""
+    values = night_rows(tmp_path / "lab", 12)[:n]
+    start = morning.when(ledger.parse_row(ledger.format_row(values[0], ledger.COLUMNS).rstrip("\n"), ledger.COLUMNS, 2))
+    journal = tmp_path / "lab" / ".git" / "autoresearch" / "journal.jsonl"
+    journal.parent.mkdir(parents=True)
+    entries = []
+    for i, v in enumerate(values):
+        v.update(device="cpu", gpu="", budget="50steps", memory_gb="0.4" if v["status"] != "crash" else "0.0",
+                 recorded_at=(start + timedelta(seconds=seconds_apart * i)).isoformat(timespec="seconds"))  # fmt: skip
+        entries.append(json.dumps(dict(run_id=v["run_id"], summary=dict(peak_vram_mb=f"{431.0 + 7 * i:.1f}"))))
+    journal.write_text("\n".join(entries) + "\n")
+    tsv = tmp_path / "lab" / "results.tsv"
+    tsv.write_text("\t".join(ledger.COLUMNS) + "\n" + "".join(ledger.format_row(v, ledger.COLUMNS) for v in values))
+    return morning.load(tsv)
+
+
+def test_memory_on_a_cpu_says_resident_memory_in_unrounded_mb_and_colours_runs_by_their_commits_fate(tmp_path):
+    night = cpu_night(tmp_path)
     results = ledger.read_results(night.tsv)
-    plots.plot_memory(results, tmp_path / "memory.png", night.flagged)
     fig = plots.memory_figure(results, night.flagged)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "peak resident memory (MB)" and "trainer process" in ax.get_title()
+    assert "CPU" in ax.get_title() and "rounded" not in ax.get_title()
+    heights = sorted(round(b.get_height(), 1) for b in ax.patches if b.get_height() > 0)
+    assert heights[:2] == [431.0, 438.0]  # the journal's values, no 0.1 GB staircase
+    data = plots.memory_data(results.rows, night.flagged)
+    fate = outcomes.commit_outcomes(night.sound)
+    provisional = [
+        d for d in data if d["kind"] == "experiment" and d["status"] == "discard" and fate.get(d["commit"]) == "keep"
+    ]
+    assert provisional and all(d["outcome"] == "keep" for d in provisional)  # a first run kept later is kept
+
+
+def test_a_48_minute_night_has_5_minute_bins_and_replicates_are_not_counted_as_keeps(tmp_path):
+    night = cpu_night(tmp_path, n=12, seconds_apart=240)  # 12 runs over 44 minutes
+    line = morning.timeline(night)
+    assert line["minutes"] == 5 and len(line["bins"]) <= 10
+    totals = {name: sum(c[name] for _, c in line["bins"]) for name in morning.TIMELINE_CLASSES}
+    kept = [e for e in keeprule.history(night.sound) if e["status"] == "keep"]
+    assert totals["new idea, kept"] == len(kept)
+    assert totals["replicate or confirmation"] == sum(
+        night.kinds[r.line] in ("replicate", "confirm") for r in night.rows
+    )
+    fig = plots.timeline_figure(line)
+    assert fig.axes[0].get_title() == "the night in 5-minute bins: 12 runs"
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "crash (no memory recorded)" in legend and not any("0 recorded" in text for text in legend)
+    assert f"new idea, kept ({len(kept)})" in legend and not any("replicates included" in t for t in legend)
+    assert "runs an hour (12 runs in " in morning.timeline_text(night)
+
+
+def test_curves_of_step_counted_runs_use_steps_and_the_zoom_keeps_the_slow_runs_start(tmp_path):
+    def metrics(name, seconds_per_step, losses):
+        path = tmp_path / f"{name}.jsonl"
+        rows = [dict(step=s, time=s * seconds_per_step, loss=v) for s, v in enumerate(losses, start=1)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"summary": {"budget": "50steps"}}))
+        return path
+
+    baseline = metrics("baseline", 5.4, [4.0 - 0.03 * s for s in range(50)])  # 268 s under load
+    best = metrics("best", 0.08, [3.9 - 0.035 * s for s in range(50)])  # 4 s
+    out = plots.plot_curves([baseline, best], tmp_path / "curves.png", labels=["baseline", "best"])
+    assert "x: training step (AR_STEPS: a step-counted budget)." in plots.png_alt(out)
+    curves, _ = plots.curve_data([baseline, best], x="step")
+    assert all(xs[-1] == 50 for _, xs, _, _ in curves)
+    lo, hi, x0 = plots.curve_ylim(curves)
+    assert x0 == 5
+    assert all(lo <= v <= hi for _, xs, _, smooth in curves for x, v in zip(xs, smooth) if x >= x0)

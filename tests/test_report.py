@@ -20,7 +20,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
 )
 from nights import night_rows
 
-from labbook import cli, keeprule, ledger, outcomes, plots, recording, report
+from labbook import cli, keeprule, ledger, outcomes, plots, recording, report, rescore
 
 
 @pytest.fixture
@@ -258,3 +258,18 @@ def test_the_report_shows_the_time_between_records_and_what_crashes_cost(tmp_pat
     text = report_text(capsys, tsv)
     assert f"{statistics.median(minutes):.1f} min between records (median), the longest {max(minutes):.0f} min" in text
     assert f"crashes cost {sum(crashed):.0f} min ({len(crashed)} run" in text
+
+
+def test_the_morning_check_names_the_run_it_scored_again_and_the_runs_behind_the_mean_it_did_not(night):
+    rows = ledger.read_results(night.tsv).rows
+    saved = next(r for r in rows if r.commit == night.commits["exp2"] and r.kind == "confirm")
+    check = dict(commit=night.commits["exp2"], recorded=1.451, rescored=1.451, test=None, note="agrees")
+    check.update(rescore.runs_checked(rows, night.commits["exp2"], {"run_id": saved.extra["run_id"]}))
+    (line,) = rescore.rescore_lines([check])[2:]
+    first, *others = night.lines["exp2"]
+    others = [n for n in night.lines["exp2"] if n != saved.line]
+    assert line.endswith(
+        f"agrees  (line {saved.line}; not the commit's other runs behind its mean (lines "
+        f"{', '.join(map(str, others))}: weights not kept))"
+    )
+    assert len(others) == 3 and first in others
