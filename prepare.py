@@ -2049,6 +2049,71 @@ def refuse_unlike_effort(differences):
     raise HarnessError(f"{UNLIKE_EFFORT}: {', '.join(what for what, _ in differences)}: {todo}")
 
 
+def program_key(source):
+    """A digest of a train.py's program: its syntax tree without docstrings, so comments, docstrings and
+    formatting do not change it; None when it does not parse. labbook/sources.py's program_key, which
+    `record` judges by, computes the same (a test holds them equal)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            node.body = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
+
+
+def judged_rows(results):
+    """The rows of results.tsv ({column: text, "line": n}) the keep rule judged (their note starts
+    "rule: ", as labbook/keeprule.py writes it), less the environment's crashes: the effort's tried
+    programs. A worker's screening run is no judgment: its promoted cherry-pick runs."""
+    lines = Path(results).read_text(errors="replace").splitlines()
+    columns = lines[0].split("\t") if lines and lines[0].startswith("commit\t") else []
+    rows = [dict(zip(columns, line.split("\t")), line=n) for n, line in enumerate(lines[1:], 2) if columns]
+    return [r for r in rows if r.get("note", "").startswith("rule: ") and r.get("kind") != "environment"]
+
+
+def programs_at(repo, commits, name):
+    """{commit: program_key of its `name`} for the commits git holds, read in one git call."""
+    order = list(dict.fromkeys(commits))
+    asked = "".join(f"{commit}:./{name}\n" for commit in order).encode()
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch"], input=asked, capture_output=True).stdout
+    except OSError:
+        return {}
+    programs = {}
+    for commit in order:
+        head, _, out = out.partition(b"\n")
+        if not head.endswith(b"missing") and len(fields := head.split()) == 3:
+            size = int(fields[2])
+            programs[commit] = program_key(out[:size].decode(errors="replace"))
+            out = out[size + 1 :]
+    return programs
+
+
+def refuse_twin(script, source, commit, measure):
+    """A new commit whose train.py is the program an earlier commit of the effort ran (only comments,
+    docstrings or formatting differ: another seed of a measured program) ends here, before its first
+    step, naming that commit. A rerun of a recorded commit (a replicate, a confirmation) runs."""
+    head = commit.removesuffix("-dirty")[:7]
+    try:
+        rows = judged_rows(measure["results"])
+    except OSError:
+        return
+    if any(r["commit"][:7] == head for r in rows):
+        return
+    ours, programs = program_key(source), programs_at(script.parent, [r["commit"] for r in rows], script.name)
+    twin = next((r for r in rows if ours is not None and programs.get(r["commit"]) == ours), None)
+    if twin:
+        raise HarnessError(
+            f"{script.name} at {commit} is the same program as at {twin['commit']} (results.tsv line {twin['line']}, "
+            f"{twin.get('status')}: {twin.get('description')}): comments, docstrings and formatting change only the "
+            "seed, so this run would be another draw of a program already measured; git reset --hard HEAD~1, then "
+            "change the code itself"
+        )
+
+
 # ---------------------------------------------------------------------------
 # The trainer: confined at its first line (above), it builds the Run on the training split it was
 # handed, runs train.py's train(run) and saves what comes back. Its word is checked by the supervisor.
@@ -2631,6 +2696,7 @@ def run_settings(script, argv):
     measure = effort_measure(journal)
     if measure:
         refuse_unlike_effort(setting_differences(env, measure))
+        refuse_twin(script, source, identity["commit"], measure)
     env["seed"] = env["seed"] if os.environ.get("AR_SEED") else source_seed(source)
     return env, source, identity, journal, measure
 
