@@ -998,7 +998,7 @@ def class_name(cls):
 
 
 OPTIONS_ONLY = "x-transformers options only: pass torch.nn modules or use an option; new forward code is out of scope"
-PARAMETRIZE = "torch.nn.utils.parametrize"  # weight_norm's containers: a training device, never a spec's call
+PARAMETRIZE = "torch.nn.utils.parametrize"  # weight_norm's containers: a training tool, not a model option
 
 
 def defined_in_train(cls, lead):
@@ -1065,7 +1065,7 @@ class SpecRecorder:
                 init(module, *args, **kwargs)
             finally:
                 self.depth -= 1
-            if outermost and type(module).__module__ != PARAMETRIZE:  # the model's state says it stayed on
+            if outermost and type(module).__module__ != PARAMETRIZE:  # left on, check_matches_spec names it
                 self.nodes[module] = self.call_node(module, args, kwargs)
 
         return __init__
@@ -1188,9 +1188,9 @@ def check_finite_weights(model):
         bad = tensor.numel() - int(torch.isfinite(tensor).sum()) if tensor.is_floating_point() else 0
         if bad:
             raise HarnessError(
-                f"the trained model has non-finite weights ({name}: {bad:,} of {tensor.numel():,} NaN or inf): training diverged "
-                "after the last loss check, or train() wrote them; lower the learning rate, keep GRAD_CLIP, and "
-                "check what train() does to the weights after its loop"
+                f"the trained model has non-finite weights ({name}: {bad:,} of {tensor.numel():,} NaN or inf): "
+                "training diverged after the last loss check, or train() wrote them; lower the learning rate, keep "
+                "GRAD_CLIP, and check what train() does to the weights after its loop"
             )
 
 
