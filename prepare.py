@@ -1021,6 +1021,16 @@ def class_name(cls):
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+OPTIONS_ONLY = "x-transformers options only: pass torch.nn modules or use an option; new forward code is out of scope"
+PARAMETRIZE = "torch.nn.utils.parametrize"  # weight_norm's containers: a training tool, not a model option
+
+
+def defined_in_train(cls, lead):
+    """The refusal of a module class that is not the libraries' (train.py's own), after `lead`: the
+    scorer never runs train.py, so a class of its own would be scored as something else."""
+    return SpecError(f"{lead} a {cls.__qualname__}, a class defined in {cls.__module__}: {OPTIONS_ONLY}")
+
+
 class SpecRecorder:
     """While build_model() runs, every constructor call of an x-transformers or torch.nn class made
     by build_model() itself (not by another constructor) is recorded as a call node:
@@ -1079,7 +1089,7 @@ class SpecRecorder:
                 init(module, *args, **kwargs)
             finally:
                 self.depth -= 1
-            if outermost:
+            if outermost and type(module).__module__ != PARAMETRIZE:  # left on, check_matches_spec names it
                 self.nodes[module] = self.call_node(module, args, kwargs)
 
         return __init__
@@ -1087,10 +1097,7 @@ class SpecRecorder:
     def call_node(self, module, args, kwargs):
         cls = type(module)
         if not in_libraries(cls.__module__, SPEC_LIBRARIES):
-            raise SpecError(
-                f"build_model() builds a {cls.__qualname__}, a class defined in {cls.__module__}: the scored model is "
-                "built from x-transformers options; put custom code in the loss, the optimizer or the schedule"
-            )
+            raise defined_in_train(cls, "build_model() builds")
         where = cls.__qualname__
         return {
             "call": class_name(cls),
@@ -1111,6 +1118,8 @@ class SpecRecorder:
             return {"dict": {k: self.plain(v, f"{where}[{k!r}]") for k, v in value.items()}}
         if isinstance(value, nn.Module) and value in self.nodes:
             return self.nodes[value]
+        if isinstance(value, nn.Module) and not in_libraries(type(value).__module__, SPEC_LIBRARIES):
+            raise defined_in_train(type(value), f"build_model(): {where} is")
         what = "a module not built in build_model()" if isinstance(value, nn.Module) else "not a plain value"
         raise SpecError(
             f"build_model(): {where} is a {type(value).__qualname__} ({what}): the scorer rebuilds the model from "
@@ -1188,12 +1197,49 @@ def check_matches_spec(model, spec):
         if extra or missing:
             raise HarnessError(
                 f"the trained model's state differs from a fresh build_model(): extra {extra[:3]}, missing {missing[:3]}"
+                + attached_tool(extra)
             )
         shapes = sorted(set(trained_state) - set(state))
         raise HarnessError(f"the trained model's state has other shapes than a fresh build_model(): {shapes[:3]}")
     if trained_names != names:
         first = next((a for a, b in zip(trained_names, names) if a != b), "a different number of modules")
         raise HarnessError(f"the trained model's modules differ from a fresh build_model() (first: {first})")
+
+
+def check_finite_weights(model):
+    """Refuse a model holding NaN or inf: every prediction it makes would be NaN, scored as nothing."""
+    for name, tensor in model.state_dict().items():
+        bad = tensor.numel() - int(torch.isfinite(tensor).sum()) if tensor.is_floating_point() else 0
+        if bad:
+            raise HarnessError(
+                f"the trained model has non-finite weights ({name}: {bad:,} of {tensor.numel():,} NaN or inf): "
+                "training diverged after the last loss check, or train() wrote them; lower the learning rate, keep "
+                "GRAD_CLIP, and check what train() does to the weights after its loop"
+            )
+
+
+# Tools that keep a weight as other state entries: (an extra key's pattern, naming the module and the
+# weight; the suffix of its partner entry; the tool; the call that puts the plain weight back)
+ATTACHED_TOOLS = (
+    (r"(.+)\.parametrizations\.(\w+)\.original\d*", None, "a parametrization (torch.nn.utils.parametrizations."
+     "weight_norm, parametrize.register_parametrization)", "torch.nn.utils.parametrize.remove_parametrizations"),
+    (r"(.+)\.(\w+)_orig", "_mask", "pruning (torch.nn.utils.prune)", "torch.nn.utils.prune.remove"),
+    (r"(.+)\.(\w+)_g", "_v", "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm"),
+)  # fmt: skip
+
+
+def attached_tool(extra):
+    """What to call when the extra state entries are a tool still on a module (`net.to_logits.weight_orig`
+    and `..._mask`), or "": the scorer builds the plain module, so the tool comes off before train() returns."""
+    for pattern, partner, tool, fix in ATTACHED_TOOLS:
+        for key in extra:
+            found = re.fullmatch(pattern, key)
+            if found and (partner is None or f"{found[1]}.{found[2]}{partner}" in extra):
+                return (
+                    f": {tool} is still on {found[1]}: call {fix}(module, {found[2]!r}) on it before train() returns "
+                    "(the module keeps the weight the tool computes; the scorer builds it plain)"
+                )
+    return ""
 
 
 def spec_hash(spec):
@@ -1544,6 +1590,51 @@ def leak_probes(x, n, donors, rng):
     ]
 
 
+NOT_FINITE = (
+    "the model predicts NaN or inf: its weights are not finite, or its forward overflows in the evaluation's "
+    "dtype; keep the weights finite and the activations in range (norms, qk-norm)"
+)
+
+
+def refuse_moved_predictions(net, results, x, device):
+    """Refuse a model whose logits moved under a leak probe (`results`: the batch `x`'s logits, then each
+    probe's): not deterministic when it draws random numbers in eval mode, else not causal (it sees
+    later bytes or other rows, or keeps state between calls)."""
+    reference = next(logits for logits, spec in results if spec is None)
+    for logits, spec in results:
+        shift = 0.0 if spec is None else ((logits - reference).abs().amax(-1) * spec[1]).max().item()
+        if shift <= CAUSAL_TOLERANCE:
+            continue
+        if not (torch.isfinite(logits).all() and torch.isfinite(reference).all()):
+            raise HarnessError(NOT_FINITE)
+        if draws_random_numbers(net, x[:1], device):  # one window tells, in a sixteenth of the time
+            raise HarnessError(
+                f"the model is not deterministic in eval mode: the same input gives other predictions under another "
+                f"random seed (by {shift:.3g}): a module samples at evaluation (Gumbel softmax attention, sampling, "
+                "dropout that ignores eval()); every byte must score the same twice, so turn that option off"
+            )
+        raise HarnessError(f"the model is not causal: {spec[2]} (by {shift:.3g})")
+
+
+@no_grad
+def draws_random_numbers(net, x, device):
+    """Whether `net` in eval mode gives `x` the same logits twice under one seed and others under another:
+    randomness (a seed decides), not state kept between calls (the same seed gives other logits)."""
+
+    def logits(seed):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            with eval_autocast(device):
+                return net(x).float()
+
+    was_training = net.training
+    net.eval()
+    with pinned_eval_numerics(device):
+        first, again, other = logits(0), logits(0), logits(1)
+    net.train(was_training)
+    return bool((first - again).abs().max() <= CAUSAL_TOLERANCE < (first - other).abs().max())
+
+
 @no_grad
 def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`, and seconds.
@@ -1552,7 +1643,8 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     eval mode, pinned numerics, FP32 log-softmax and batch sums, FP64 total. With `probe`, the
     windows of PROBE_BATCHES scored batches, drawn now, are also run as leak probes, interleaved at
     random points among the scoring forwards through the same call: a model that sees later bytes,
-    other rows, or keeps state is refused with a `crash: the model is not causal` line.
+    other rows, or keeps state is refused with a `crash: the model is not causal` line, one that
+    samples in eval mode as `not deterministic`, one that predicts NaN or inf as such.
     """
     t0 = time.time()
     inputs, targets, valid = eval_windows(data, device)
@@ -1587,13 +1679,10 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
             nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
             total += (nll * mask.reshape(-1)).sum().item()
     net.train(was_training)
-    for results in kept.values():
-        reference = next(logits for logits, spec in results if spec is None)
-        for logits, spec in results:
-            if spec is not None:
-                shift = ((logits - reference).abs().amax(-1) * spec[1]).max().item()
-                if not shift <= CAUSAL_TOLERANCE:  # NaN counts as a move
-                    raise HarnessError(f"the model is not causal: {spec[2]} (by {shift:.3g})")
+    if not math.isfinite(total):
+        raise HarnessError(NOT_FINITE)
+    for lo, results in kept.items():
+        refuse_moved_predictions(net, results, padded_batch(inputs[lo : lo + EVAL_BATCH_SIZE], device), device)
     if world_size > 1:
         shards = torch.tensor(total, dtype=torch.float64, device=device)
         dist.all_reduce(shards)
@@ -1989,6 +2078,71 @@ def refuse_unlike_effort(differences):
     raise HarnessError(f"{UNLIKE_EFFORT}: {', '.join(what for what, _ in differences)}: {todo}")
 
 
+def program_key(source):
+    """A digest of a train.py's program: its syntax tree without docstrings, so comments, docstrings and
+    formatting do not change it; None when it does not parse. labbook/sources.py's program_key, which
+    `record` judges by, computes the same (a test holds them equal)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            node.body = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
+
+
+def judged_rows(results):
+    """The rows of results.tsv ({column: text, "line": n}) the keep rule judged (their note starts
+    "rule: ", as labbook/keeprule.py writes it), less the environment's crashes: the effort's tried
+    programs. A worker's screening run is no judgment: its promoted cherry-pick runs."""
+    lines = Path(results).read_text(errors="replace").splitlines()
+    columns = lines[0].split("\t") if lines and lines[0].startswith("commit\t") else []
+    rows = [dict(zip(columns, line.split("\t")), line=n) for n, line in enumerate(lines[1:], 2) if columns]
+    return [r for r in rows if r.get("note", "").startswith("rule: ") and r.get("kind") != "environment"]
+
+
+def programs_at(repo, commits, name):
+    """{commit: program_key of its `name`} for the commits git holds, read in one git call."""
+    order = list(dict.fromkeys(commits))
+    asked = "".join(f"{commit}:./{name}\n" for commit in order).encode()
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch"], input=asked, capture_output=True).stdout
+    except OSError:
+        return {}
+    programs = {}
+    for commit in order:
+        head, _, out = out.partition(b"\n")
+        if not head.endswith(b"missing") and len(fields := head.split()) == 3:
+            size = int(fields[2])
+            programs[commit] = program_key(out[:size].decode(errors="replace"))
+            out = out[size + 1 :]
+    return programs
+
+
+def refuse_twin(script, source, commit, measure):
+    """A new commit whose train.py is the program an earlier commit of the effort ran (only comments,
+    docstrings or formatting differ: another seed of a measured program) ends here, before its first
+    step, naming that commit. A rerun of a recorded commit (a replicate, a confirmation) runs."""
+    head = commit.removesuffix("-dirty")[:7]
+    try:
+        rows = judged_rows(measure["results"])
+    except OSError:
+        return
+    if any(r["commit"][:7] == head for r in rows):
+        return
+    ours, programs = program_key(source), programs_at(script.parent, [r["commit"] for r in rows], script.name)
+    twin = next((r for r in rows if ours is not None and programs.get(r["commit"]) == ours), None)
+    if twin:
+        raise HarnessError(
+            f"{script.name} at {commit} is the same program as at {twin['commit']} (results.tsv line {twin['line']}, "
+            f"{twin.get('status')}: {twin.get('description')}): comments, docstrings and formatting change only the "
+            "seed, so this run would be another draw of a program already measured; git reset --hard HEAD~1, then "
+            "change the code itself"
+        )
+
+
 # ---------------------------------------------------------------------------
 # The trainer: confined at its first line (above), it builds the Run on the training split it was
 # handed, runs train.py's train(run) and saves what comes back. Its word is checked by the supervisor.
@@ -2179,6 +2333,7 @@ def trainer_main():
     check_library_model(model)
     spec = recorder.spec_of(model)
     check_matches_spec(model, spec)
+    check_finite_weights(model)
     summary = make_summary(run, stats, header["identity"])
     summary.update(
         spec=spec_hash(spec), flags=training_flags(run, stats), sandbox=BOUNDARY, data_path=header["data_path"]
@@ -2570,6 +2725,7 @@ def run_settings(script, argv):
     measure = effort_measure(journal)
     if measure:
         refuse_unlike_effort(setting_differences(env, measure))
+        refuse_twin(script, source, identity["commit"], measure)
     env["seed"] = env["seed"] if os.environ.get("AR_SEED") else source_seed(source)
     return env, source, identity, journal, measure
 
