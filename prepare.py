@@ -1047,7 +1047,10 @@ class SpecRecorder:
             return build_model(*args, **kwargs)
         finally:
             for cls, init in patched:
-                cls.__init__ = init
+                if init is None:
+                    del cls.__init__
+                else:
+                    cls.__init__ = init
 
     def build_failure(self, cls, args, kwargs, error):
         """The LibraryFailure of a library constructor build_model() called: the keywords whose removal
@@ -1057,10 +1060,13 @@ class SpecRecorder:
         except SpecError:
             node = None
         names = culprits(node, lambda spec: build_from_spec(spec, "meta")) if node else []
-        return LibraryFailure(f"build_model(): {cls.__qualname__}{failing_options(names)} cannot be built", error)
+        return LibraryFailure(
+            f"build_model(): {cls.__qualname__}{failing_options(names)} cannot be built", error, names
+        )
 
     def patch(self):
-        """Wrap the __init__ of every loaded library class that defines one; returns what to restore."""
+        """Wrap the __init__ of every loaded library module class, its own or the one it inherits (nn.Tanh
+        has none of its own); returns what to restore (None: the class had no __init__ of its own)."""
         patched = []
         for name, module in list(sys.modules.items()):
             if module is None or not in_libraries(name, SPEC_LIBRARIES):
@@ -1070,10 +1076,9 @@ class SpecRecorder:
                     isinstance(cls, type)
                     and issubclass(cls, nn.Module)
                     and cls.__module__ == name
-                    and "__init__" in vars(cls)
                     and cls is not nn.Module
                 ):
-                    patched.append((cls, vars(cls)["__init__"]))
+                    patched.append((cls, vars(cls).get("__init__")))
                     cls.__init__ = self.recording(cls.__init__)
         return patched
 
@@ -1225,14 +1230,19 @@ class LibraryFailure(HarnessError):
 
 
 def shown_value(value):
-    """A spec value as train.py would write it: call nodes by their class name."""
-    if isinstance(value, dict) and "call" in value:
+    """A spec value as train.py would write it, call nodes by their class name: `GRU(...)`."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(shown_value, value)) + "]"
+    if not isinstance(value, dict):
+        return repr(value)
+    if "call" in value:
         return f"{value['call'].rpartition(':')[2]}(...)"
-    if isinstance(value, dict) and "tuple" in value:
-        return repr(tuple(shown_value(v) for v in value["tuple"])).replace("'", "")
-    if isinstance(value, dict) and "dict" in value:
-        return repr({k: shown_value(v) for k, v in value["dict"].items()})
-    return repr(value)
+    if "tuple" in value:
+        items = list(map(shown_value, value["tuple"]))
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if "dict" in value:
+        return "{" + ", ".join(f"{k!r}: {shown_value(v)}" for k, v in value["dict"].items()) + "}"
+    return repr(float(value["float"]))
 
 
 def spec_keywords(node, path=()):
@@ -1297,6 +1307,18 @@ def spec_check_loss(spec, data, device, state=None):
     return model, check_loss(model.net, data, device)
 
 
+def returned_model_loss(model, data, device):
+    """check_loss of the model build_model() returned, moved to `device` for it and back (a move keeps
+    its parameters the same objects, so train() never sees a difference)."""
+    home = {t.device for t in (*model.parameters(), *model.buffers())}
+    model.to(device)
+    try:
+        return check_loss(model.net, data, device)
+    finally:
+        if len(home) == 1:
+            model.to(home.pop())
+
+
 @no_grad
 def add_noise(model, device):
     """Perturb every floating weight in place, from a generator of the check's own."""
@@ -1328,7 +1350,7 @@ def check_scorable(model, spec, data, device):
                 error,
                 names,
             ) from None
-        trained = check_loss(copy.deepcopy(model).to(device).net, window, device)
+        trained = returned_model_loss(model, window, device)
         add_noise(rebuilt, device)
         try:
             evaluate(rebuilt.net, window, device)
