@@ -15,6 +15,7 @@ sealed scorer, appends the score to the journal and prints the summary.
 import argparse
 import ast
 import contextlib
+import copy
 import ctypes
 import fcntl
 import functools
@@ -306,6 +307,9 @@ PROBE_BATCHES = 2  # scored batches whose windows are also run as leak probes, d
 CAUSAL_TOLERANCE = 1e-4  # a causal model gives bit-identical earlier logits; leaks move them by ~1e-3 at init
 CHECK_WINDOWS = 2  # windows at the start of the training split on which the trained and rebuilt models must agree
 CHECK_TOLERANCE = 1e-3  # nats; the same weights and code give the same loss (FP8-trained models: CHECK_TOLERANCE_FP8)
+CHECK_NOISE = (
+    0.02  # std of the noise the early check adds to a fresh build's weights: zero-initialised branches hide a leak
+)
 CHECK_TOLERANCE_FP8 = 5e-2  # float8 matmuls in the trained model, high precision in the rebuilt one
 SCORER_TIMEOUT = 1800  # seconds; the sealed scorer of a 5 MB val on a GPU takes ~20 s, of a CPU prefix a minute
 
@@ -1042,28 +1046,61 @@ class SpecRecorder:
         self.depth = 0  # constructors running: only the outermost call is build_model()'s own
         self.nodes = weakref.WeakKeyDictionary()  # module -> its call node
         self.built = []  # the nodes build_model() returned, in order
+        self.failed = None  # (class, args, kwargs, error) of the last outermost constructor that raised
+        self.checked = set()  # hashes of the specs `check` accepted
 
-    def wrap(self, build_model):
+    def wrap(self, build_model, check=None):
+        """build_model, recorded; `check(model, spec)` runs on the first build of each spec."""
+
         @functools.wraps(build_model)
         def recorded_build_model(*args, **kwargs):
-            patched = self.patch()
+            self.failed = None
             try:
-                model = build_model(*args, **kwargs)
-            finally:
-                for cls, init in patched:
-                    cls.__init__ = init
+                model = self.recorded(build_model, args, kwargs)
+            except Exception as error:
+                if self.failed is not None and self.failed[-1] is error:
+                    raise self.build_failure(*self.failed) from None
+                raise
             if model not in self.nodes:
                 raise SpecError(
                     f"build_model() returned a {type(model).__qualname__} that it did not construct: return the "
                     "AutoregressiveWrapper it builds from x-transformers classes"
                 )
-            self.built.append(self.nodes[model])
+            node = self.nodes[model]
+            self.built.append(node)
+            if check is not None and spec_hash(node) not in self.checked:
+                check(model, node)
+                self.checked.add(spec_hash(node))
             return model
 
         return recorded_build_model
 
+    def recorded(self, build_model, args, kwargs):
+        patched = self.patch()
+        try:
+            return build_model(*args, **kwargs)
+        finally:
+            for cls, init in patched:
+                if init is None:
+                    del cls.__init__
+                else:
+                    cls.__init__ = init
+
+    def build_failure(self, cls, args, kwargs, error):
+        """The LibraryFailure of a library constructor build_model() called: the keywords whose removal
+        alone lets it build (on the meta device, in seconds) are named."""
+        try:
+            node = self.call_node(cls, args, kwargs)
+        except SpecError:
+            node = None
+        names = culprits(node, lambda spec: build_from_spec(spec, "meta")) if node else []
+        return LibraryFailure(
+            f"build_model(): {cls.__qualname__}{failing_options(names)} cannot be built", error, names
+        )
+
     def patch(self):
-        """Wrap the __init__ of every loaded library class that defines one; returns what to restore."""
+        """Wrap the __init__ of every loaded library module class, its own or the one it inherits (nn.Tanh
+        has none of its own); returns what to restore (None: the class had no __init__ of its own)."""
         patched = []
         for name, module in list(sys.modules.items()):
             if module is None or not in_libraries(name, SPEC_LIBRARIES):
@@ -1073,10 +1110,9 @@ class SpecRecorder:
                     isinstance(cls, type)
                     and issubclass(cls, nn.Module)
                     and cls.__module__ == name
-                    and "__init__" in vars(cls)
                     and cls is not nn.Module
                 ):
-                    patched.append((cls, vars(cls)["__init__"]))
+                    patched.append((cls, vars(cls).get("__init__")))
                     cls.__init__ = self.recording(cls.__init__)
         return patched
 
@@ -1087,15 +1123,18 @@ class SpecRecorder:
             self.depth += 1
             try:
                 init(module, *args, **kwargs)
+            except Exception as error:
+                if outermost:
+                    self.failed = (type(module), args, kwargs, error)
+                raise
             finally:
                 self.depth -= 1
             if outermost and type(module).__module__ != PARAMETRIZE:  # left on, check_matches_spec names it
-                self.nodes[module] = self.call_node(module, args, kwargs)
+                self.nodes[module] = self.call_node(type(module), args, kwargs)
 
         return __init__
 
-    def call_node(self, module, args, kwargs):
-        cls = type(module)
+    def call_node(self, cls, args, kwargs):
         if not in_libraries(cls.__module__, SPEC_LIBRARIES):
             raise defined_in_train(cls, "build_model() builds")
         where = cls.__qualname__
@@ -1244,6 +1283,158 @@ def attached_tool(extra):
 
 def spec_hash(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------
+# The early check: the scorer's path on build_model()'s fresh model, before the first step
+# ---------------------------------------------------------------------------
+
+
+class LibraryFailure(HarnessError):
+    """x-transformers (or torch) raised on what build_model() asked for: `names` are the options that,
+    each removed alone, let it run; `reason` is the library's own message."""
+
+    def __init__(self, what, error, names=()):
+        self.names, self.reason = list(names), one_line_reason(error)
+        super().__init__(f"{what}: {self.reason}")
+
+
+def shown_value(value):
+    """A spec value as train.py would write it, call nodes by their class name: `GRU(...)`."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(shown_value, value)) + "]"
+    if not isinstance(value, dict):
+        return repr(value)
+    if "call" in value:
+        return f"{value['call'].rpartition(':')[2]}(...)"
+    if "tuple" in value:
+        items = list(map(shown_value, value["tuple"]))
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if "dict" in value:
+        return "{" + ", ".join(f"{k!r}: {shown_value(v)}" for k, v in value["dict"].items()) + "}"
+    return repr(float(value["float"]))
+
+
+def spec_keywords(node, path=()):
+    """(path to a call node, keyword, value) of every keyword in the spec, outermost call first."""
+    for key, value in node["kwargs"].items():
+        yield path, key, value
+    for where, value in [*enumerate(node["args"]), *node["kwargs"].items()]:
+        if isinstance(value, dict) and "call" in value:
+            yield from spec_keywords(value, (*path, where))
+
+
+def spec_without(node, path, key):
+    """A copy of the spec with `key` dropped from the call node at `path`."""
+    node = copy.deepcopy(node)
+    inner = node
+    for where in path:
+        inner = inner["args"][where] if isinstance(where, int) else inner["kwargs"][where]
+    del inner["kwargs"][key]
+    return node
+
+
+def culprits(node, runs):
+    """The options (`key=value`) of the spec whose removal alone lets `runs(spec)` finish: what a
+    library failure is about (one option, or each side of a combination)."""
+    names = []
+    for path, key, value in spec_keywords(node):
+        try:
+            runs(spec_without(node, path, key))
+        except Exception:
+            continue
+        names.append(f"`{key}={shown_value(value)}`")
+    return names
+
+
+def failing_options(names):
+    """' with `a=1`', ' with `a=1` and `b=2`', or nothing when no single option is to blame."""
+    if not names:
+        return ""
+    return " with " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
+
+
+@contextmanager
+def preserved_random_state(device):
+    """Every generator a check could draw from (Python's, torch's CPU one and the device's) as it was
+    before: the run's random stream, and so its val_bpc, is the same with or without the check."""
+    state = random.getstate()
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(state)
+
+
+def spec_check_loss(spec, data, device, state=None):
+    """The spec's model built on `device` (holding `state` when given) and its check loss on `data`."""
+    model = build_from_spec(spec, device)
+    if state is not None:
+        model.load_state_dict(state)
+    return model, check_loss(model.net, data, device)
+
+
+def returned_model_loss(model, data, device):
+    """check_loss of the model build_model() returned, moved to `device` for it and back (a move keeps
+    its parameters the same objects, so train() never sees a difference)."""
+    home = {t.device for t in (*model.parameters(), *model.buffers())}
+    model.to(device)
+    try:
+        return check_loss(model.net, data, device)
+    finally:
+        if len(home) == 1:
+            model.to(home.pop())
+
+
+@no_grad
+def add_noise(model, device):
+    """Perturb every floating weight in place, from a generator of the check's own."""
+    generator = torch.Generator(device).manual_seed(0)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.add_(CHECK_NOISE * torch.randn(p.shape, generator=generator, device=device).to(p.dtype))
+
+
+def check_scorable(model, spec, data, device):
+    """Before the first step, what the scorer will do, on build_model()'s fresh `model`: its spec
+    rebuilt on `device` with the fresh weights loaded, both models' check loss in eval mode (compared
+    as at the hand-back), then the evaluation with its leak probes on the first CHECK_WINDOWS
+    windows of `data`, the rebuilt weights perturbed first (zero-initialised branches hide a leak).
+    An option the sealed path cannot run raises LibraryFailure naming it. Returns a warning when
+    the two losses differ, else None. Every random generator is left as it was."""
+    window = data[: CHECK_WINDOWS * MAX_SEQ_LEN + 1]
+    check_library_model(model)
+    with preserved_random_state(device):
+        try:
+            rebuilt, loss = spec_check_loss(spec, window, device, state=model.state_dict())
+        except HarnessError:
+            raise
+        except Exception as error:
+            names = culprits(spec, lambda variant: spec_check_loss(variant, window, device))
+            raise LibraryFailure(
+                f"the scorer cannot run this model{failing_options(names)} (its eval-mode forward, tried on the fresh "
+                "build before training)",
+                error,
+                names,
+            ) from None
+        trained = returned_model_loss(model, window, device)
+        add_noise(rebuilt, device)
+        try:
+            evaluate(rebuilt.net, window, device)
+        except HarnessError:
+            raise
+        except Exception as error:
+            raise LibraryFailure("the scorer cannot evaluate this model (tried on the fresh build)", error) from None
+    if not abs(trained - loss) <= CHECK_TOLERANCE:
+        return (
+            f"the model built from build_model()'s options gives {loss:.6f} on the check windows, the model it "
+            f"returned {trained:.6f}: what build_model() set after construction is not part of the spec, and is not "
+            "scored (the run will be flagged state_not_in_spec)"
+        )
+    return None
 
 
 OWN_CODE = (*MODEL_LIBRARIES, "torch")  # where the methods of a scored model's classes may come from
@@ -2318,7 +2509,7 @@ def trainer_main():
                 "its model with build_model()"
             )
     recorder = SpecRecorder()
-    train.build_model = recorder.wrap(train.build_model)
+    train.build_model = recorder.wrap(train.build_model, check=functools.partial(early_check, run))
     steps.tracker = run.tracker
     seed_everything(env["seed"])
     seeded = seeded_state(run, env["seed"])
@@ -2343,6 +2534,20 @@ def trainer_main():
     report("saved", sha256=written, summary=summary)
     if run.world_size > 1:  # every rank ends together: the scorer starts once all are gone
         dist.barrier()
+
+
+def early_check(run, model, spec):
+    """check_scorable on a fresh build, timed; off the clock when no step has been taken yet (the
+    warm-up's seconds), so the check costs the idea nothing."""
+    enter_phase("the early check (the scorer's path on the fresh build)")
+    began, off_clock = time.time(), run.tracker.steps < run.excluded_steps
+    with run.tracker.warmup_timer():
+        warning = check_scorable(model, spec, run.train_data, run.device)
+    if warning:
+        print0(f"warning: {warning}")
+    print0(
+        f"early check: the scorer's path runs this model ({time.time() - began:.2f} s{', off the clock' * off_clock})"
+    )
 
 
 def training_flags(run, stats):

@@ -79,7 +79,8 @@ MISTAKES = {
         with_decoder_keyword("resi_dual=True"),
         {},
         evidence=r"AssertionError: unrecognized kwargs passed in dict_keys\(\['resi_dual'\]\)",
-        last_line=r"crash: AssertionError: unrecognized kwargs .*resi_dual.*",
+        last_line=r"crash: build_model\(\): Decoder with `resi_dual=True` cannot be built: AssertionError: unrecognized "
+        r"kwargs .*resi_dual.*",
     ),
     "syntax-error": Mistake(
         edited("def build_model():", "def build_model(:"),

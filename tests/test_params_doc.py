@@ -1,97 +1,56 @@
 """docs/adjustable_params.md is complete, accurate and usable for the installed x-transformers.
 
-The document is parsed here (Markdown tables whose first column is a parameter name in
-backticks). Every parameter it lists as usable is built into a tiny CPU model with a non-default
-value and trained for one step; every documented incompatibility must raise its documented error;
-and every constructor parameter of the installed version must appear in the document.
+The document is parsed by labbook/optionsweep.py (Markdown tables whose first column is a
+parameter name in backticks). Every parameter it lists as usable is built into a tiny CPU model with
+a non-default value and trained for one step; every documented incompatibility must raise its
+documented error; every constructor parameter of the installed version must appear in the document;
+and the sealed path column shows what the option sweep finds for every documented keyword.
 """
 
 from __future__ import annotations
 
 import ast
-import inspect
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
-from x_transformers.x_transformers import Attention, AttentionLayers, FeedForward
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "adjustable_params.md"
+from labbook.optionsweep import (
+    CASES,
+    CONSTRUCTOR_OF,
+    CONSTRUCTORS,
+    DEPTH,
+    DIM,
+    DOC,
+    HEADS,
+    INCOMPATIBLE,
+    INSTALLED,
+    INVENTORY,
+    NOT_APPLICABLE,
+    RECOMMENDED,
+    REMOVED,
+    ROWS,
+    SEQ,
+    SET_BY,
+    SWEPT_ROWS,
+    TEXT,
+    USABLE,
+    Case,
+    documented_outcomes,
+    resolve,
+    signature_default,
+    split_row,
+    sweep,
+)
 
-# ---------------------------------------------------------------------------
-# Parsing the document
-# ---------------------------------------------------------------------------
-
-USABLE = "usable"
-SET_BY = "Set by the wrapper itself"
-NOT_APPLICABLE = "Not applicable to a decoder-only byte model"
-REMOVED = "Removed in this version"
-INCOMPATIBLE = "Incompatible combinations"
-RECOMMENDED = "Recommended combinations"
-INVENTORY = (USABLE, SET_BY, NOT_APPLICABLE)
-
-# user-facing constructor name -> (class whose __init__ holds the parameters, keyword prefix)
-CONSTRUCTORS = {
-    "TransformerWrapper": (TransformerWrapper, ""),
-    "Decoder": (AttentionLayers, ""),
-    "Attention": (Attention, "attn_"),
-    "FeedForward": (FeedForward, "ff_"),
-    "AutoregressiveWrapper": (AutoregressiveWrapper, ""),
-}
-
-NAME_CELL = re.compile(r"^`([A-Za-z_][A-Za-z0-9_]*)`$")
-
-
-@dataclass(frozen=True)
-class Row:
-    section: str  # the `## ` heading the table sits under
-    cells: dict  # header -> cell text
-
-    @property
-    def name(self) -> str:
-        match = NAME_CELL.match(self.cells["parameter"])
-        assert match, f"first column must be a backticked name, got {self.cells['parameter']!r}"
-        return match.group(1)
-
-    @property
-    def kind(self) -> str:
-        special = (SET_BY, NOT_APPLICABLE, REMOVED, INCOMPATIBLE)
-        return self.section if self.section in special else USABLE
-
-    @property
-    def constructor(self) -> str:
-        cell = self.cells["constructor"]
-        for ctor in ("AutoregressiveWrapper", "TransformerWrapper", "Attention", "FeedForward"):
-            if ctor in cell:
-                return ctor
-        assert "Decoder" in cell, f"unknown constructor {cell!r} for {self.name}"
-        return "Decoder"
-
-
-def split_row(line: str) -> list[str]:
-    """Cells of a Markdown table row; `\\|` inside a cell is an escaped pipe."""
-    inner = line.strip().removeprefix("|").removesuffix("|")
-    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
-
-
-def parse_tables(text: str) -> list[Row]:
-    """Rows of every table whose header starts with `parameter`, tagged with their section."""
-    rows, section, header = [], "", None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            section, header = line[3:].strip(), None
-        elif not line.startswith("|"):
-            header = None
-        elif header is None:
-            header = split_row(line)
-        elif not set(line.replace("|", "").strip()) <= set("-: "):
-            if header[0] == "parameter":
-                rows.append(Row(section, dict(zip(header, split_row(line)))))
-    return rows
+BATCH = 2
+INVENTORY_ROWS = [row for row in ROWS if row.kind in INVENTORY]
+USABLE_ROWS = [row for row in ROWS if row.kind == USABLE]
+INCOMPATIBLE_ROWS = [row for row in ROWS if row.kind == INCOMPATIBLE]
+SET_BY_ROWS = [row for row in ROWS if row.kind == SET_BY]
+REMOVED_ROWS = [row for row in ROWS if row.kind == REMOVED]
+AGENTS = DOC.parents[1] / "AGENTS.md"
 
 
 def python_blocks(text: str, section: str) -> list[str]:
@@ -117,218 +76,18 @@ def parse_error(cell: str) -> tuple[str, str]:
     return typ.strip(), message.strip()
 
 
-TEXT = DOC.read_text(encoding="utf-8")
-ROWS = parse_tables(TEXT)
-INVENTORY_ROWS = [row for row in ROWS if row.kind in INVENTORY]
-USABLE_ROWS = [row for row in ROWS if row.kind == USABLE]
-INCOMPATIBLE_ROWS = [row for row in ROWS if row.kind == INCOMPATIBLE]
-SET_BY_ROWS = [row for row in ROWS if row.kind == SET_BY]
-REMOVED_ROWS = [row for row in ROWS if row.kind == REMOVED]
-# where each documented keyword goes (the doc's constructor column decides)
-CONSTRUCTOR_OF = {row.name: row.constructor for row in INVENTORY_ROWS}
-
-
-def installed_parameters() -> dict[tuple[str, str], inspect.Parameter]:
-    """(name as the user passes it, constructor) -> parameter, for the installed version."""
-    params = {}
-    for ctor, (cls, prefix) in CONSTRUCTORS.items():
-        for name, param in inspect.signature(cls.__init__).parameters.items():
-            if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
-                continue
-            params[(prefix + name, ctor)] = param
-    return params
-
-
-INSTALLED = installed_parameters()
-
-# ---------------------------------------------------------------------------
-# Test-side values: a non-default value per usable parameter, plus companions it needs
-# ---------------------------------------------------------------------------
-
-DIM, HEADS, DEPTH, SEQ, BATCH = 32, 2, 2, 32, 2
-INNER = HEADS * 64  # attention inner width with the default attn_dim_head
-
-
-class Fresh:
-    """A module-valued setting: built anew for every model."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def __repr__(self):
-        return "Fresh(...)"
-
-
-def shifted_softmax(logits):
-    """A stand-in custom attention function (softmax with one extra implicit zero logit)."""
-    exp = (logits - logits.amax(dim=-1, keepdim=True)).exp()
-    return exp / (exp.sum(dim=-1, keepdim=True) + 1e-3)
-
-
-def gru():
-    return nn.GRU(DIM, INNER, batch_first=True)
-
-
-@dataclass
-class Case:
-    value: object
-    companions: dict = field(default_factory=dict)
-    mems: bool = False  # also run a second segment with Transformer-XL memories
-
-
-def case(value, mems=False, **companions):
-    return Case(value, companions, mems)
-
-
-HYBRID = {"attn_hybrid_module": Fresh(gru), "attn_hybrid_fold_axial_dim": 1}
-LOOPED = {"looped": True, "pre_and_post_norm": True}
-
-# Booleans that need nothing else are flipped automatically and are not listed here.
-CASES = {
-    # layer structure
-    "dim": case(48),
-    "depth": case(3),
-    "heads": case(4),
-    "custom_layers": case(("a", "f", "a", "f", "f"), depth=None),
-    "layers_execute_order": case((0, 1, 2, 3, 2, 3)),
-    "sandwich_coef": case(1),
-    "par_ratio": case(2),
-    "shift_tokens": case(1),
-    # normalization
-    "dynamic_tanh_init_alpha": case(0.5, use_dynamic_tanh=True),
-    "softclamp_output_value": case(5.0, softclamp_output=True),
-    "attn_qk_norm_groups": case(4, attn_qk_norm=True),
-    "attn_qk_norm_scale": case(5, attn_qk_norm=True),
-    "attn_qk_norm_dim_scale": case(True, attn_qk_norm=True),
-    # feedforward
-    "ff_mult": case(2),
-    "ff_glu_mult_bias": case(True, ff_glu=True),
-    "ff_custom_activation": case(Fresh(nn.Tanh)),
-    "ff_softclamp_value": case(10.0),
-    "ff_glu_gate_softclamp_value": case(10.0, ff_glu=True),
-    # attention
-    "attn_dim_head": case(16),
-    "attn_value_dim_head": case(16),
-    "attn_kv_heads": case(1),
-    "attn_project_out": case(False, attn_dim_head=DIM // HEADS),
-    "attn_attend_sdp_kwargs": case(
-        {"enable_flash": False, "enable_math": True, "enable_mem_efficient": False},
-        attn_flash=True,
-    ),
-    "attn_sparse_topk": case(4),
-    "attn_sparse_topk_straight_through": case(True, attn_sparse_topk=4),
-    "attn_gumbel_softmax_temp": case(0.5, attn_gumbel_softmax=True),
-    "attn_gumbel_softmax_hard": case(False, attn_gumbel_softmax=True),
-    "attn_custom_attn_fn": case(shifted_softmax),
-    "attn_logit_softclamp_value": case(20.0, attn_softclamp_logits=True),
-    "attn_laser_softclamp_value": case(5.0, attn_laser=True),
-    "attn_max_attend_past": case(8),
-    "attn_gate_values_rank": case(8, attn_gate_values=True),
-    "attn_gate_values_headwise": case(True, attn_gate_values=True),
-    "attn_output_gate_rank": case(8, attn_output_gate=True),
-    "attn_output_gate_headwise": case(True, attn_output_gate=True),
-    "attn_low_rank_silu_gates": case(False, attn_gate_values=True, attn_gate_values_rank=8),
-    "attn_swiglu_values": case(True, attn_gate_values=True),
-    "attn_use_latent_q": case(True, attn_dim_latent_q=16),
-    "attn_dim_latent_q": case(16, attn_use_latent_q=True),
-    "attn_use_latent_kv": case(True, attn_dim_latent_kv=16),
-    "attn_dim_latent_kv": case(16, attn_use_latent_kv=True),
-    "attn_latent_rope_subheads": case(1, attn_use_latent_kv=True, attn_dim_latent_kv=16, rotary_pos_emb=True),
-    "attn_hybrid_module": case(Fresh(gru), attn_hybrid_fold_axial_dim=1),
-    "attn_hybrid_fold_axial_dim": case(4, attn_hybrid_module=Fresh(gru)),
-    "attn_hybrid_learned_mix": case(True, **HYBRID),
-    # positions
-    "disable_abs_pos_emb": case(True),
-    "rotary_emb_dim": case(16, rotary_pos_emb=True, verbose=False),
-    "rotary_xpos_scale_base": case(256, rotary_xpos=True),
-    "rotary_interpolation_factor": case(2.0, rotary_pos_emb=True),
-    "rotary_base_rescale_factor": case(2.0, rotary_pos_emb=True),
-    "rotate_num_heads": case(1, rotary_pos_emb=True),
-    "polar_bias_uniform_init": case(True, polar_pos_emb=True),
-    "alibi_num_heads": case(1, alibi_pos_bias=True),
-    "rel_pos_num_buckets": case(16, rel_pos_bias=True),
-    "rel_pos_max_distance": case(64, rel_pos_bias=True),
-    "dynamic_pos_bias_log_distance": case(True, dynamic_pos_bias=True),
-    "dynamic_pos_bias_mlp_depth": case(1, dynamic_pos_bias=True),
-    "dynamic_pos_bias_norm": case(True, dynamic_pos_bias=True),
-    "rel_pos_kwargs": case({"slopes": [0.5, 0.25]}, alibi_pos_bias=True),
-    "attn_data_dependent_alibi_per_row": case(True, attn_data_dependent_alibi=True),
-    "attn_data_dependent_alibi_per_row_dim_head": case(
-        4, attn_data_dependent_alibi=True, attn_data_dependent_alibi_per_row=True
-    ),
-    "attn_data_dependent_alibi_kwargs": case({"post_log_scale": 0.5}, attn_data_dependent_alibi=True),
-    "attn_rel_proj_num_distance_basis": case(4, attn_use_rel_proj_pos_bias=True),
-    "attn_rel_proj_max_dist": case(8, attn_use_rel_proj_pos_bias=True),
-    "attn_cope_max_pos": case(8, attn_use_cope=True),
-    "attn_cope_soft_onehot_pos": case(True, attn_use_cope=True),
-    "attn_cope_talking_heads": case(True, attn_use_cope=True),
-    # regularization
-    "emb_dropout": case(0.1),
-    "layer_dropout": case(0.1),
-    "attn_dropout": case(0.1),
-    "attn_sublayer_dropout": case(0.1),
-    "ff_dropout": case(0.1),
-    "ff_sublayer_dropout": case(0.1),
-    # residuals
-    "scale_residual_constant": case(0.5),
-    "layerscale_init_value": case(0.1, use_layerscale=True),
-    "learned_value_residual_mix": case(False, add_value_residual=True),
-    "num_residual_streams": case(2),
-    "hyper_conn_sinkhorn_iters": case(2, num_residual_streams=2),
-    "qkv_receive_diff_residuals": case(True, num_residual_streams=2),
-    "layer_integrate_use_softmax": case(False, integrate_layers=True),
-    "attn_residuals_last_output_as_query": case(True, attn_aggregated_residuals=True),
-    "attn_aggregated_residual_kwargs": case({"value_rmsnorm": True}, attn_aggregated_residuals=True),
-    "learned_reinject_input_gate": case(True, reinject_input=True),
-    # memory
-    "attn_num_mem_kv": case(4),
-    "num_memory_tokens": case(2),
-    "memory_tokens_interspersed_every": case(8, num_memory_tokens=2),
-    "max_mem_len": case(16, mems=True),
-    "shift_mem_down": case(1, mems=True, max_mem_len=16),
-    # TransformerWrapper
-    "max_seq_len": case(2 * SEQ),
-    "emb_dim": case(16),
-    "emb_frac_gradient": case(0.1),
-    "token_emb": case(Fresh(lambda: nn.Embedding(256, DIM))),
-    "to_logits": case(Fresh(lambda: nn.Linear(DIM, 256))),
-    "mixture_of_softmax_k": case(2, mixture_of_softmax=True),
-    "train_max_recycle_steps": case(2, recycling=True),
-    "looped": case(True, pre_and_post_norm=True),
-    "max_looped_steps": case(2, **LOOPED),
-    "attn_z_loss_weight": case(1e-3),
-    # AutoregressiveWrapper
-    "ignore_index": case(0),
-    "pad_value": case(1),
-    "mask_prob": case(0.15),
-    "next_embed_loss_weight": case(0.5, add_continuous_pred_head=True),
-    "looped_loss_threshold_exit": case(0.1, **LOOPED),
-    "looped_loss_slope": case(10.0, **LOOPED),
-    "looped_exit_loss_weight": case(0.5, **LOOPED),
-}
-
-
-def signature_default(name: str, ctor: str | None = None):
-    param = INSTALLED.get((name, ctor or CONSTRUCTOR_OF.get(name)))
-    return param.default if param is not None else inspect.Parameter.empty
-
-
 def case_for(name: str) -> Case:
     if name in CASES:
         return CASES[name]
     default = signature_default(name)
     if isinstance(default, bool):
         return Case(not default)
-    pytest.fail(f"no test value for {name!r}: add a non-default value to CASES")
+    pytest.fail(f"no test value for {name!r}: add a non-default value to CASES in labbook/optionsweep.py")
 
 
 def config_for(name: str) -> dict:
     found = case_for(name)
     return {**found.companions, name: found.value}
-
-
-def resolve(value):
-    return value.make() if isinstance(value, Fresh) else value
 
 
 def route(config: dict, pinned: dict | None = None) -> tuple[dict, dict, dict]:
@@ -466,11 +225,11 @@ def test_counts_table_matches_the_documented_parameters():
         assert int(cells["not applicable"]) == kinds.count(NOT_APPLICABLE)
 
 
-def test_every_test_value_names_a_documented_usable_parameter():
-    usable = {row.name for row in USABLE_ROWS}
+def test_every_test_value_names_a_documented_parameter():
+    documented = {row.name for row in SWEPT_ROWS}
     named = {key for name, found in CASES.items() for key in (name, *found.companions)}
-    stale = sorted(named - usable)
-    assert not stale, f"CASES mentions names that are not documented as usable: {stale}"
+    stale = sorted(named - documented)
+    assert not stale, f"CASES mentions names that docs/adjustable_params.md does not list: {stale}"
 
 
 # ---------------------------------------------------------------------------
@@ -574,3 +333,40 @@ def test_recommended_combinations_build_and_train(index):
     assert torch.isfinite(loss)
     loss.backward()
     assert any(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# The sealed path column: what the option sweep finds, for every documented keyword
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    """The sweep's outcome of every row of the swept tables (tiny train.py model, small windows)."""
+    return sweep()
+
+
+def test_the_doc_shows_what_the_sweep_finds_for_every_documented_option(outcomes):
+    documented = documented_outcomes()
+    stale = [f"{name} ({ctor}): doc {documented.get((name, ctor))!r}, sweep {found!r}"
+             for (name, ctor), found in outcomes.items() if documented.get((name, ctor)) != found]  # fmt: skip
+    assert not stale, "run `python tools/params_doc.py --write`:\n" + "\n".join(stale)
+
+
+def test_every_outcome_is_one_of_the_three(outcomes):
+    odd = {key: found for key, found in outcomes.items() if not re.match(r"(scores|refused: .+|crashes\b)", found)}
+    assert not odd, odd
+
+
+def test_options_that_leak_the_future_are_refused_by_the_sweep(outcomes):
+    leaking = [row for row in ROWS if row.kind == NOT_APPLICABLE and "Invalid for a causal LM" in row.cells["reason"]]
+    assert leaking
+    passed = [row.name for row in leaking if not outcomes[(row.name, row.constructor)].startswith("refused")]
+    assert not passed, f"leaking options the sweep did not refuse: {passed}"
+
+
+def test_agents_pitfalls_name_every_option_behind_a_usable_options_crash(outcomes):
+    pitfalls = AGENTS.read_text().split("### Pitfalls", 1)[1].split("\n## ", 1)[0]
+    named = {name for row in USABLE_ROWS for name in re.findall(r"`(\w+)=", outcomes[(row.name, row.constructor)])}
+    missing = sorted(name for name in named if not re.search(rf"`{name}[`=]", pitfalls))
+    assert not missing, f"AGENTS.md's pitfalls do not name {missing}"
