@@ -1336,7 +1336,14 @@ def spec_without(node, path, key):
 
 def culprits(node, runs):
     """The options (`key=value`) of the spec whose removal alone lets `runs(spec)` finish: what a
-    library failure is about (one option, or each side of a combination)."""
+    library failure is about (one option, or each side of a combination). None when the spec itself
+    runs: then the failure came from elsewhere (the returned model's state), not from an option."""
+    try:
+        runs(node)
+    except Exception:
+        pass
+    else:
+        return []
     names = []
     for path, key, value in spec_keywords(node):
         try:
@@ -1407,9 +1414,12 @@ def check_scorable(model, spec, data, device):
     the two losses differ, else None. Every random generator is left as it was."""
     window = data[: CHECK_WINDOWS * MAX_SEQ_LEN + 1]
     check_library_model(model)
+    state = model.state_dict()
+    if attached_tool(list(state)):  # weight_norm, pruning: they come off before train() returns, or
+        state = None  # check_matches_spec says how; the plain build is what the scorer runs
     with preserved_random_state(device):
         try:
-            rebuilt, loss = spec_check_loss(spec, window, device, state=model.state_dict())
+            rebuilt, loss = spec_check_loss(spec, window, device, state=state)
         except HarnessError:
             raise
         except Exception as error:
@@ -1420,7 +1430,7 @@ def check_scorable(model, spec, data, device):
                 error,
                 names,
             ) from None
-        trained = returned_model_loss(model, window, device)
+        trained = loss if state is None else returned_model_loss(model, window, device)
         add_noise(rebuilt, device)
         try:
             evaluate(rebuilt.net, window, device)
