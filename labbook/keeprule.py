@@ -19,14 +19,21 @@ import statistics
 from dataclasses import dataclass, field
 
 SETUP_REPLICATES = 4  # setup: the baseline, then this many replicates with AR_SEED=1, 2, ...
-REPLICATES_AFTER_KEEP = 2  # replicates of every newly kept commit, before the next experiment
+REPLICATES_AFTER_KEEP = 1  # replicates of every newly kept commit, before the next experiment
 PROVISIONAL_RATE = 0.15  # at most this share of null experiments is sent to a confirmation run
-FALSE_KEEP_RATE = 0.05  # at most this share of null experiments is kept
+CONFIRM_RATE = 0.10  # a provisional commit is kept when the mean of its 2 runs beats the t (1 - this) bound
+FALSE_KEEP_RATE = 0.05  # the guard: null experiments kept by both stages together (the simulation checks it)
+NOISE_FADE = 0.7  # a noise group's weight in sigma relative to the next newer group's
+NOISE_RATIO = 8.0  # an older group whose variance differs from the newer groups' by more measured another model
+NEAR_MISS_SE = 1.0  # a discarded experiment is a near-miss when it beat the reference by this many standard errors
 SIMPLIFICATION_BOUND = 1.5  # in sigma: how much worse than the reference a simplification may be
 MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more measure the machine
 
 KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm", "environment")
-UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
+UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # runs nobody selected
+PROVISIONAL = "provisional"  # the status of a first run the rule sent to a confirmation
+PENDING = "pending"  # how such a run counts until its confirmation decides its commit
+RUN_OUTCOMES = ("keep", "discard", "crash", PENDING)  # what run_outcomes says a row counts as
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
 ENVIRONMENT = "environment"  # a crash the run's environment caused (settings, data, disk, a signal): not the idea's
 PROGRAM_TIMEOUT = 600  # seconds: program.md's `timeout -k 30 600`; a SIGTERM this late is that timeout's
@@ -115,24 +122,62 @@ def commit_values(rows, commit):
     return [r.val_bpc for r in rows if r.commit == commit and measured(r)]
 
 
-def pooled_sigma(rows, replicate=None):
-    """(sigma, degrees of freedom) pooled from within-commit deviations of unselected runs
-    (baseline, replicate, confirm), each commit around its own mean; (None, 0) without any.
+def noise_groups(rows, replicate=None):
+    """[[val_bpc]] per commit, the runs sigma may use, ordered by each group's last run (the tip's
+    group last): a commit's unselected runs (baseline, replicate, confirm), and a kept commit's first
+    run too. That run was selected for beating a bound, which widens its group's spread rather than
+    narrowing it, and it gives every keep a degree of freedom without another run.
     `replicate`: a (commit, val_bpc) run not yet recorded, counted as one more replicate."""
+    kept = {r.commit for r in rows if r.status == "keep"}
     groups = {}
     for row, kind in kinds(rows):
-        if kind in UNSELECTED_KINDS and measured(row):
-            groups.setdefault(row.commit, []).append(row.val_bpc)
+        if measured(row) and (kind in UNSELECTED_KINDS or (kind in FIRST_KINDS and row.commit in kept)):
+            groups[row.commit] = groups.pop(row.commit, []) + [row.val_bpc]
     if replicate:
-        groups.setdefault(replicate[0], []).append(replicate[1])
-    squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups.values() if len(v) > 1)
-    df = sum(len(v) - 1 for v in groups.values())
-    return (math.sqrt(squares / df), df) if df else (None, 0)
+        groups[replicate[0]] = groups.pop(replicate[0], []) + [replicate[1]]
+    return list(groups.values())
+
+
+def pooled_sigma(rows, replicate=None):
+    """(sigma, degrees of freedom) from the noise groups nearest the tip, newest first: each older
+    group weighs NOISE_FADE times the next newer one, and pooling stops at the first older group
+    whose variance differs from the newer groups' by more than NOISE_RATIO either way (it measured
+    another model's noise). The degrees of freedom are Satterthwaite's for the weights used,
+    rounded down; (None, 0) without any group of two runs."""
+    squares = weighted_df = squared_weights_df = 0.0
+    weight = 1.0
+    for values in reversed([v for v in noise_groups(rows, replicate) if len(v) > 1]):
+        df, mean = len(values) - 1, statistics.fmean(values)
+        group = sum((x - mean) ** 2 for x in values)
+        if weighted_df:
+            variance, pooled = group / df, squares / weighted_df
+            if not (variance <= NOISE_RATIO * pooled and pooled <= NOISE_RATIO * variance):
+                break
+        squares += weight * group
+        weighted_df += weight * df
+        squared_weights_df += weight * weight * df
+        weight *= NOISE_FADE
+    if not weighted_df:
+        return None, 0
+    return math.sqrt(squares / weighted_df), int(weighted_df**2 / squared_weights_df + 1e-9)
 
 
 def sent_to_confirmation(row):
-    """Whether `row` is a first run the rule sent to a confirmation (recorded `discard`, pending)."""
-    return row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
+    """Whether `row` is a first run the rule sent to a confirmation: status `provisional` (ledgers
+    from before that status recorded it as a `discard` with the rule's note `rerun ...`)."""
+    legacy = row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
+    return row.status == PROVISIONAL or legacy
+
+
+def run_outcomes(rows):
+    """How each row counts, in order: keep, discard or crash as recorded, except a first run sent to
+    a confirmation, which counts with its commit's decision (keep when the confirmation kept it,
+    discard when it did not, crashed included) and is PENDING until that run is recorded."""
+    decided = {}
+    for row, kind in kinds(rows):
+        if kind != ENVIRONMENT and not sent_to_confirmation(row):
+            decided[row.commit] = "keep" if "keep" in (decided.get(row.commit), row.status) else "discard"
+    return [decided.get(row.commit, PENDING) if sent_to_confirmation(row) else row.status for row in rows]
 
 
 def next_seed(rows, commit, taken=None):
@@ -173,7 +218,7 @@ class Candidate:
 class Verdict:
     verdict: str  # keep | discard | rerun | crash
     kind: str  # the kind of the row that records this run
-    status: str  # the status column of that row: keep, discard (rerun: pending) or crash
+    status: str  # the status column of that row: keep, discard, provisional (rerun) or crash
     reason: str
     commit: str
     value: float | None = None  # this run's val_bpc
@@ -325,11 +370,12 @@ class SameProgram(CannotJudge):
 
 
 def setup_problem(rows, tip):
-    """Why setup is not complete (the tip's replicates, sigma's degrees of freedom), or None."""
-    sigma, df = pooled_sigma(rows)
+    """Why setup is not complete (the tip's replicates, the runs sigma may use), or None. Counted
+    unweighted: a sigma that has left the setup's runs behind does not reopen setup."""
+    df = sum(len(v) - 1 for v in noise_groups(rows))
     tip_kinds = [k for r, k in kinds(rows) if r.commit == tip and measured(r)]
     missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
-    if sigma is not None and df >= SETUP_REPLICATES and missing <= 0:
+    if df >= SETUP_REPLICATES and missing <= 0:
         return None
     return (
         f"setup is not complete: sigma has {df} degrees of freedom and the tip {tip} lacks {max(missing, 0)} "
@@ -480,7 +526,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
     if simple:
         threshold = simplification_allowance(rows, sigma)
     else:
-        rate = PROVISIONAL_RATE if k == 1 else FALSE_KEEP_RATE
+        rate = PROVISIONAL_RATE if k == 1 else CONFIRM_RATE
         threshold = -t_quantile(1 - rate, df) * se
     delta = mean - reference
     passes = delta <= threshold if simple else delta < threshold
@@ -497,7 +543,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
         note = f" (declared a simplification, but {why}: judged as an experiment)"
     if passes and k == 1:
         seed = next_seed(rows, candidate.commit, candidate.seed)
-        verdict.verdict, verdict.next_seed = "rerun", seed
+        verdict.verdict, verdict.status, verdict.next_seed = "rerun", PROVISIONAL, seed
         verdict.reason = f"provisional {what}: {compare}; one confirmation run decides{note}"
         verdict.commands = [run_command(seed), record_command(candidate.description)]
     elif passes:
@@ -534,7 +580,7 @@ def verdict_note(verdict):
 def history(rows):
     """One entry per commit that was judged (in order of its first row): its kind, runs, mean,
     status (keep once any row kept it, else its last row's), the reference it was judged against
-    and the delta."""
+    and the delta; `at`: the index of its first row in `rows`."""
     tagged = kinds(rows)
     entries, order = {}, []
     for i, (row, kind) in enumerate(tagged):
@@ -548,13 +594,14 @@ def history(rows):
             entry = entries[row.commit] = dict(
                 commit=row.commit, kind=kind, description=row.description, values=[], status=row.status,
                 reference_commit=tip, reference=statistics.fmean(ref) if ref else None,
-                reference_runs=len(ref), line=row.line,
+                reference_runs=len(ref), line=row.line, at=i,
             )  # fmt: skip
             order.append(row.commit)
         if measured(row) and not (kind == "replicate" and entry["kind"] in FIRST_KINDS):
             entry["values"].append(row.val_bpc)  # the decision's runs; later replicates refine the mean
         # once kept, a commit stays kept: later rows (replicates that workers record as discards) refine its mean
-        entry["status"] = "keep" if "keep" in (entry["status"], row.status) else row.status
+        status = PROVISIONAL if sent_to_confirmation(row) else row.status
+        entry["status"] = "keep" if "keep" in (entry["status"], status) else status
     out = []
     for commit in order:
         e = entries[commit]
@@ -576,13 +623,16 @@ def explain():
     return (
         f"Setup runs the baseline and {SETUP_REPLICATES} replicates with AR_SEED=1..{SETUP_REPLICATES}. "
         "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
-        "commit). Sigma is pooled from runs nobody selected (baseline, replicates, confirmations), each "
-        "around its own commit's mean. "
+        "commit). Sigma follows the model: it is pooled from each commit's runs nobody selected (baseline, "
+        "replicates, confirmations, and a kept commit's first run), each around its own commit's mean, the tip's "
+        f"group first and every older group weighted {NOISE_FADE:g} times the next newer one; pooling stops at the "
+        f"first older group whose variance differs from the newer ones' by more than {NOISE_RATIO:g} times, and the "
+        "degrees of freedom are those of the weights used. "
         "An experiment's first run that beats the reference by more than Student's t "
         f"{1 - PROVISIONAL_RATE:.0%} quantile times the standard error of the difference is provisional "
-        "(verdict rerun): one confirmation run with a fresh AR_SEED follows, and the commit is kept only if "
-        f"the mean of its runs beats the reference by more than the t {1 - FALSE_KEEP_RATE:.0%} quantile "
-        "times the standard error; otherwise it is discarded. "
+        "(verdict rerun, status provisional): one confirmation run with a fresh AR_SEED follows, and the commit is "
+        f"kept only if the mean of its two runs beats the reference by more than the t {1 - CONFIRM_RATE:.0%} "
+        "quantile times the standard error; otherwise it is discarded. "
         "A simplification is declared with --simplification and must have fewer parameters or a smaller "
         f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
         f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma, and the simplifications kept since the last "
@@ -590,6 +640,7 @@ def explain():
         "A commit whose train.py is the program of an earlier commit (only comments, docstrings or formatting "
         "differ) is not judged: it is the same experiment with another seed. "
         f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
+        f"A discarded experiment that beat the reference by at least {NEAR_MISS_SE:g} standard error(s) is a near-miss. "
         "A run without val_bpc is a crash. "
         "`python analysis.py decide` applies this rule and prints the commands to run next."
     )

@@ -175,10 +175,11 @@ def kept_table(night, kind="experiment"):
     rows = [e for e in kept_changes(night) if e["kind"] == kind]
     columns = [
         ("commit", "commit"),
-        ("mean", "mean"),
-        ("runs", "runs"),
         ("decision_mean", "mean at decision"),
-        ("delta", "delta"),
+        ("decision_runs", "runs at decision"),
+        ("delta", "delta (same runs)"),
+        ("mean", "mean now"),
+        ("runs", "runs now"),
     ]
     return table(rows, columns + [("description", "description"), ("diff", "train.py change")])
 
@@ -276,7 +277,7 @@ def test_table(night, compute=None):
 
 
 def timeline(night):
-    """{"start", "runs": [(hours since start, row)], "per_hour": [(hour index, keep, discard, crash)],
+    """{"start", "runs": [(hours since start, row)], "per_hour": [(hour index, keep, discard, crash, pending)],
     "gaps": [(from hours, to hours, minutes)]}; None without recorded times."""
     timed = [(when(r), r) for r in night.rows if when(r) is not None]
     if not timed:
@@ -284,9 +285,10 @@ def timeline(night):
     start = min(t for t, _ in timed).replace(minute=0, second=0, microsecond=0)
     runs = sorted(((t - start).total_seconds() / 3600, r) for t, r in timed)
     hours = int(runs[-1][0]) + 1
-    per_hour = [[h, 0, 0, 0] for h in range(hours)]
+    counted = dict(zip((r.line for r in night.rows), keeprule.run_outcomes(night.rows)))
+    per_hour = [[h, 0, 0, 0, 0] for h in range(hours)]
     for at, row in runs:
-        per_hour[int(at)][1 + ("keep", "discard", "crash").index(row.status)] += 1
+        per_hour[int(at)][1 + keeprule.RUN_OUTCOMES.index(counted[row.line])] += 1
     gaps = [
         (a, b, round((b - a) * 60))
         for (a, _), (b, _) in zip(runs, runs[1:])

@@ -6,9 +6,10 @@ import math
 import statistics
 
 from labbook.keeprule import (
+    CONFIRM_RATE,
     ENVIRONMENT,
-    FALSE_KEEP_RATE,
     FIRST_KINDS,
+    NEAR_MISS_SE,
     PROVISIONAL_RATE,
     commit_values,
     history,
@@ -44,14 +45,20 @@ def simplifications(rows):
 
 
 def near_misses(rows):
-    """The one definition: discarded experiments whose mean beat the reference they were judged
-    against, but not by the threshold. Closest to a keep first."""
-    misses = [
-        e
-        for e in history(rows)
-        if e["status"] == "discard" and e["kind"] in FIRST_KINDS and e["delta"] is not None and e["delta"] < 0
-    ]
-    return sorted(misses, key=lambda e: e["delta"])
+    """The one definition: discarded experiments whose decision mean beat the reference they were
+    judged against by at least NEAR_MISS_SE standard errors of the difference (sigma as it stood at
+    their first run), but not by the bound. Each entry gains `margin`, that beat in standard errors;
+    largest first."""
+    misses = []
+    for e in history(rows):
+        if e["status"] != "discard" or e["kind"] not in FIRST_KINDS or e["delta"] is None or e["delta"] >= 0:
+            continue
+        sigma, _ = pooled_sigma(rows[: e["at"]])
+        if sigma:
+            margin = -e["delta"] / (sigma * math.sqrt(1 / e["decision_runs"] + 1 / e["reference_runs"]))
+            if margin >= NEAR_MISS_SE:
+                misses.append({**e, "margin": margin})
+    return sorted(misses, key=lambda e: -e["margin"])
 
 
 def best_commit(rows):
@@ -78,7 +85,7 @@ def standing(rows):
             "reference": ref,
             "reference_se": sigma / math.sqrt(n),
             "rerun_below": ref - t_quantile(1 - PROVISIONAL_RATE, df) * se1,
-            "keep_mean_of_2_below": ref - t_quantile(1 - FALSE_KEEP_RATE, df) * se2,
+            "keep_mean_of_2_below": ref - t_quantile(1 - CONFIRM_RATE, df) * se2,
             "simplification_up_to": ref + simplification_allowance(rows, sigma),
         }
     return out

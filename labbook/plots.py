@@ -242,8 +242,9 @@ def plot_progress(results, path, flagged=None):
 def memory_data(rows, flagged=()):
     """[(x, memory_gb, status, kind, commit, flagged)] for every row (crashes record 0)."""
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
-    return [dict(x=x, memory=r.memory_gb, status=r.status, kind=kinds[r.line], commit=r.commit,
-                 flagged=r.line in set(flagged)) for x, r in enumerate(rows, start=1)]  # fmt: skip
+    counted = keeprule.run_outcomes(rows)  # a first run sent to a confirmation counts as its commit's decision
+    return [dict(x=x, memory=r.memory_gb, status=s, kind=kinds[r.line], commit=r.commit,
+                 flagged=r.line in set(flagged)) for x, (r, s) in enumerate(zip(rows, counted), start=1)]  # fmt: skip
 
 
 def memory_figure(results, flagged=None):
@@ -251,8 +252,12 @@ def memory_figure(results, flagged=None):
     data = memory_data(rows, flagged_lines(results) if flagged is None else flagged)
     fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
-    colors = {"keep": KEPT_COLOR, "discard": "0.6", "crash": "tab:red"}
-    for status, label in (("keep", "kept commit's run"), ("discard", "discarded")):
+    colors = {"keep": KEPT_COLOR, "discard": "0.6", keeprule.PENDING: "tab:purple", "crash": "tab:red"}
+    for status, label in (
+        ("keep", "kept commit's run"),
+        ("discard", "discarded"),
+        (keeprule.PENDING, "awaiting a confirmation"),
+    ):
         chosen = [d for d in data if d["status"] == status]
         if chosen:
             ax.bar([d["x"] for d in chosen], [d["memory"] for d in chosen], color=colors[status], label=label,
@@ -302,7 +307,8 @@ def plot_timeline(line, path):
     ax = fig.add_subplot()
     hours = [h for h, *_ in line["per_hour"]]
     bottom = [0] * len(hours)
-    for i, (status, color) in enumerate((("keep", KEPT_COLOR), ("discard", "0.6"), ("crash", "tab:red"))):
+    colors = (KEPT_COLOR, "0.6", "tab:red", "tab:purple")  # keeprule.RUN_OUTCOMES, in order
+    for i, (status, color) in enumerate(zip(keeprule.RUN_OUTCOMES, colors)):
         counts = [p[1 + i] for p in line["per_hour"]]
         if any(counts):
             ax.bar(
@@ -312,7 +318,9 @@ def plot_timeline(line, path):
                 width=0.9,
                 color=color,
                 zorder=2,
-                label="keep (replicates included)" if status == "keep" else status,
+                label={"keep": "keep (replicates included)", keeprule.PENDING: "awaiting a confirmation"}.get(
+                    status, status
+                ),
             )
         bottom = [b + c for b, c in zip(bottom, counts)]
     ax.scatter([a for a, _ in line["runs"]], [-0.4] * len(line["runs"]), marker="|", color="black", s=60,

@@ -534,7 +534,7 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
     if not head:
         raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
     if status not in STATUSES:
-        raise Refusal(f"status {status!r} is not keep, discard or crash")
+        raise Refusal(f"status {status!r} is not one of {', '.join(STATUSES)}")
     file_layout(tsv)  # a results file that cannot take a row refuses before anything else is checked
     values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
     with locked(tsv):
