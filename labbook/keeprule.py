@@ -124,14 +124,15 @@ def commit_values(rows, commit):
 
 def noise_groups(rows, replicate=None):
     """[[val_bpc]] per commit, the runs sigma may use, ordered by each group's last run (the tip's
-    group last): a commit's unselected runs (baseline, replicate, confirm), and a kept commit's first
-    run too. That run was selected for beating a bound, which widens its group's spread rather than
-    narrowing it, and it gives every keep a degree of freedom without another run.
+    group last): a commit's unselected runs (baseline, replicate, confirm), and a kept experiment's
+    first run too. That run was selected for beating a bound from below, which widens its group's
+    spread rather than narrowing it, and it gives every keep a degree of freedom without another run
+    (a simplification's first run was selected for not being worse: it would narrow it).
     `replicate`: a (commit, val_bpc) run not yet recorded, counted as one more replicate."""
     kept = {r.commit for r in rows if r.status == "keep"}
     groups = {}
     for row, kind in kinds(rows):
-        if measured(row) and (kind in UNSELECTED_KINDS or (kind in FIRST_KINDS and row.commit in kept)):
+        if measured(row) and (kind in UNSELECTED_KINDS or (kind == "experiment" and row.commit in kept)):
             groups[row.commit] = groups.pop(row.commit, []) + [row.val_bpc]
     if replicate:
         groups[replicate[0]] = groups.pop(replicate[0], []) + [replicate[1]]
@@ -624,7 +625,7 @@ def explain():
         f"Setup runs the baseline and {SETUP_REPLICATES} replicates with AR_SEED=1..{SETUP_REPLICATES}. "
         "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
         "commit). Sigma follows the model: it is pooled from each commit's runs nobody selected (baseline, "
-        "replicates, confirmations, and a kept commit's first run), each around its own commit's mean, the tip's "
+        "replicates, confirmations, and a kept experiment's first run), each around its own commit's mean, the tip's "
         f"group first and every older group weighted {NOISE_FADE:g} times the next newer one; pooling stops at the "
         f"first older group whose variance differs from the newer ones' by more than {NOISE_RATIO:g} times, and the "
         "degrees of freedom are those of the weights used. "
