@@ -3,8 +3,8 @@
 `decide(rows, candidate)` is pure: it reads the ledger's rows (labbook.ledger.Row) and the run
 just finished (a Candidate) and returns a Verdict with the numbers behind it and the exact shell
 commands to run next. `python analysis.py decide` and `python analysis.py record` call it; the
-simulation test (tests/test_keeprule_simulation.py) drives the same function. `explain()`
-renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
+simulation test (tests/test_keeprule_simulation.py) drives the same function. `outcomes.explain()`
+(labbook/outcomes.py) renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
 
 Design, and why (every row's kind, the tip and the reference, sigma from unselected runs, the two
 stages, checked simplifications, a program judged once, near-misses): docs/keep-rule.md.
@@ -32,8 +32,6 @@ MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more mea
 KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm", "environment")
 UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # runs nobody selected
 PROVISIONAL = "provisional"  # the status of a first run the rule sent to a confirmation
-PENDING = "pending"  # how such a run counts until its confirmation decides its commit
-RUN_OUTCOMES = ("keep", "discard", "crash", PENDING)  # what run_outcomes says a row counts as
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
 ENVIRONMENT = "environment"  # a crash the run's environment caused (settings, data, disk, a signal): not the idea's
 PROGRAM_TIMEOUT = 600  # seconds: program.md's `timeout -k 30 600`; a SIGTERM this late is that timeout's
@@ -82,8 +80,8 @@ def t_quantile(p, df):
 
 
 def row_kind(row, baseline_commit=None):
-    """The row's kind: its `kind` column, or for rows recorded before that column existed, inferred
-    (the first kept commit's rows are the baseline, `noise:` rows are replicates)."""
+    """The row's kind: its `kind` column, or for rows recorded before that column existed, inferred (the first kept
+    commit's rows are the baseline, `noise:` rows are replicates)."""
     kind = (getattr(row, "kind", "") or row.extra.get("kind", "")).strip()
     if kind in KINDS:
         return kind
@@ -123,12 +121,8 @@ def commit_values(rows, commit):
 
 
 def noise_groups(rows, replicate=None):
-    """[[val_bpc]] per commit, the runs sigma may use, ordered by each group's last run (the tip's
-    group last): a commit's unselected runs (baseline, replicate, confirm), and a kept experiment's
-    first run too. That run was selected for beating a bound from below, which widens its group's
-    spread rather than narrowing it, and it gives every keep a degree of freedom without another run
-    (a simplification's first run was selected for not being worse: it would narrow it).
-    `replicate`: a (commit, val_bpc) run not yet recorded, counted as one more replicate."""
+    """[[val_bpc]] per commit of the runs sigma may use, the tip's group last: unselected runs, and a kept
+    experiment's first run (why: docs/keep-rule.md). `replicate`: (commit, val_bpc) of one more."""
     kept = {r.commit for r in rows if r.status == "keep"}
     groups = {}
     for row, kind in kinds(rows):
@@ -140,51 +134,31 @@ def noise_groups(rows, replicate=None):
 
 
 def pooled_sigma(rows, replicate=None):
-    """(sigma, degrees of freedom) from the noise groups nearest the tip, newest first: each older
-    group weighs NOISE_FADE times the next newer one, and pooling stops at the first older group
-    whose variance differs from the newer groups' by more than NOISE_RATIO either way (it measured
-    another model's noise). The degrees of freedom are Satterthwaite's for the weights used,
-    rounded down; (None, 0) without any group of two runs."""
+    """(sigma, Satterthwaite's degrees of freedom rounded down) from the noise groups, newest first, each weighing
+    NOISE_FADE times the next newer one, up to the first whose variance differs from the newer ones' by more than
+    NOISE_RATIO either way; (None, 0) without a group of two runs."""
     squares = weighted_df = squared_weights_df = 0.0
-    weight = 1.0
-    for values in reversed([v for v in noise_groups(rows, replicate) if len(v) > 1]):
-        df, mean = len(values) - 1, statistics.fmean(values)
-        group = sum((x - mean) ** 2 for x in values)
-        if weighted_df:
-            variance, pooled = group / df, squares / weighted_df
-            if not (variance <= NOISE_RATIO * pooled and pooled <= NOISE_RATIO * variance):
-                break
-        squares += weight * group
-        weighted_df += weight * df
+    for age, values in enumerate(reversed([v for v in noise_groups(rows, replicate) if len(v) > 1])):
+        df, mean, weight = len(values) - 1, statistics.fmean(values), NOISE_FADE**age
+        variance, pooled = sum((x - mean) ** 2 for x in values) / df, squares / (weighted_df or 1)
+        if age and not (variance <= NOISE_RATIO * pooled and pooled <= NOISE_RATIO * variance):
+            break  # an older model's noise
+        squares, weighted_df = squares + weight * variance * df, weighted_df + weight * df
         squared_weights_df += weight * weight * df
-        weight *= NOISE_FADE
     if not weighted_df:
         return None, 0
     return math.sqrt(squares / weighted_df), int(weighted_df**2 / squared_weights_df + 1e-9)
 
 
 def sent_to_confirmation(row):
-    """Whether `row` is a first run the rule sent to a confirmation: status `provisional` (ledgers
-    from before that status recorded it as a `discard` with the rule's note `rerun ...`)."""
+    """Whether `row` is a first run the rule sent to a confirmation (older ledgers: a rerun's discard)."""
     legacy = row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
     return row.status == PROVISIONAL or legacy
 
 
-def run_outcomes(rows):
-    """How each row counts, in order: keep, discard or crash as recorded, except a first run sent to
-    a confirmation, which counts with its commit's decision (keep when the confirmation kept it,
-    discard when it did not, crashed included) and is PENDING until that run is recorded."""
-    decided = {}
-    for row, kind in kinds(rows):
-        if kind != ENVIRONMENT and not sent_to_confirmation(row):
-            decided[row.commit] = "keep" if "keep" in (decided.get(row.commit), row.status) else "discard"
-    return [decided.get(row.commit, PENDING) if sent_to_confirmation(row) else row.status for row in rows]
-
-
 def next_seed(rows, commit, taken=None):
-    """The smallest AR_SEED >= 1 that no row has used, for any commit, nor the run just judged
-    (`taken`, its seed): a confirmation or replicate shares no seed (no initialisation, no data
-    order) with any run it is compared against."""
+    """The smallest AR_SEED >= 1 that no row has used, for any commit, nor the run just judged (`taken`, its seed): a
+    confirmation or replicate shares no seed (no initialisation, no data order) with any run it is compared against."""
     used = {taken}
     for row in rows:
         try:
@@ -371,8 +345,7 @@ class SameProgram(CannotJudge):
 
 
 def setup_problem(rows, tip):
-    """Why setup is not complete (the tip's replicates, the runs sigma may use), or None. Counted
-    unweighted: a sigma that has left the setup's runs behind does not reopen setup."""
+    """Why setup is not complete (the tip's replicates, sigma's runs counted unweighted), or None."""
     df = sum(len(v) - 1 for v in noise_groups(rows))
     tip_kinds = [k for r, k in kinds(rows) if r.commit == tip and measured(r)]
     missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
@@ -386,9 +359,9 @@ def setup_problem(rows, tip):
 
 
 def same_program(rows, candidate, programs):
-    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the
-    candidate's program, or None. A worker's screening run (recorded with --status) is no judgment:
-    its promoted cherry-pick is judged here for the first time."""
+    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the candidate's
+    program, or None. A worker's screening run (recorded with --status) is no judgment: its promoted cherry-pick is
+    judged here for the first time."""
     if not candidate.program or not programs:
         return None
     twins = [
@@ -409,8 +382,8 @@ def anchor(rows):
 
 
 def simplification_allowance(rows, sigma):
-    """How much worse than the reference (the tip's mean) a simplification may be: SIMPLIFICATION_BOUND
-    sigma, less what the simplifications kept since the last real keep already cost against its mean."""
+    """How much worse than the reference (the tip's mean) a simplification may be: SIMPLIFICATION_BOUND sigma, less
+    what the simplifications kept since the last real keep already cost against its mean."""
     base, tip = anchor(rows), tip_commit(rows)
     spent = 0.0
     if base is not None and tip is not None:
@@ -448,10 +421,9 @@ def replicate_verdict(rows, candidate, tip):
 
 
 def decide(rows, candidate, reference_params=None, reference_statements=None, programs=None):
-    """The verdict on `candidate` given every row recorded before it. Raises NotReady when a run of
-    another commit than the tip arrives before setup's replicates give sigma its degrees of freedom,
-    SameProgram when a new commit's train.py is a program an earlier commit ran (`programs`:
-    commit -> program_key)."""
+    """The verdict on `candidate` given every row recorded before it. Raises NotReady when a run of another commit
+    than the tip arrives before setup's replicates give sigma its degrees of freedom, SameProgram when a new commit's
+    train.py is a program an earlier commit ran (`programs`: commit -> program_key)."""
     tip = tip_commit(rows)
     if tip is not None and candidate.commit != tip and (problem := setup_problem(rows, tip)):
         raise NotReady(problem)
@@ -480,8 +452,8 @@ def decide(rows, candidate, reference_params=None, reference_statements=None, pr
 
 
 def crash_verdict(rows, candidate, tip):
-    """A run without val_bpc: recorded as a crash; reset when the idea caused it, run again when its
-    environment did (kind `environment`: never charged to the idea, but its time shows in the report)."""
+    """A run without val_bpc: recorded as a crash; reset when the idea caused it, run again when its environment did
+    (kind `environment`: never charged to the idea, but its time shows in the report)."""
     prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
     kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
     ended = crash_kind(candidate.crash)
@@ -579,9 +551,9 @@ def verdict_note(verdict):
 
 
 def history(rows):
-    """One entry per commit that was judged (in order of its first row): its kind, runs, mean,
-    status (keep once any row kept it, else its last row's), the reference it was judged against
-    and the delta; `at`: the index of its first row in `rows`."""
+    """One entry per commit that was judged (in order of its first row): its kind, runs, mean, status (keep once any
+    row kept it, else its last row's), the reference it was judged against and the delta; `at`: the index of its first
+    row in `rows`."""
     tagged = kinds(rows)
     entries, order = {}, []
     for i, (row, kind) in enumerate(tagged):
@@ -616,32 +588,3 @@ def history(rows):
         del e["values"]
         out.append(e)
     return out
-
-
-def explain():
-    """The rule in plain sentences, built from the constants (quoted verbatim by program.md and
-    AGENTS.md)."""
-    return (
-        f"Setup runs the baseline and {SETUP_REPLICATES} replicates with AR_SEED=1..{SETUP_REPLICATES}. "
-        "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
-        "commit). Sigma follows the model: it is pooled from each commit's runs nobody selected (baseline, "
-        "replicates, confirmations, and a kept experiment's first run), each around its own commit's mean, the tip's "
-        f"group first and every older group weighted {NOISE_FADE:g} times the next newer one; pooling stops at the "
-        f"first older group whose variance differs from the newer ones' by more than {NOISE_RATIO:g} times, and the "
-        "degrees of freedom are those of the weights used. "
-        "An experiment's first run that beats the reference by more than Student's t "
-        f"{1 - PROVISIONAL_RATE:.0%} quantile times the standard error of the difference is provisional "
-        "(verdict rerun, status provisional): one confirmation run with a fresh AR_SEED follows, and the commit is "
-        f"kept only if the mean of its two runs beats the reference by more than the t {1 - CONFIRM_RATE:.0%} "
-        "quantile times the standard error; otherwise it is discarded. "
-        "A simplification is declared with --simplification and must have fewer parameters or a smaller "
-        f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
-        f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma, and the simplifications kept since the last "
-        f"kept improvement (or the baseline) cost at most {SIMPLIFICATION_BOUND:g} sigma together against its mean. "
-        "A commit whose train.py is the program of an earlier commit (only comments, docstrings or formatting "
-        "differ) is not judged: it is the same experiment with another seed. "
-        f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
-        f"A discarded experiment that beat the reference by at least {NEAR_MISS_SE:g} standard error(s) is a near-miss. "
-        "A run without val_bpc is a crash. "
-        "`python analysis.py decide` applies this rule and prints the commands to run next."
-    )

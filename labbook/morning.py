@@ -127,7 +127,7 @@ def standing_text(night):
             vs = ": the baseline itself"
         lines.append(f"{name:<4} {e['commit']}  mean val_bpc {e['mean']:.6f} of {runs(e['runs'])}{vs}")
     if s["sigma"] is not None:
-        lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from unselected runs")
+        lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from the unselected runs nearest the tip")
     return "\n".join(lines)
 
 
@@ -285,10 +285,10 @@ def timeline(night):
     start = min(t for t, _ in timed).replace(minute=0, second=0, microsecond=0)
     runs = sorted(((t - start).total_seconds() / 3600, r) for t, r in timed)
     hours = int(runs[-1][0]) + 1
-    counted = dict(zip((r.line for r in night.rows), keeprule.run_outcomes(night.rows)))
+    counted = dict(zip((r.line for r in night.rows), outcomes.run_outcomes(night.rows)))
     per_hour = [[h, 0, 0, 0, 0] for h in range(hours)]
     for at, row in runs:
-        per_hour[int(at)][1 + keeprule.RUN_OUTCOMES.index(counted[row.line])] += 1
+        per_hour[int(at)][1 + outcomes.RUN_OUTCOMES.index(counted[row.line])] += 1
     gaps = [
         (a, b, round((b - a) * 60))
         for (a, _), (b, _) in zip(runs, runs[1:])

@@ -1,10 +1,12 @@
 """What the keep rule's history adds up to (labbook/keeprule.py: `history`): the kept
 improvements, the kept simplifications, the near-misses, the best commit, the crash streak, and
-the standing the next experiment faces. Pure, like the rule: it reads rows and imports only it."""
+the standing the next experiment faces, and the rule in sentences (`explain`). Pure, like the rule: it reads
+rows and imports only it."""
 
 import math
 import statistics
 
+from labbook import keeprule
 from labbook.keeprule import (
     CONFIRM_RATE,
     ENVIRONMENT,
@@ -15,10 +17,25 @@ from labbook.keeprule import (
     history,
     kinds,
     pooled_sigma,
+    sent_to_confirmation,
     simplification_allowance,
     t_quantile,
     tip_commit,
 )
+
+PENDING = "pending"  # how a first run sent to a confirmation counts until that run is recorded
+RUN_OUTCOMES = ("keep", "discard", "crash", PENDING)  # what run_outcomes says a row counts as
+
+
+def run_outcomes(rows):
+    """How each row counts, in order: keep, discard or crash as recorded, except a first run sent to
+    a confirmation, which counts with its commit's decision (keep when the confirmation kept it,
+    discard when it did not, crashed included) and is PENDING until that run is recorded."""
+    decided = {}
+    for row, kind in kinds(rows):
+        if kind != ENVIRONMENT and not sent_to_confirmation(row):
+            decided[row.commit] = "keep" if "keep" in (decided.get(row.commit), row.status) else "discard"
+    return [decided.get(row.commit, PENDING) if sent_to_confirmation(row) else row.status for row in rows]
 
 
 def crash_streak(rows):
@@ -89,3 +106,31 @@ def standing(rows):
             "simplification_up_to": ref + simplification_allowance(rows, sigma),
         }
     return out
+
+
+def explain():
+    """The keep rule in plain sentences, built from its constants (quoted verbatim by program.md and AGENTS.md)."""
+    return (
+        f"Setup runs the baseline and {keeprule.SETUP_REPLICATES} replicates with AR_SEED=1..{keeprule.SETUP_REPLICATES}. "
+        "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
+        "commit). Sigma follows the model: it is pooled from each commit's runs nobody selected (baseline, "
+        "replicates, confirmations, and a kept experiment's first run), each around its own commit's mean, the tip's "
+        f"group first and every older group weighted {keeprule.NOISE_FADE:g} times the next newer one; pooling stops at the "
+        f"first older group whose variance differs from the newer ones' by more than {keeprule.NOISE_RATIO:g} times, and the "
+        "degrees of freedom are those of the weights used. "
+        "An experiment's first run that beats the reference by more than Student's t "
+        f"{1 - keeprule.PROVISIONAL_RATE:.0%} quantile times the standard error of the difference is provisional "
+        "(verdict rerun, status provisional): one confirmation run with a fresh AR_SEED follows, and the commit is "
+        f"kept only if the mean of its two runs beats the reference by more than the t {1 - keeprule.CONFIRM_RATE:.0%} "
+        "quantile times the standard error; otherwise it is discarded. "
+        "A simplification is declared with --simplification and must have fewer parameters or a smaller "
+        f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
+        f"worse than the reference by more than {keeprule.SIMPLIFICATION_BOUND:g} sigma, and the simplifications kept since the last "
+        f"kept improvement (or the baseline) cost at most {keeprule.SIMPLIFICATION_BOUND:g} sigma together against its mean. "
+        "A commit whose train.py is the program of an earlier commit (only comments, docstrings or formatting "
+        "differ) is not judged: it is the same experiment with another seed. "
+        f"Every keep is followed by {keeprule.REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
+        f"A discarded experiment that beat the reference by at least {keeprule.NEAR_MISS_SE:g} standard error(s) is a near-miss. "
+        "A run without val_bpc is a crash. "
+        "`python analysis.py decide` applies this rule and prints the commands to run next."
+    )

@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from labbook import keeprule
+from labbook import keeprule, outcomes
 from labbook.audit import flag_rows
 from labbook.base import Refusal, results_repo
 
@@ -242,7 +242,7 @@ def plot_progress(results, path, flagged=None):
 def memory_data(rows, flagged=()):
     """[(x, memory_gb, status, kind, commit, flagged)] for every row (crashes record 0)."""
     kinds = dict((r.line, k) for r, k in keeprule.kinds(rows))
-    counted = keeprule.run_outcomes(rows)  # a first run sent to a confirmation counts as its commit's decision
+    counted = outcomes.run_outcomes(rows)  # a first run sent to a confirmation counts as its commit's decision
     return [dict(x=x, memory=r.memory_gb, status=s, kind=kinds[r.line], commit=r.commit,
                  flagged=r.line in set(flagged)) for x, (r, s) in enumerate(zip(rows, counted), start=1)]  # fmt: skip
 
@@ -252,11 +252,11 @@ def memory_figure(results, flagged=None):
     data = memory_data(rows, flagged_lines(results) if flagged is None else flagged)
     fig = new_figure(13.0, 4.5)
     ax = fig.add_subplot()
-    colors = {"keep": KEPT_COLOR, "discard": "0.6", keeprule.PENDING: "tab:purple", "crash": "tab:red"}
+    colors = {"keep": KEPT_COLOR, "discard": "0.6", outcomes.PENDING: "tab:purple", "crash": "tab:red"}
     for status, label in (
         ("keep", "kept commit's run"),
         ("discard", "discarded"),
-        (keeprule.PENDING, "awaiting a confirmation"),
+        (outcomes.PENDING, "awaiting a confirmation"),
     ):
         chosen = [d for d in data if d["status"] == status]
         if chosen:
@@ -307,8 +307,8 @@ def plot_timeline(line, path):
     ax = fig.add_subplot()
     hours = [h for h, *_ in line["per_hour"]]
     bottom = [0] * len(hours)
-    colors = (KEPT_COLOR, "0.6", "tab:red", "tab:purple")  # keeprule.RUN_OUTCOMES, in order
-    for i, (status, color) in enumerate(zip(keeprule.RUN_OUTCOMES, colors)):
+    colors = (KEPT_COLOR, "0.6", "tab:red", "tab:purple")  # outcomes.RUN_OUTCOMES, in order
+    for i, (status, color) in enumerate(zip(outcomes.RUN_OUTCOMES, colors)):
         counts = [p[1 + i] for p in line["per_hour"]]
         if any(counts):
             ax.bar(
@@ -318,7 +318,7 @@ def plot_timeline(line, path):
                 width=0.9,
                 color=color,
                 zorder=2,
-                label={"keep": "keep (replicates included)", keeprule.PENDING: "awaiting a confirmation"}.get(
+                label={"keep": "keep (replicates included)", outcomes.PENDING: "awaiting a confirmation"}.get(
                     status, status
                 ),
             )

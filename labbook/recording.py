@@ -45,7 +45,6 @@ from labbook.keeprule import (
     CannotJudge,
     crash_of,
     decide,
-    explain,
     next_seed,
     row_kind,
     run_command,
@@ -65,6 +64,7 @@ from labbook.ledger import (
     read_results,
     recorded_run_ids,
 )
+from labbook.outcomes import explain
 from labbook.rescore import journal_entries, journal_runs, journal_score, run_journal
 from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 from labbook.sources import programs_at, statements_at

@@ -69,7 +69,7 @@ def summarize(results, repo=None):
     baseline, flagged = flag_rows(rows, repo)
     sound = [r for r in rows if r.line not in flagged]
     tagged = keeprule.kinds(sound)
-    counts = Counter(keeprule.run_outcomes(rows))  # a first run sent to a confirmation counts with its commit
+    counts = Counter(outcomes.run_outcomes(rows))  # a first run sent to a confirmation counts with its commit
     replicates = sum(k == "replicate" for _, k in tagged)
     experiments = [r for r, k in tagged if k in keeprule.FIRST_KINDS]
     now = outcomes.standing(sound)
@@ -88,7 +88,7 @@ def summarize(results, repo=None):
             "confirmations": sum(k == "confirm" for _, k in tagged),
             "environment": sum(k == keeprule.ENVIRONMENT for _, k in tagged),
             "flagged": len(flagged),
-            **{outcome: counts[outcome] for outcome in keeprule.RUN_OUTCOMES},
+            **{outcome: counts[outcome] for outcome in outcomes.RUN_OUTCOMES},
         },
         "baseline": {**baseline.as_dict(), "mean": base_mean, "runs": len(base_values)} if baseline else None,
         "tip": now["tip"],
@@ -166,7 +166,9 @@ def text_standing(report, test_bpc, test_note):
     if report["sigma"] is None:
         lines.append("sigma unknown: setup runs the baseline and its replicates (python analysis.py decide --explain)")
     else:
-        lines.append(f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from unselected runs)")
+        lines.append(
+            f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from the unselected runs nearest the tip)"
+        )
     if report["next"] and not report.get("setup_incomplete"):
         nxt = report["next"]
         lines.append(

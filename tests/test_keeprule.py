@@ -110,10 +110,10 @@ def test_an_experiment_before_setup_is_finished_is_refused():
 
 
 def test_explain_is_built_from_the_constants(monkeypatch):
-    assert "4 replicates" in keeprule.explain() and "85%" in keeprule.explain()
+    assert "4 replicates" in outcomes.explain() and "85%" in outcomes.explain()
     monkeypatch.setattr(keeprule, "SETUP_REPLICATES", 6)
     monkeypatch.setattr(keeprule, "SIMPLIFICATION_BOUND", 0.5)
-    assert "6 replicates with AR_SEED=1..6" in keeprule.explain() and "0.5 sigma" in keeprule.explain()
+    assert "6 replicates with AR_SEED=1..6" in outcomes.explain() and "0.5 sigma" in outcomes.explain()
 
 
 # The command line
@@ -162,7 +162,7 @@ def test_setup_and_a_confirmed_keep_through_decide_and_record(repo, capsys):
     assert last["status"] == "keep" and last["kind"] == "confirm"
     assert "mean 1.290500 of 2" in last["note"]
     code, out, _ = main(capsys, "decide", "--explain")
-    assert out.strip() == keeprule.explain()
+    assert out.strip() == outcomes.explain()
 
 
 def test_status_is_the_persons_override_and_is_noted(repo, capsys):
@@ -384,6 +384,6 @@ def test_on_the_rehearsals_rows_a_real_gain_is_sent_to_a_confirmation_not_discar
 def test_a_first_run_sent_to_a_confirmation_counts_with_its_commits_decision():
     rows = rehearsal_rows()
     rows.append(row("lr4e3", 1.562553, "provisional", "experiment"))
-    assert keeprule.run_outcomes(rows)[-1] == keeprule.PENDING
-    assert keeprule.run_outcomes(rows)[5] == "keep"  # shift's first run, kept by its confirmation
-    assert keeprule.run_outcomes(rows + [row("lr4e3", 1.63, "discard", "confirm", seed=9)])[-2] == "discard"
+    assert outcomes.run_outcomes(rows)[-1] == outcomes.PENDING
+    assert outcomes.run_outcomes(rows)[5] == "keep"  # shift's first run, kept by its confirmation
+    assert outcomes.run_outcomes(rows + [row("lr4e3", 1.63, "discard", "confirm", seed=9)])[-2] == "discard"

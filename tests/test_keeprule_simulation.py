@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from labbook import keeprule
+from labbook import keeprule, outcomes
 from labbook.ledger import Row
 
 SIGMA = 0.002  # a realistic run-to-run spread of val_bpc
@@ -309,7 +309,7 @@ def test_a_chain_of_costly_simplifications_moves_the_tip_at_most_the_bound():
 
 
 def test_the_simulation_drives_the_constants_explain_renders():
-    text = keeprule.explain()
+    text = outcomes.explain()
     assert f"{keeprule.SETUP_REPLICATES} replicates" in text
     assert f"{keeprule.SIMPLIFICATION_BOUND:g} sigma" in text
 
