@@ -30,12 +30,21 @@ RUN_OUTCOMES = ("keep", "discard", "crash", PENDING)  # what run_outcomes says a
 def run_outcomes(rows):
     """How each row counts, in order: keep, discard or crash as recorded, except a first run sent to
     a confirmation, which counts with its commit's decision (keep when the confirmation kept it,
-    discard when it did not, crashed included) and is PENDING until that run is recorded."""
-    decided = {}
-    for row, kind in kinds(rows):
+    discard when it did not, crashed included) and is PENDING until that run is recorded, and a
+    replicate of a kept commit that a worker recorded as a discard, which counts as a keep."""
+    tagged, decided = kinds(rows), {}
+    for row, kind in tagged:
         if kind != ENVIRONMENT and not sent_to_confirmation(row):
             decided[row.commit] = "keep" if "keep" in (decided.get(row.commit), row.status) else "discard"
-    return [decided.get(row.commit, PENDING) if sent_to_confirmation(row) else row.status for row in rows]
+
+    def counted(row, kind):
+        if sent_to_confirmation(row):
+            return decided.get(row.commit, PENDING)
+        if kind == "replicate" and row.measured and decided.get(row.commit) == "keep":
+            return "keep"
+        return row.status
+
+    return [counted(row, kind) for row, kind in tagged]
 
 
 def crash_streak(rows):
