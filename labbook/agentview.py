@@ -164,7 +164,7 @@ def full_view(results):
         "audit": checks,
         "header_missing": report["header_missing"],
         "malformed": report["malformed"],
-        "rule": keeprule.explain(),
+        "rule": outcomes.explain(),
     }
 
 

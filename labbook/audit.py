@@ -110,7 +110,7 @@ def small_gains(report):
         bound = None
         if sigma is not None and df >= 1 and entry["decision_runs"] and entry["reference_runs"]:
             se = sigma * math.sqrt(1 / entry["decision_runs"] + 1 / entry["reference_runs"])
-            bound = keeprule.t_quantile(1 - keeprule.FALSE_KEEP_RATE, df) * se
+            bound = keeprule.t_quantile(1 - keeprule.CONFIRM_RATE, df) * se
         gain = -entry["delta"]
         if gain <= 0 or (bound is not None and gain < bound):
             notes.append({"line": entry["line"], "commit": entry["commit"], "gain": gain, "bound": bound})

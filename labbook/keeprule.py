@@ -3,8 +3,8 @@
 `decide(rows, candidate)` is pure: it reads the ledger's rows (labbook.ledger.Row) and the run
 just finished (a Candidate) and returns a Verdict with the numbers behind it and the exact shell
 commands to run next. `python analysis.py decide` and `python analysis.py record` call it; the
-simulation test (tests/test_keeprule_simulation.py) drives the same function. `explain()`
-renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
+simulation test (tests/test_keeprule_simulation.py) drives the same function. `outcomes.explain()`
+(labbook/outcomes.py) renders the rule from the constants below; program.md and AGENTS.md quote it verbatim.
 
 Design, and why (every row's kind, the tip and the reference, sigma from unselected runs, the two
 stages, checked simplifications, a program judged once, near-misses): docs/keep-rule.md.
@@ -19,14 +19,19 @@ import statistics
 from dataclasses import dataclass, field
 
 SETUP_REPLICATES = 4  # setup: the baseline, then this many replicates with AR_SEED=1, 2, ...
-REPLICATES_AFTER_KEEP = 2  # replicates of every newly kept commit, before the next experiment
+REPLICATES_AFTER_KEEP = 1  # replicates of every newly kept commit, before the next experiment
 PROVISIONAL_RATE = 0.15  # at most this share of null experiments is sent to a confirmation run
-FALSE_KEEP_RATE = 0.05  # at most this share of null experiments is kept
+CONFIRM_RATE = 0.10  # a provisional commit is kept when the mean of its 2 runs beats the t (1 - this) bound
+FALSE_KEEP_RATE = 0.05  # the guard: null experiments kept by both stages together (the simulation checks it)
+NOISE_FADE = 0.7  # a noise group's weight in sigma relative to the next newer group's
+NOISE_RATIO = 8.0  # an older group whose variance differs from the newer groups' by more measured another model
+NEAR_MISS_SE = 1.0  # a discarded experiment is a near-miss when it beat the reference by this many standard errors
 SIMPLIFICATION_BOUND = 1.5  # in sigma: how much worse than the reference a simplification may be
 MACHINE_NOISE_TPS = 0.10  # runs of one commit whose tokens/s differ by more measure the machine
 
 KINDS = ("baseline", "replicate", "experiment", "simplification", "confirm", "environment")
-UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # the runs sigma is pooled from
+UNSELECTED_KINDS = ("baseline", "replicate", "confirm")  # runs nobody selected
+PROVISIONAL = "provisional"  # the status of a first run the rule sent to a confirmation
 FIRST_KINDS = ("experiment", "simplification")  # a new commit's first run
 ENVIRONMENT = "environment"  # a crash the run's environment caused (settings, data, disk, a signal): not the idea's
 PROGRAM_TIMEOUT = 600  # seconds: program.md's `timeout -k 30 600`; a SIGTERM this late is that timeout's
@@ -75,8 +80,8 @@ def t_quantile(p, df):
 
 
 def row_kind(row, baseline_commit=None):
-    """The row's kind: its `kind` column, or for rows recorded before that column existed, inferred
-    (the first kept commit's rows are the baseline, `noise:` rows are replicates)."""
+    """The row's kind: its `kind` column, or for rows recorded before that column existed, inferred (the first kept
+    commit's rows are the baseline, `noise:` rows are replicates)."""
     kind = (getattr(row, "kind", "") or row.extra.get("kind", "")).strip()
     if kind in KINDS:
         return kind
@@ -115,30 +120,45 @@ def commit_values(rows, commit):
     return [r.val_bpc for r in rows if r.commit == commit and measured(r)]
 
 
-def pooled_sigma(rows, replicate=None):
-    """(sigma, degrees of freedom) pooled from within-commit deviations of unselected runs
-    (baseline, replicate, confirm), each commit around its own mean; (None, 0) without any.
-    `replicate`: a (commit, val_bpc) run not yet recorded, counted as one more replicate."""
+def noise_groups(rows, replicate=None):
+    """[[val_bpc]] per commit of the runs sigma may use, the tip's group last: unselected runs, and a kept
+    experiment's first run (why: docs/keep-rule.md). `replicate`: (commit, val_bpc) of one more."""
+    kept = {r.commit for r in rows if r.status == "keep"}
     groups = {}
     for row, kind in kinds(rows):
-        if kind in UNSELECTED_KINDS and measured(row):
-            groups.setdefault(row.commit, []).append(row.val_bpc)
+        if measured(row) and (kind in UNSELECTED_KINDS or (kind == "experiment" and row.commit in kept)):
+            groups[row.commit] = groups.pop(row.commit, []) + [row.val_bpc]
     if replicate:
-        groups.setdefault(replicate[0], []).append(replicate[1])
-    squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups.values() if len(v) > 1)
-    df = sum(len(v) - 1 for v in groups.values())
-    return (math.sqrt(squares / df), df) if df else (None, 0)
+        groups[replicate[0]] = groups.pop(replicate[0], []) + [replicate[1]]
+    return list(groups.values())
+
+
+def pooled_sigma(rows, replicate=None):
+    """(sigma, Satterthwaite's degrees of freedom rounded down) from the noise groups, newest first, each weighing
+    NOISE_FADE times the next newer one, up to the first whose variance differs from the newer ones' by more than
+    NOISE_RATIO either way; (None, 0) without a group of two runs."""
+    squares = weighted_df = squared_weights_df = 0.0
+    for age, values in enumerate(reversed([v for v in noise_groups(rows, replicate) if len(v) > 1])):
+        df, mean, weight = len(values) - 1, statistics.fmean(values), NOISE_FADE**age
+        variance, pooled = sum((x - mean) ** 2 for x in values) / df, squares / (weighted_df or 1)
+        if age and not (variance <= NOISE_RATIO * pooled and pooled <= NOISE_RATIO * variance):
+            break  # an older model's noise
+        squares, weighted_df = squares + weight * variance * df, weighted_df + weight * df
+        squared_weights_df += weight * weight * df
+    if not weighted_df:
+        return None, 0
+    return math.sqrt(squares / weighted_df), int(weighted_df**2 / squared_weights_df + 1e-9)
 
 
 def sent_to_confirmation(row):
-    """Whether `row` is a first run the rule sent to a confirmation (recorded `discard`, pending)."""
-    return row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
+    """Whether `row` is a first run the rule sent to a confirmation (older ledgers: a rerun's discard)."""
+    legacy = row.status == "discard" and row.extra.get("note", "").startswith(f"{NOTE_PREFIX}rerun")
+    return row.status == PROVISIONAL or legacy
 
 
 def next_seed(rows, commit, taken=None):
-    """The smallest AR_SEED >= 1 that no row has used, for any commit, nor the run just judged
-    (`taken`, its seed): a confirmation or replicate shares no seed (no initialisation, no data
-    order) with any run it is compared against."""
+    """The smallest AR_SEED >= 1 that no row has used, for any commit, nor the run just judged (`taken`, its seed): a
+    confirmation or replicate shares no seed (no initialisation, no data order) with any run it is compared against."""
     used = {taken}
     for row in rows:
         try:
@@ -173,7 +193,7 @@ class Candidate:
 class Verdict:
     verdict: str  # keep | discard | rerun | crash
     kind: str  # the kind of the row that records this run
-    status: str  # the status column of that row: keep, discard (rerun: pending) or crash
+    status: str  # the status column of that row: keep, discard, provisional (rerun) or crash
     reason: str
     commit: str
     value: float | None = None  # this run's val_bpc
@@ -325,11 +345,11 @@ class SameProgram(CannotJudge):
 
 
 def setup_problem(rows, tip):
-    """Why setup is not complete (the tip's replicates, sigma's degrees of freedom), or None."""
-    sigma, df = pooled_sigma(rows)
+    """Why setup is not complete (the tip's replicates, sigma's runs counted unweighted), or None."""
+    df = sum(len(v) - 1 for v in noise_groups(rows))
     tip_kinds = [k for r, k in kinds(rows) if r.commit == tip and measured(r)]
     missing = (SETUP_REPLICATES if "baseline" in tip_kinds else 0) - tip_kinds.count("replicate")
-    if sigma is not None and df >= SETUP_REPLICATES and missing <= 0:
+    if df >= SETUP_REPLICATES and missing <= 0:
         return None
     return (
         f"setup is not complete: sigma has {df} degrees of freedom and the tip {tip} lacks {max(missing, 0)} "
@@ -339,9 +359,9 @@ def setup_problem(rows, tip):
 
 
 def same_program(rows, candidate, programs):
-    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the
-    candidate's program, or None. A worker's screening run (recorded with --status) is no judgment:
-    its promoted cherry-pick is judged here for the first time."""
+    """The latest earlier row the rule judged (its note is the rule's) whose commit's train.py is the candidate's
+    program, or None. A worker's screening run (recorded with --status) is no judgment: its promoted cherry-pick is
+    judged here for the first time."""
     if not candidate.program or not programs:
         return None
     twins = [
@@ -362,8 +382,8 @@ def anchor(rows):
 
 
 def simplification_allowance(rows, sigma):
-    """How much worse than the reference (the tip's mean) a simplification may be: SIMPLIFICATION_BOUND
-    sigma, less what the simplifications kept since the last real keep already cost against its mean."""
+    """How much worse than the reference (the tip's mean) a simplification may be: SIMPLIFICATION_BOUND sigma, less
+    what the simplifications kept since the last real keep already cost against its mean."""
     base, tip = anchor(rows), tip_commit(rows)
     spent = 0.0
     if base is not None and tip is not None:
@@ -401,10 +421,9 @@ def replicate_verdict(rows, candidate, tip):
 
 
 def decide(rows, candidate, reference_params=None, reference_statements=None, programs=None):
-    """The verdict on `candidate` given every row recorded before it. Raises NotReady when a run of
-    another commit than the tip arrives before setup's replicates give sigma its degrees of freedom,
-    SameProgram when a new commit's train.py is a program an earlier commit ran (`programs`:
-    commit -> program_key)."""
+    """The verdict on `candidate` given every row recorded before it. Raises NotReady when a run of another commit
+    than the tip arrives before setup's replicates give sigma its degrees of freedom, SameProgram when a new commit's
+    train.py is a program an earlier commit ran (`programs`: commit -> program_key)."""
     tip = tip_commit(rows)
     if tip is not None and candidate.commit != tip and (problem := setup_problem(rows, tip)):
         raise NotReady(problem)
@@ -433,8 +452,8 @@ def decide(rows, candidate, reference_params=None, reference_statements=None, pr
 
 
 def crash_verdict(rows, candidate, tip):
-    """A run without val_bpc: recorded as a crash; reset when the idea caused it, run again when its
-    environment did (kind `environment`: never charged to the idea, but its time shows in the report)."""
+    """A run without val_bpc: recorded as a crash; reset when the idea caused it, run again when its environment did
+    (kind `environment`: never charged to the idea, but its time shows in the report)."""
     prior = [k for r, k in kinds(rows) if r.commit == candidate.commit and measured(r)]
     kind = "confirm" if prior else ("baseline" if tip is None else "experiment")
     ended = crash_kind(candidate.crash)
@@ -480,7 +499,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
     if simple:
         threshold = simplification_allowance(rows, sigma)
     else:
-        rate = PROVISIONAL_RATE if k == 1 else FALSE_KEEP_RATE
+        rate = PROVISIONAL_RATE if k == 1 else CONFIRM_RATE
         threshold = -t_quantile(1 - rate, df) * se
     delta = mean - reference
     passes = delta <= threshold if simple else delta < threshold
@@ -497,7 +516,7 @@ def experiment_verdict(rows, candidate, tip, sigma, df, reference_params, refere
         note = f" (declared a simplification, but {why}: judged as an experiment)"
     if passes and k == 1:
         seed = next_seed(rows, candidate.commit, candidate.seed)
-        verdict.verdict, verdict.next_seed = "rerun", seed
+        verdict.verdict, verdict.status, verdict.next_seed = "rerun", PROVISIONAL, seed
         verdict.reason = f"provisional {what}: {compare}; one confirmation run decides{note}"
         verdict.commands = [run_command(seed), record_command(candidate.description)]
     elif passes:
@@ -532,9 +551,9 @@ def verdict_note(verdict):
 
 
 def history(rows):
-    """One entry per commit that was judged (in order of its first row): its kind, runs, mean,
-    status (keep once any row kept it, else its last row's), the reference it was judged against
-    and the delta."""
+    """One entry per commit that was judged (in order of its first row): its kind, runs, mean, status (keep once any
+    row kept it, else its last row's), the reference it was judged against and the delta; `at`: the index of its first
+    row in `rows`."""
     tagged = kinds(rows)
     entries, order = {}, []
     for i, (row, kind) in enumerate(tagged):
@@ -548,13 +567,14 @@ def history(rows):
             entry = entries[row.commit] = dict(
                 commit=row.commit, kind=kind, description=row.description, values=[], status=row.status,
                 reference_commit=tip, reference=statistics.fmean(ref) if ref else None,
-                reference_runs=len(ref), line=row.line,
+                reference_runs=len(ref), line=row.line, at=i,
             )  # fmt: skip
             order.append(row.commit)
         if measured(row) and not (kind == "replicate" and entry["kind"] in FIRST_KINDS):
             entry["values"].append(row.val_bpc)  # the decision's runs; later replicates refine the mean
         # once kept, a commit stays kept: later rows (replicates that workers record as discards) refine its mean
-        entry["status"] = "keep" if "keep" in (entry["status"], row.status) else row.status
+        status = PROVISIONAL if sent_to_confirmation(row) else row.status
+        entry["status"] = "keep" if "keep" in (entry["status"], status) else status
     out = []
     for commit in order:
         e = entries[commit]
@@ -568,28 +588,3 @@ def history(rows):
         del e["values"]
         out.append(e)
     return out
-
-
-def explain():
-    """The rule in plain sentences, built from the constants (quoted verbatim by program.md and
-    AGENTS.md)."""
-    return (
-        f"Setup runs the baseline and {SETUP_REPLICATES} replicates with AR_SEED=1..{SETUP_REPLICATES}. "
-        "A commit's value is the mean of all its runs; the reference is the mean of the tip (the last kept "
-        "commit). Sigma is pooled from runs nobody selected (baseline, replicates, confirmations), each "
-        "around its own commit's mean. "
-        "An experiment's first run that beats the reference by more than Student's t "
-        f"{1 - PROVISIONAL_RATE:.0%} quantile times the standard error of the difference is provisional "
-        "(verdict rerun): one confirmation run with a fresh AR_SEED follows, and the commit is kept only if "
-        f"the mean of its runs beats the reference by more than the t {1 - FALSE_KEEP_RATE:.0%} quantile "
-        "times the standard error; otherwise it is discarded. "
-        "A simplification is declared with --simplification and must have fewer parameters or a smaller "
-        f"train.py syntax tree (a removed statement or keyword counts) than the tip; it is kept when its first run and the mean of its runs are no "
-        f"worse than the reference by more than {SIMPLIFICATION_BOUND:g} sigma, and the simplifications kept since the last "
-        f"kept improvement (or the baseline) cost at most {SIMPLIFICATION_BOUND:g} sigma together against its mean. "
-        "A commit whose train.py is the program of an earlier commit (only comments, docstrings or formatting "
-        "differ) is not judged: it is the same experiment with another seed. "
-        f"Every keep is followed by {REPLICATES_AFTER_KEEP} replicate run(s) of the new tip. "
-        "A run without val_bpc is a crash. "
-        "`python analysis.py decide` applies this rule and prints the commands to run next."
-    )

@@ -45,7 +45,7 @@ PROVENANCE_COLUMNS = (
 )
 CHECKSUM_COLUMN = "crc"  # always last: first 8 hex of sha256 of the rest of the line
 COLUMNS = BASE_COLUMNS + PROVENANCE_COLUMNS + ("kind", CHECKSUM_COLUMN)  # kind: see labbook/keeprule.py
-STATUSES = ("keep", "discard", "crash")
+STATUSES = ("keep", "discard", "provisional", "crash")  # provisional: sent to a confirmation run
 # the provenance columns copied from the summary as they are; the others `record` computes
 SUMMARY_TO_ROW = tuple(
     c for c in PROVENANCE_COLUMNS if c not in ("reported_bpc", "rescore_seconds", "recorded_at", "worker", "note")
@@ -140,7 +140,7 @@ def parse_row(line, columns, number):
     values = dict(zip(columns, fields))
     status = values["status"].strip()
     if status not in STATUSES:
-        raise ValueError(f"status {status!r} is not keep, discard or crash")
+        raise ValueError(f"status {status!r} is not keep, discard, provisional or crash")
     val_bpc = finite_number(values["val_bpc"], "val_bpc")
     if status != "crash" and val_bpc <= 0:
         raise ValueError(f"a {status} row with val_bpc {values['val_bpc']}")

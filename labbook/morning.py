@@ -126,7 +126,7 @@ def standing_text(night):
             vs = ": the baseline itself"
         lines.append(f"{name:<4} {e['commit']}  mean val_bpc {e['mean']:.6f} of {runs(e['runs'])}{vs}")
     if s["sigma"] is not None:
-        lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from unselected runs")
+        lines.append(f"sigma {s['sigma']:.6f} ({s['df']} df), pooled from the unselected runs nearest the tip")
     return "\n".join(lines)
 
 
@@ -174,10 +174,11 @@ def kept_table(night, kind="experiment"):
     rows = [e for e in kept_changes(night) if e["kind"] == kind]
     columns = [
         ("commit", "commit"),
-        ("mean", "mean"),
-        ("runs", "runs"),
         ("decision_mean", "mean at decision"),
-        ("delta", "delta"),
+        ("decision_runs", "runs at decision"),
+        ("delta", "delta (same runs)"),
+        ("mean", "mean now"),
+        ("runs", "runs now"),
     ]
     return table(rows, columns + [("description", "description"), ("diff", "train.py change")])
 

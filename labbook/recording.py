@@ -45,7 +45,6 @@ from labbook.keeprule import (
     CannotJudge,
     crash_of,
     decide,
-    explain,
     next_seed,
     row_kind,
     run_command,
@@ -65,6 +64,7 @@ from labbook.ledger import (
     read_results,
     recorded_run_ids,
 )
+from labbook.outcomes import explain
 from labbook.rescore import journal_entries, journal_runs, journal_score, run_journal
 from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
 from labbook.sources import programs_at, statements_at
@@ -536,7 +536,7 @@ def record_run(tsv, log_path, status, description, force=False, kind="", note=""
     if not head:
         raise Refusal("not inside a git repository with a commit: record from the worktree that ran the experiment")
     if status not in STATUSES:
-        raise Refusal(f"status {status!r} is not keep, discard or crash")
+        raise Refusal(f"status {status!r} is not one of {', '.join(STATUSES)}")
     file_layout(tsv)  # a results file that cannot take a row refuses before anything else is checked
     values, problem = row_values(tsv, log_path, log, status, description, head, force, kind, note)
     with locked(tsv):

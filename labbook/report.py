@@ -13,7 +13,7 @@ from pathlib import Path
 from labbook import keeprule, outcomes
 from labbook.audit import amended_note, audit, flag_rows
 from labbook.base import Refusal, results_repo
-from labbook.ledger import STATUSES, read_results
+from labbook.ledger import read_results
 from labbook.refusals import read_refusals
 
 TEST_SPLIT_NOTE = (
@@ -70,7 +70,7 @@ def summarize(results, repo=None):
     baseline, flagged = flag_rows(rows, repo)
     sound = [r for r in rows if r.line not in flagged]
     tagged = keeprule.kinds(sound)
-    counts = Counter(r.status for r in rows)
+    counts = Counter(outcomes.run_outcomes(rows))  # a first run sent to a confirmation counts with its commit
     replicates = sum(k == "replicate" for _, k in tagged)
     experiments = [r for r, k in tagged if k in keeprule.FIRST_KINDS]
     now = outcomes.standing(sound)
@@ -89,7 +89,7 @@ def summarize(results, repo=None):
             "confirmations": sum(k == "confirm" for _, k in tagged),
             "environment": sum(k == keeprule.ENVIRONMENT for _, k in tagged),
             "flagged": len(flagged),
-            **{status: counts[status] for status in STATUSES},
+            **{outcome: counts[outcome] for outcome in outcomes.RUN_OUTCOMES},
         },
         "baseline": {**baseline.as_dict(), "mean": base_mean, "runs": len(base_values)} if baseline else None,
         "measure": measure_text(baseline or next((r for r in rows if r.measured), rows[0])) if rows else None,
@@ -161,7 +161,9 @@ def text_header(report):
     parts.append(f"{totals['flagged']} flagged")
     head = (
         f"{report['file']}: {plural(totals['rows'], 'row')} = {' + '.join(parts)} | {totals['keep']} keep, "
-        f"{totals['discard']} discard, {totals['crash']} crash"
+        f"{totals['discard']} discard, "
+        + (f"{totals['pending']} awaiting a confirmation, " if totals.get("pending") else "")
+        + f"{totals['crash']} crash (a first run sent to a confirmation counts as its commit's decision)"
     )
     lines = [head]
     if report.get("measure"):
@@ -200,7 +202,9 @@ def text_standing(report, test_bpc, test_note):
     if report["sigma"] is None:
         lines.append("sigma unknown: setup runs the baseline and its replicates (python analysis.py decide --explain)")
     else:
-        lines.append(f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from unselected runs)")
+        lines.append(
+            f"sigma     {report['sigma']:.6f} ({report['sigma_df']} df, pooled from the unselected runs nearest the tip)"
+        )
     if report["next"] and not report.get("setup_incomplete"):
         nxt = report["next"]
         lines.append(
@@ -230,9 +234,11 @@ def runs(n):
 
 
 def entry_line(e):
+    """The decision's mean and delta, from the same runs; a margin in standard errors for a near-miss."""
+    margin = f" ({e['margin']:.1f} SE)" if "margin" in e else ""
     return (
-        f"  line {e['line']:>4}  {e['commit']:<8} mean {num(e['mean'])} ({runs(e['runs'])})  delta {num(e['delta'], '{:+.6f}')} "
-        f"vs {num(e['reference'])} ({e['reference_commit']})  {e['description']}"
+        f"  line {e['line']:>4}  {e['commit']:<8} mean {num(e['decision_mean'])} ({runs(e['decision_runs'])})  "
+        f"delta {num(e['delta'], '{:+.6f}')}{margin} vs {num(e['reference'])} ({e['reference_commit']})  {e['description']}"
     )
 
 
@@ -241,7 +247,10 @@ def text_lists(report):
     sections = (
         ("improvements", "kept improvements (delta: the decision's mean minus the reference it beat)"),
         ("simplifications", "kept simplifications (apart: never counted as gains)"),
-        ("near_misses", "near-misses (discarded experiments that beat the reference, not by the bound)"),
+        (
+            "near_misses",
+            f"near-misses (discarded experiments that beat the reference by {keeprule.NEAR_MISS_SE:g}+ standard errors, not by the bound)",
+        ),
     )
     for key, title in sections:
         if report[key]:

@@ -83,7 +83,7 @@ def night_rows(repo, n_rows, seed=0):
         )  # fmt: skip
         verdict = keeprule.decide(rows, candidate, reference_params=25.3, reference_statements=None)
         flags = "none"
-        if not flagged_done and verdict.kind == "experiment" and verdict.status == "discard" and len(rows) > 8:
+        if not flagged_done and verdict.kind == "experiment" and verdict.status == "discard" and len(rows) >= 8:
             flags, flagged_done = "weights_edited", True
         if len(rows) == n_rows // 2:
             clock += timedelta(minutes=47)  # the agent stalled: an idle gap

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from labbook import ledger
+from labbook import ledger, outcomes
 
 try:
     import tomllib
@@ -686,8 +686,6 @@ def test_every_test_the_integrity_threat_model_cites_exists():
 
 
 def test_program_md_and_agents_md_quote_the_keep_rule_as_the_code_renders_it():
-    from labbook import keeprule
-
-    quote = "> " + keeprule.explain()
+    quote = "> " + outcomes.explain()
     for doc in ("program.md", "AGENTS.md"):
         assert quote in documents()[doc].splitlines(), f"{doc} does not quote decide --explain verbatim"

@@ -45,13 +45,14 @@ def test_the_night_says_which_rows_ran_without_the_kernel_sandbox(tmp_path):
     ) in text.splitlines()
 
 
-def test_the_kept_table_shows_the_reports_mean_and_the_mean_the_decision_rested_on(night):
+def test_the_kept_table_shows_the_decisions_mean_and_delta_from_the_same_runs_and_the_mean_now_apart(night):
     (kept,) = report.summarize(read_results(night.tsv))["improvements"]
     header, line = morning.kept_table(night).splitlines()
     cells = line.split()
-    assert header.split()[:5] == ["commit", "mean", "runs", "mean", "at"]
-    assert cells[1:3] == [f"{kept['mean']:.6f}", str(kept["runs"])] and kept["runs"] == 4
-    assert cells[3] == f"{(1.251 + 1.249) / 2:.6f}"  # the two runs the keep was decided on
+    assert header.split()[:4] == ["commit", "mean", "at", "decision"]
+    decision = (1.251 + 1.249) / 2  # the two runs the keep was decided on
+    assert cells[1:4] == [f"{decision:.6f}", "2", f"{decision - kept['reference']:+.6f}"]
+    assert cells[4:6] == [f"{kept['mean']:.6f}", str(kept["runs"])] and kept["runs"] == 4
 
 
 def test_the_confirmation_table_starts_at_the_first_measured_run(night):

@@ -104,7 +104,7 @@ def test_readmes_notebook_commands_run_as_printed_in_a_fresh_venv(tmp_path, fres
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "12 runs over" in text and "1 kept, 1 crashed" in text
+    assert "12 runs over" in text and "2 kept, 1 crashed" in text  # lr 3e-3 and the ff mult 3 simplification
     assert "LR 0.001 → 0.003" in text  # the kept change's diff, condensed
     assert "CUDA out of memory" in text and "weights_edited" in text
     assert "not requested (AR_TEST=1)" in text and "idle gaps" in text

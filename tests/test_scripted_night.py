@@ -12,7 +12,7 @@ what `python analysis.py decide` prints under `next:`:
    replicates run on the synced workers at once (docs/scale-out.md's parallel replicates);
 2. a typo crash, recorded, fixed with `git commit -a --amend --no-edit`, run again: discard, reset;
 3. a declared simplification (the schedule dropped, `decide --simplification`): rerun, keep, and
-   its two replicates on the research branch, each decided (program.md's loop on one GPU);
+   its replicate on the research branch, each decided (program.md's loop on one GPU);
 4. a run killed mid-way (every process of its command, SIGKILL): decide says crash, it is
    recorded, the session "ends" before the reset and results.tsv is lost; Resume restores it and
    finds the reset that did not happen;
@@ -310,9 +310,9 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     simplification = agent.head()
     verdict, commands, out = agent.run_and_decide(simplification=True)
     assert verdict == "rerun" and "provisional simplification" in out and commands[0].endswith("--simplification"), out
-    agent.follow(commands)  # the confirmation, keep, then the two replicates, each decided
-    assert agent.verdicts[-3][0] == "keep" and "simplification" in agent.verdicts[-3][1]
-    simplification_seeds = [int(r["seed"]) for r in agent.rows() if r["kind"] == "replicate"][-2:]
+    agent.follow(commands)  # the confirmation, keep, then its replicate, each decided
+    assert agent.verdicts[-2][0] == "keep" and "simplification" in agent.verdicts[-2][1]
+    simplification_seeds = [int(r["seed"]) for r in agent.rows() if r["kind"] == "replicate"][-1:]
 
     # --- 4. a run killed mid-way; the session ends before the reset; results.tsv is lost ---
     agent.edit(DIM=256, HEADS=4, TRAIN_SEQ_LEN=1024, BATCH_SIZE=16)
@@ -369,7 +369,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
         *["keep"] * 5,  # the baseline, 4 replicates
         "rerun", "keep",  # the promoted winner, its confirmation (replicates on the workers)
         "crash", "discard",  # the typo, then the fixed commit
-        "rerun", "keep", "keep", "keep",  # the simplification, its confirmation, 2 replicates
+        "rerun", "keep", "keep",  # the simplification, its confirmation, its replicate
         "crash",  # the killed run
         "discard",  # the run cut off with the session, run again after Resume
     ]  # fmt: skip
@@ -378,7 +378,7 @@ def test_scripted_night(tmp_path, corpus, warm_python):
         return r["commit"], r["status"], r["kind"], r["description"]
 
     rows = [key(r) for r in agent.rows()]
-    assert len(rows) == 19, rows
+    assert len(rows) == 18, rows
     workers_round = {r[0] for r in rows[5:7]}
     assert len(workers_round) == 2 and winner in workers_round
     loser = (workers_round - {winner}).pop()
@@ -395,11 +395,11 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     assert rows[:5] + rows[7:9] + rows[11:] == [
         (setup_tip, "keep", "baseline", "baseline"),
         *[(setup_tip, "keep", "replicate", f"noise: {setup_tip}, seed {seed}") for seed in (1, 2, 3, 4)],
-        (improvement, "discard", "experiment", "lr 1e-2"),  # pending: the rerun verdict's row
+        (improvement, "provisional", "experiment", "lr 1e-2"),  # the rerun verdict's row
         (improvement, "keep", "confirm", "lr 1e-2"),
         (crash_commit, "crash", "experiment", "lr 1e-4 (crash: NameError: name 'LRR' is not defined)"),
         (amended, "discard", "experiment", "lr 1e-4"),
-        (simplification, "discard", "simplification", "no lr schedule"),
+        (simplification, "provisional", "simplification", "no lr schedule"),
         (simplification, "keep", "confirm", "no lr schedule"),
         *[
             (simplification, "keep", "replicate", f"noise: {simplification}, seed {seed}")
@@ -415,13 +415,18 @@ def test_scripted_night(tmp_path, corpus, warm_python):
     )
 
     view = json.loads(sh(JSON).stdout)
-    assert view["tip"] == {"commit": simplification, "mean": view["tip"]["mean"], "runs": 4}
+    assert view["tip"] == {
+        "commit": simplification,
+        "mean": view["tip"]["mean"],
+        "runs": 3,
+    }  # first run, confirmation, replicate
     report = sh("python analysis.py --no-plots").stdout
     header = report.splitlines()[0]
-    assert "19 rows = 8 experiments" in header and "9 keep, 8 discard, 2 crash" in header, report
-    assert "8 replicates" in header and "0 flagged" in header, report
+    # the kept commits' first runs and the workers' replicates of the tip count as keeps
+    assert "18 rows = 8 experiments" in header and "12 keep, 4 discard, 2 crash" in header, report
+    assert "7 replicates" in header and "0 flagged" in header, report
     assert re.search(rf"^baseline +{setup_tip} ", report, re.M) and re.search(
-        rf"^tip +{simplification} .*mean of 4 runs", report, re.M
+        rf"^tip +{simplification} .*mean of 3 runs", report, re.M
     )
     assert "NameError: name 'LRR' is not defined" in report and "audit: 0 flagged" in report
 
