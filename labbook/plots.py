@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from labbook import keeprule, outcomes
+from labbook import keeprule
 from labbook.audit import flag_rows
 from labbook.base import Refusal, results_repo
 from labbook.outcomes import commit_outcomes
