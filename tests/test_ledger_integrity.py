@@ -33,7 +33,7 @@ def test_a_torn_or_checksum_failing_row_is_skipped_reported_and_never_restored(r
     assert [r.commit for r in results.rows] == ["aaaaaaa"] and len(results.malformed) == 2
     assert cli.main(["--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert out.count("warning: skipped line") == 2 and "1 rows" in out
+    assert out.count("warning: skipped line") == 2 and "1 row =" in out
     tsv.unlink()
     assert cli.main(["restore"]) == 0
     assert [r.commit for r in ledger.read_results(tsv).rows] == ["aaaaaaa"]
