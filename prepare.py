@@ -797,16 +797,24 @@ class Run:
             else:
                 print0(f"fp8: converted {wanted} linear layers with torchao float8 training")
         print0(f"model: {self.num_params / 1e6:.2f}M parameters | precision {self.precision}")
-        if self.device.type != "cuda" and self.num_params > GPU_SIZED_PARAMS:
-            sized = f"a {self.num_params / 1e6:.0f}M-parameter model is sized for a GPU (a step on a CPU takes minutes)"
-            rehearsal = "for a run of about a minute, follow README's 'CPU rehearsal' (small constants and AR_STEPS)"
-            if self.device.type == "cpu" and not self.env.get("device"):
-                raise HarnessError(f"{sized} and this machine has none: {rehearsal}; AR_DEVICE=cpu runs it anyway")
-            print0(f"notice: {sized}: {rehearsal}")
+        self.check_size(model, say=True)
         check_checkpoint_fits(self.env.get("checkpoint", "checkpoint.pt"), model)
         if compile and self.device.type == "cuda":
             self.compile_options = dict(compile) if isinstance(compile, dict) else {}
         return model
+
+    def check_size(self, model, say=False):
+        """Refuse a GPU-sized model on a machine without a GPU (unless AR_DEVICE=cpu asked for it), before
+        anything slow runs on it (the early check, the first step)."""
+        num_params = sum(p.numel() for p in model.parameters())
+        if self.device.type == "cuda" or num_params <= GPU_SIZED_PARAMS:
+            return
+        sized = f"a {num_params / 1e6:.0f}M-parameter model is sized for a GPU (a step on a CPU takes minutes)"
+        rehearsal = "for a run of about a minute, follow README's 'CPU rehearsal' (small constants and AR_STEPS)"
+        if self.device.type == "cpu" and not self.env.get("device"):
+            raise HarnessError(f"{sized} and this machine has none: {rehearsal}; AR_DEVICE=cpu runs it anyway")
+        if say:
+            print0(f"notice: {sized}: {rehearsal}")
 
     def step_model(self, model):
         """What forward_backward calls: DDP under torchrun (gradients averaged over GPUs inside
@@ -2549,6 +2557,7 @@ def trainer_main():
 def early_check(run, model, spec):
     """check_scorable on a fresh build, timed; off the clock when no step has been taken yet (the
     warm-up's seconds), so the check costs the idea nothing."""
+    run.check_size(model)  # a GPU-sized model on a CPU is refused now, not after a slow check
     enter_phase("the early check (the scorer's path on the fresh build)")
     began, off_clock = time.time(), run.tracker.steps < run.excluded_steps
     with run.tracker.warmup_timer():

@@ -122,8 +122,10 @@ def test_a_crash_fixed_by_an_amend_is_named_by_audit_and_report_and_decide_asks_
     capsys.readouterr()
 
     assert cli.main(["decide"]) == 0
-    note = capsys.readouterr().out.splitlines()[-1]
+    lines = capsys.readouterr().out.splitlines()
+    note = next(line for line in lines if line.startswith("note: "))
     assert note.startswith(f"note: {fixed} amends {crashed} (line 7, crash)") and "--description" in note
+    assert lines.index(note) < lines.index("next:")  # read before the record command it changes
     assert cli.main(["record", "--description", "shift_tokens (1, 1, 2, 2)"]) == 0
     capsys.readouterr()
 

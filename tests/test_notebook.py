@@ -115,7 +115,9 @@ def test_readmes_notebook_commands_run_as_printed_in_a_fresh_venv(tmp_path, fres
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 3
     alts = re.findall(r'<img [^>]*alt="([^"]*)"', html)  # each figure says what it shows (title, axes, legend)
     titles = [a.split(". y: ")[0] for a in alts]
-    assert len(titles) == 3 and titles[0].startswith("12 runs: the baseline, 1 kept improvement and 0 kept simp")
+    assert len(titles) == 3 and titles[0].startswith(
+        "12 runs: the baseline, 1 kept improvement and 1 kept simplification"
+    )
     assert titles[1] == "peak CUDA memory allocated per run (NVIDIA H100 80GB HBM3)"
     assert titles[2].startswith("the night in ") and titles[2].endswith("-minute bins: 12 runs")
     assert git(lab, "status", "--porcelain") == ""  # program.md's clean-tree check still passes
