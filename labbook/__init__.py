@@ -10,7 +10,7 @@ in a circle (tests/test_layers.py checks this, and that no import hides inside a
 4. recording (the record and decide use case)
 5. report (the report as data and text), plots, agentview (the agent's --json view), morning (the
    notebook's tables), refusals (what decide and record refused), machine (AGENTS.md's machine facts),
-   workers (one worktree per GPU)
+   workers (one worktree per GPU), stop (the stop of this checkout's run)
 6. cli (the command line: the one place that composes the report with its plots)
 """
 
@@ -19,6 +19,6 @@ LAYERS = (
     ("keeprule", "outcomes", "sources", "ledger"),
     ("rescore", "audit"),
     ("recording",),
-    ("report", "plots", "agentview", "morning", "refusals", "machine", "workers"),
+    ("report", "plots", "agentview", "morning", "refusals", "machine", "workers", "stop"),
     ("cli",),
 )
