@@ -1,7 +1,5 @@
 """The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
 
-from pathlib import Path
-
 import pytest
 from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     commit_change,
@@ -12,6 +10,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     make_repo,
     write_log,
 )
+from harness import PROGRAM
 
 from labbook import cli, keeprule, ledger, outcomes, recording, sources
 from labbook.keeprule import Candidate, decide
@@ -317,7 +316,7 @@ def test_an_environment_crash_is_run_again_and_never_reset(crash):
 
 
 def test_program_mds_timeout_is_named_and_points_at_a_smaller_rehearsal():
-    program = (Path(__file__).resolve().parents[1] / "program.md").read_text()
+    program = PROGRAM.read_text()
     assert f"timeout -k 30 {keeprule.PROGRAM_TIMEOUT} python train.py > run.log 2>&1" in program
     verdict = decide([], Candidate("base", None, "", explicit=False, crash="interrupted (SIGTERM) after 600 s"))
     assert verdict.kind == keeprule.ENVIRONMENT and "program.md's 600 s timeout ended the run" in verdict.reason
