@@ -12,7 +12,7 @@ from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
 )
 from harness import PROGRAM
 
-from labbook import cli, keeprule, ledger, outcomes, recording, sources
+from labbook import cli, keeprule, ledger, outcomes, recording, sources, stepwork
 from labbook.keeprule import Candidate, decide
 
 S = 0.002  # sigma of the generated rows
@@ -379,9 +379,9 @@ def test_under_a_step_budget_decide_says_it_cannot_rank_an_idea_that_changes_a_s
 def test_an_idea_that_keeps_a_steps_work_gets_no_such_note():
     summary = {"micro_batch": "4", "num_params_M": "0.07"}
     source = "DIM = 32\nBATCH_SIZE = 4\nLR = 2e-3\n"
-    assert recording.step_work_changes(source, source.replace("2e-3", "3e-3"), summary, summary) == []
+    assert stepwork.step_work_changes(source, source.replace("2e-3", "3e-3"), summary, summary) == []
     wider = {**summary, "num_params_M": "0.2"}
-    assert recording.step_work_changes(source, source.replace("DIM = 32", "DIM = 64"), summary, wider) == [
+    assert stepwork.step_work_changes(source, source.replace("DIM = 32", "DIM = 64"), summary, wider) == [
         "DIM 32 -> 64",
         "num_params_M 0.07 -> 0.2",
     ]
