@@ -198,16 +198,16 @@ def test_a_syntax_error_in_train_py_is_the_agents_mistake_not_a_kill(tmp_path, c
 START_AND_STOP = """
 cd mine && nohup "$PY" train.py > run.log 2>&1 &
 (cd theirs; nohup "$PY" train.py > run.log 2>&1 &)  # a run of its own, holding no pipe of this shell
-for _ in $(seq 600); do ls mine/.supervisor-*.json theirs/.supervisor-*.json > /dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1200); do grep -qs "^micro_batch:" mine/run.log && ls theirs/.supervisor-*.json > /dev/null 2>&1 && break; sleep 0.1; done
 cd mine && "$PY" "$ANALYSIS" stop
 echo "the shell goes on: $?"
 """
 
 
 def test_analysis_stop_ends_this_checkouts_run_and_leaves_the_shell_and_the_other_checkouts_run(tmp_path, corpus):
-    """program.md's stop, from the shell that started the run with nohup: the run ends with its
-    crash line, printed by the stop; the shell goes on; another directory's run keeps running
-    until it is stopped from its own directory."""
+    """program.md's stop, from the shell that started the run with nohup, once it trains: the run
+    ends with its crash line, printed by the stop; the shell goes on; another directory's run keeps
+    running until it is stopped from its own directory."""
     for name in ("mine", "theirs"):
         make_train_copy(tmp_path / name)
     env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=100_000, PY=sys.executable, ANALYSIS=REPO / "analysis.py")
@@ -236,3 +236,9 @@ def test_analysis_stop_without_a_run_says_so_and_exits_0(tmp_path):
     assert proc.returncode == 0
     assert proc.stdout == f"no run to stop: no python train.py is running in {tmp_path}\n"
     assert not (tmp_path / ".supervisor-1.json").exists()
+
+
+def test_the_supervisors_file_is_git_ignored():
+    """It lives beside train.py while a run goes: never a change for `git status` to show."""
+    ignored = subprocess.run(["git", "-C", REPO, "check-ignore", "--no-index", "-q", ".supervisor-4242.json"])
+    assert ignored.returncode == 0
