@@ -6,12 +6,12 @@ import shutil
 import subprocess
 import sys
 
-from harness import REPO, git_out, shipped_commit, shipped_path
+from harness import AGENTS, PROGRAM, REPO, TRAIN, git_out, shipped_commit, shipped_path
 
 # Checks that read train.py's defaults or AGENTS.md's sizing, each of which failed next to a CPU
-# rehearsal (TRAIN_SEQ_LEN's 257 for 1025, the sizing row, the micro-batch per card).
+# rehearsal (the sizing row, the micro-batch per card, the activations per sequence); the default
+# TRAIN_SEQ_LEN (1025 bytes a window, not the rehearsal's 257) is the shipped train.py's, asserted below.
 CHECKS = [
-    "tests/test_micro_batch.py::test_a_model_that_runs_out_of_memory_above_two_sequences_trains_at_two",
     "tests/test_machine.py::test_machine_command_fills_the_block_on_a_cpu_machine",
     "tests/test_simulated_card.py::test_each_card_fits_the_micro_batch_the_sizing_table_predicts[80]",
     "tests/test_simulated_card.py::test_agents_md_states_the_sizing_tables_per_sequence_figure",
@@ -29,10 +29,11 @@ def checkout_mid_night(root):
     """A copy of this checkout's tracked files as main, and a night on `autoresearch/rehearsal`:
     README's rehearsal size committed, the machine block rewritten and left uncommitted."""
     repo = root / "clone"
+    shipped = {"train.py": TRAIN, "AGENTS.md": AGENTS, "program.md": PROGRAM}  # this checkout may be mid-night too
     for name in git_out("ls-files", "--cached", "--others", "--exclude-standard").splitlines():
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+            shutil.copy2(shipped.get(name, REPO / name), repo / name)
     for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@x.invalid"], ["config", "user.name", "T"]):
         git(repo, *args)
     git(repo, "add", "-A")
@@ -57,7 +58,8 @@ def test_the_tests_read_the_shipped_train_py_and_agents_md_on_an_efforts_branch(
     assert (
         fork == subprocess.run(["git", "-C", repo, "rev-parse", "main"], capture_output=True, text=True).stdout.strip()
     )
-    assert shipped_path("train.py", repo).read_text() == (REPO / "train.py").read_text()
+    assert shipped_path("train.py", repo).read_text() == TRAIN.read_text()
+    assert "TRAIN_SEQ_LEN = MAX_SEQ_LEN" in shipped_path("train.py", repo).read_text()
     assert REWRITTEN_BLOCK not in shipped_path("AGENTS.md", repo).read_text()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AR_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
     proc = subprocess.run(
