@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,11 +49,13 @@ def shipped_commit(repo=REPO):
 
 def shipped_path(name, repo=REPO):
     """`name` (train.py, AGENTS.md, program.md) as shipped: the working tree's file, or on an
-    effort's branch a copy of the file at the commit it started from (in a folder per commit)."""
+    effort's branch a copy of the file at the commit it started from (inside the git directory,
+    a folder per commit: out of the working tree and of `git status`)."""
     commit = shipped_commit(repo)
     if commit is None:
         return repo / name
-    path = Path(tempfile.gettempdir()) / f"autoresearch-shipped-{commit[:12]}" / name
+    git_dir = git_out("rev-parse", "--path-format=absolute", "--git-common-dir", repo=repo)
+    path = Path(git_dir) / "autoresearch" / f"shipped-{commit[:12]}" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f"{name}.part{os.getpid()}")  # test workers write it side by side
