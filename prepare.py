@@ -375,12 +375,19 @@ TEMP_FILES: set[Path] = set()  # removed on interrupt, so no half-written file s
 ACTIVE_RUN = None  # the Run of this process, for crash messages
 REAP_WAIT = 5.0  # seconds the supervisor gives what the trainer left (and the other local ranks) to end
 STOP_WAIT = 10.0  # seconds a signalled trainer gets to end before the supervisor kills it
+SUPERVISOR_FILE = ".supervisor-{pid}.json"  # beside train.py while its run lives; `python analysis.py stop` reads it
+
+
+def start_ticks(pid="self"):
+    """When process `pid` started, in clock ticks since boot (/proc's starttime): with the pid, it
+    names one process even after the pid is reused."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def process_start_time():
     """When this process started (epoch seconds), so startup_seconds counts train.py's imports too."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        ticks = start_ticks()
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):  # not Linux: from prepare's import on
@@ -2884,10 +2891,22 @@ def wait_for_local_ranks():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def announce_supervisor(folder):
+    """A file in train.py's folder (out of the trainer's reach) naming this process by pid and start
+    time, and where its output goes: `python analysis.py stop` signals exactly this run and prints
+    its crash line. It goes with the run (a temporary file)."""
+    path = Path(folder) / SUPERVISOR_FILE.format(pid=os.getpid())
+    with contextlib.suppress(OSError):  # only the stop command is lost: the run goes on
+        log = os.readlink("/proc/self/fd/1") if os.path.exists("/proc/self/fd/1") else None
+        TEMP_FILES.add(path)
+        path.write_text(json.dumps(dict(pid=os.getpid(), start=start_ticks(), log=log)) + "\n")
+
+
 def supervise(script, argv):
     """`python train.py` after the exec: the run, as a short script."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_supervisor_signal)
+    announce_supervisor(script.parent)
     become_subreaper()
     env, source, identity, journal, measure = run_settings(script, argv)
     blob, bounds, data_identity, data_path = read_splits(env)
@@ -3365,6 +3384,7 @@ def prepare_data():
 if __name__ == "__main__":
     if ROLE == "supervise":
         crash_on_error(lambda: supervise(Path(sys.argv[2]), sys.argv[3:]))
+        remove_temp_files()  # the run is over: its supervisor file goes (a crash's die() removed it)
     elif ROLE == "trainer":
         crash_on_error(trainer_main)
     else:

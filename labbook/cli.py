@@ -18,6 +18,7 @@ from labbook.recording import decide_command, record_with_rule
 from labbook.refusals import note_refusal
 from labbook.report import TEST_SPLIT_NOTE, build_report, format_report, show_audit
 from labbook.rescore import best_test_bpc, evaluate_checkpoint, kept_rescores, rescore_lines
+from labbook.stop import stop_runs
 
 
 def build_parser():
@@ -54,6 +55,9 @@ def build_parser():
     dec.add_argument("--explain", action="store_true", help="print the keep rule in plain sentences")
     dec.add_argument("log", nargs="?", default="run.log", help="the run's log (default: run.log)")
 
+    sub.add_parser(
+        "stop", help="stop the run this checkout started (SIGTERM to its supervisor), wait, print its crash line"
+    )
     sub.add_parser("restore", parents=[tsv_option], help="merge rows back from the backup in the git directory")
     sub.add_parser("fix-header", parents=[tsv_option], help="add the missing header line, keeping every row")
     aud = sub.add_parser(
@@ -81,6 +85,8 @@ def run_command(args, tsv):
         return record_with_rule(args, tsv)
     if args.command == "decide":
         return decide_command(args, tsv)
+    if args.command == "stop":
+        return stop_runs()
     if args.command == "restore":
         return restore(tsv)
     if args.command == "fix-header":

@@ -442,8 +442,9 @@ def measurement(args, facts):
     if not torch.cuda.is_available() and not args.cpu:
         print("no CUDA GPU: throughput not measured (facts and model sizes only)", file=sys.stderr, flush=True)
         note = (
-            "This is a CPU machine: nothing was measured. On the GPU box, run `python tools/machine.py` "
-            "there (after `python prepare.py`) to fill in throughput and the sizing table."
+            "This is a CPU machine: nothing was measured. This block describes it (setup step 6 is done here); "
+            "a GPU night runs `python tools/machine.py` on its GPU box (after `python prepare.py`) for throughput "
+            "and the sizing table."
         )
         return None, note, 0
     print(f"measuring {args.train.name} for {args.seconds:g} s of training...", file=sys.stderr, flush=True)

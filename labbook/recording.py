@@ -66,8 +66,9 @@ from labbook.ledger import (
 )
 from labbook.outcomes import explain
 from labbook.rescore import journal_entries, journal_runs, journal_score, run_journal
-from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, parse_summary
+from labbook.runlog import crash_reason, integrity_problem, logged_checkpoint, number, parse_summary
 from labbook.sources import programs_at, statements_at
+from labbook.stepwork import step_budget_note
 
 # prepare.py's UNMEASURED_VARS: the AR_* settings a run may change without being measured otherwise
 UNMEASURED_VARS = ("AR_SEED", "AR_METRICS", "AR_CHECKPOINT", "AR_HARD_LIMIT", "AR_DEVICE", "AR_DATA_URL")
@@ -132,13 +133,6 @@ def summary_params(metrics):
 def params_of_kept(tsv, commit):
     """num_params_M of a kept commit's run, from its saved metrics.jsonl."""
     return summary_params(checkpoints_dir(tsv) / f"{commit}.metrics.jsonl")
-
-
-def number(text, kind=float):
-    try:
-        return kind(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def candidate_from_log(tsv, log_path, description="", simplification=False, recorded=None):
@@ -224,6 +218,7 @@ def verdict_for_log(tsv, log_path, description="", simplification=False):
     if recorded is None and candidate.crash is None:
         refuse_unfit_run(tsv, log_path, rows, candidate, programs)
     verdict = verdict_on(tsv, rows, candidate, programs)
+    verdict.reason += step_budget_note(rows, candidate, log_path)
     settings = effort_settings(tsv, log_path)
     verdict.commands = [with_effort_settings(c, settings) for c in verdict.commands]
     if recorded is not None:

@@ -25,6 +25,14 @@ def parse_summary(log):
     return summary
 
 
+def number(text, kind=float):
+    """A summary value as `kind`, or None when it is missing or not a number."""
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def crash_reason(log):
     """The message of the last `crash:` line of a run log; without one, the exception that ended
     Python before the harness ran (a syntax error or a failed import in train.py prints a traceback,

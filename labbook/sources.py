@@ -1,6 +1,7 @@
 """train.py as the keep rule compares it: its program (`program_key`: the syntax tree without
-docstrings, so a commit that only changes comments or formatting is the same program) and its size
-(`statement_count`, for a declared simplification), read at a commit from git."""
+docstrings, so a commit that only changes comments or formatting is the same program), its size
+(`statement_count`, for a declared simplification) and the knobs that set a step's work
+(`step_knobs`), read at a commit from git."""
 
 import ast
 import hashlib
@@ -26,6 +27,25 @@ def statement_count(source):
     """Nodes of a Python source's syntax tree: comments, blank lines and formatting do not count;
     a removed statement, call argument or keyword (`attn_qk_norm=True`) does."""
     return sum(1 for _ in ast.walk(ast.parse(source)))
+
+
+STEP_KNOBS = ("DIM", "DEPTH", "HEADS", "BATCH_SIZE", "TRAIN_SEQ_LEN")  # what one optimizer step computes
+
+
+def step_knobs(source):
+    """{name: value as written} of train.py's top-level STEP_KNOBS assignments ({} when it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    return {
+        node.targets[0].id: ast.unparse(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in STEP_KNOBS
+    }
 
 
 # At a commit, from git

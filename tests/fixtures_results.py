@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import REPO, run_script
+from harness import REPO, TRAIN, run_script
 
 from labbook import cli, ledger, plots, recording, rescore, runlog
 
@@ -333,7 +333,7 @@ def tiny_lab():
     git(repo, "config", "commit.gpgsign", "false")
     shutil.copy(REPO / ".gitignore", repo / ".gitignore")
     shutil.copy(REPO / "prepare.py", repo / "prepare.py")
-    (repo / "train.py").write_text(edit_constants((REPO / "train.py").read_text(), **TINY_CONSTANTS))
+    (repo / "train.py").write_text(edit_constants(TRAIN.read_text(), **TINY_CONSTANTS))
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "baseline")
     env = base_env(root, AR_DATA=corpus, AR_STEPS=4, AR_EVAL_BYTES=8192)

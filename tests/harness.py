@@ -4,6 +4,11 @@ A test edits train.py the way the agent does (rewriting its ALL_CAPS constants i
 runs it as a subprocess with AR_* overrides, and reads the summary block it prints. The copy
 imports `prepare` (the fixed harness) from this checkout: base_env puts the repository first on
 PYTHONPATH, unless a test wrote an edited prepare.py copy next to the train.py copy.
+
+The tests start from the files as they shipped (TRAIN, AGENTS, PROGRAM), never from an agent's
+edits: in a checkout on an effort's branch (program.md's `autoresearch/<tag>`, a worker's
+`autoresearch/<tag>-gpuN`) those are the files of the commit the branch started from, so the suite
+passes next to a night whose train.py is shrunk and whose AGENTS.md holds this machine's facts.
 """
 
 import contextlib
@@ -17,8 +22,52 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "train.py"
 PREPARE = REPO / "prepare.py"
+EFFORT_BRANCH = "autoresearch/"  # program.md's branches, where the agent commits its train.py and AGENTS.md
+
+
+def git_out(*args, repo=REPO):
+    """git's output in `repo`, or "" when git fails (no repository, no such ref)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def shipped_commit(repo=REPO):
+    """The commit an effort's branch started from, when HEAD is on one; None in any other checkout
+    (a development checkout ships its working tree). The start is the newest commit of HEAD that a
+    branch outside the efforts' also holds (main, or the remote's)."""
+    if not git_out("branch", "--show-current", repo=repo).startswith(EFFORT_BRANCH):
+        return None
+    refs = git_out("for-each-ref", "--format=%(refname:short)", "refs/heads", "refs/remotes", repo=repo).split()
+    bases = {git_out("merge-base", "HEAD", ref, repo=repo) for ref in refs if EFFORT_BRANCH not in ref}
+    counted = [(int(git_out("rev-list", "--count", base, repo=repo) or 0), base) for base in bases if base]
+    return max(counted)[1] if counted else None
+
+
+def shipped_path(name, repo=REPO):
+    """`name` (train.py, AGENTS.md, program.md) as shipped: the working tree's file, or on an
+    effort's branch a copy of the file at the commit it started from (inside the git directory,
+    a folder per commit: out of the working tree and of `git status`)."""
+    commit = shipped_commit(repo)
+    if commit is None:
+        return repo / name
+    git_dir = git_out("rev-parse", "--path-format=absolute", "--git-common-dir", repo=repo)
+    path = Path(git_dir) / "autoresearch" / f"shipped-{commit[:12]}" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{name}.part{os.getpid()}")  # test workers write it side by side
+        part.write_text(subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{name}"],
+                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        part.replace(path)
+    return path
+
+
+TRAIN = shipped_path("train.py")
+AGENTS = shipped_path("AGENTS.md")
+PROGRAM = shipped_path("program.md")
 
 WARM = {}  # conftest's warm_python fixture puts its `python` shim here (tests/warm_python.py)
 
@@ -196,7 +245,9 @@ def import_bench():
     the repository root, which conftest puts first on sys.path)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    return importlib.import_module("bench.bench")
+    bench = importlib.import_module("bench.bench")
+    bench.TRAIN = TRAIN  # bench measures the checkout's train.py; its tests, the shipped one
+    return bench
 
 
 def run_script(script, *args, cwd, env=None, timeout=300):

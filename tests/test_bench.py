@@ -10,7 +10,6 @@ host (the Tracker does, once every METRICS_EVERY steps).
 
 import ast
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from harness import REPO, TRAIN, base_env, python
+from harness import REPO, TRAIN, base_env, import_bench, python
 from torch.optim import optimizer as torch_optimizer
 
 import prepare
@@ -42,11 +41,6 @@ SESSION_ORDER = [  # the issue's order of value, with the re-score tolerance aft
 ]
 CONFIGS = ("default", "fork", "dim1024")
 HOST_READS = {"item", "tolist", "cpu", "numpy", "synchronize"}
-
-
-def import_bench():
-    """bench/bench.py as the module bench.bench (a plain import: the checkout is on sys.path)."""
-    return importlib.import_module("bench.bench")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from harness import AGENTS, PROGRAM, REPO
 
 from labbook import ledger, outcomes
 
@@ -36,8 +37,8 @@ try:
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = ("program.md", "AGENTS.md", "README.md")
+SHIPPED = {"program.md": PROGRAM, "AGENTS.md": AGENTS}  # as shipped: an effort's checkout has the agent's
 SUBMODULE = "x-transformers"
 LIBRARY = "x_transformers"  # the installed package: AGENTS.md cites its source files
 
@@ -116,7 +117,7 @@ def link_targets(text):
 
 @cache
 def documents():
-    return {doc: (REPO / doc).read_text() for doc in DOCS if (REPO / doc).exists()}
+    return {doc: SHIPPED.get(doc, REPO / doc).read_text() for doc in DOCS if (REPO / doc).exists()}
 
 
 @cache

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from harness import REPO, base_env, make_train_copy, parse_summary, run_train
+from harness import REPO, base_env, kill_session, make_train_copy, parse_summary, run_train
 
 import prepare
 from labbook import keeprule, runlog
@@ -195,21 +195,50 @@ def test_a_syntax_error_in_train_py_is_the_agents_mistake_not_a_kill(tmp_path, c
     assert keeprule.crash_kind(runlog.crash_reason(log)) == "mistake"
 
 
-def test_program_mds_stop_command_stops_the_runs_of_this_directory_only(tmp_path):
-    """Two runs on one machine, in two directories: program.md's stop command, run in one of them,
-    ends that run and leaves the other going (a shared machine's other user, or a worker)."""
-    stop = next(s for s in re.findall(r"`([^`\n]+)`", (REPO / "program.md").read_text()) if s.startswith("for p in"))
-    runs = {}
+START_AND_STOP = """
+cd mine && nohup "$PY" train.py > run.log 2>&1 &
+(cd theirs; nohup "$PY" train.py > run.log 2>&1 &)  # a run of its own, holding no pipe of this shell
+for _ in $(seq 1200); do grep -qs "^micro_batch:" mine/run.log && ls theirs/.supervisor-*.json > /dev/null 2>&1 && break; sleep 0.1; done
+cd mine && "$PY" "$ANALYSIS" stop
+echo "the shell goes on: $?"
+"""
+
+
+def test_analysis_stop_ends_this_checkouts_run_and_leaves_the_shell_and_the_other_checkouts_run(tmp_path, corpus):
+    """program.md's stop, from the shell that started the run with nohup, once it trains: the run
+    ends with its crash line, printed by the stop; the shell goes on; another directory's run keeps
+    running until it is stopped from its own directory."""
     for name in ("mine", "theirs"):
-        (tmp_path / name).mkdir()
-        runs[name] = subprocess.Popen(
-            ["bash", "-c", 'exec -a "python train.py" sleep 120'], cwd=tmp_path / name, start_new_session=True
-        )
+        make_train_copy(tmp_path / name)
+    env = base_env(tmp_path, AR_DATA=corpus, AR_STEPS=100_000, PY=sys.executable, ANALYSIS=REPO / "analysis.py")
+    shell = subprocess.Popen(
+        ["bash", "-c", START_AND_STOP], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        subprocess.run(["bash", "-c", stop], cwd=tmp_path / "mine", check=False, timeout=30)
-        assert runs["mine"].wait(timeout=30) == -signal.SIGTERM
-        assert runs["theirs"].poll() is None  # still going
+        out = shell.communicate(timeout=120)[0]
+        assert shell.returncode == 0, out
+        assert re.search(r"^crash: interrupted \(SIGTERM\) after \d+ s$", out, flags=re.M), out
+        assert out.rstrip().endswith("the shell goes on: 0"), out
+        assert not list((tmp_path / "mine").glob(".supervisor-*.json"))  # the run took its file with it
+        theirs = subprocess.run(
+            [sys.executable, REPO / "analysis.py", "stop"], cwd=tmp_path / "theirs", capture_output=True, text=True
+        )
+        assert "supervisor pid" in theirs.stdout and "crash: interrupted (SIGTERM)" in theirs.stdout, theirs.stdout
     finally:
-        for proc in runs.values():
-            proc.kill()
-            proc.wait()
+        kill_session(shell.pid)
+
+
+def test_analysis_stop_without_a_run_says_so_and_exits_0(tmp_path):
+    """Resume's stop when nothing is going: one line, no signal sent, and a stale file of a run
+    killed with SIGKILL is no run (its pid may belong to another process by now)."""
+    (tmp_path / ".supervisor-1.json").write_text('{"pid": 1, "start": 0, "log": null}\n')
+    proc = subprocess.run([sys.executable, REPO / "analysis.py", "stop"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stdout == f"no run to stop: no python train.py is running in {tmp_path}\n"
+    assert not (tmp_path / ".supervisor-1.json").exists()
+
+
+def test_the_supervisors_file_is_git_ignored():
+    """It lives beside train.py while a run goes: never a change for `git status` to show."""
+    ignored = subprocess.run(["git", "-C", REPO, "check-ignore", "--no-index", "-q", ".supervisor-4242.json"])
+    assert ignored.returncode == 0

@@ -1,19 +1,20 @@
 """The keep rule (labbook.keeprule) as a pure function, and `analysis.py decide` / `record` on it."""
 
 import statistics
-from pathlib import Path
 
 import pytest
 from fixtures_results import (  # noqa: F401  (fake_journal: an autouse fixture)
     commit_change,
     data_lines,
     fake_journal,
+    git,
     head,
     make_repo,
     write_log,
 )
+from harness import PROGRAM
 
-from labbook import cli, keeprule, ledger, outcomes, recording, sources
+from labbook import cli, keeprule, ledger, outcomes, recording, sources, stepwork
 from labbook.keeprule import Candidate, decide
 
 S = 0.002  # sigma of the generated rows
@@ -321,7 +322,7 @@ def test_an_environment_crash_is_run_again_and_never_reset(crash):
 
 
 def test_program_mds_timeout_is_named_and_points_at_a_smaller_rehearsal():
-    program = (Path(__file__).resolve().parents[1] / "program.md").read_text()
+    program = PROGRAM.read_text()
     assert f"timeout -k 30 {keeprule.PROGRAM_TIMEOUT} python train.py > run.log 2>&1" in program
     verdict = decide([], Candidate("base", None, "", explicit=False, crash="interrupted (SIGTERM) after 600 s"))
     assert verdict.kind == keeprule.ENVIRONMENT and "program.md's 600 s timeout ended the run" in verdict.reason
@@ -387,3 +388,39 @@ def test_a_first_run_sent_to_a_confirmation_counts_with_its_commits_decision():
     assert outcomes.run_outcomes(rows)[-1] == outcomes.PENDING
     assert outcomes.run_outcomes(rows)[5] == "keep"  # shift's first run, kept by its confirmation
     assert outcomes.run_outcomes(rows + [row("lr4e3", 1.63, "discard", "confirm", seed=9)])[-2] == "discard"
+
+
+def step_budget_log(repo, commit, value, seed=None):
+    """A fake run.log of a CPU rehearsal's run: the budget is AR_STEPS', not the clock's."""
+    path = write_log(repo, commit, val_bpc=value, seed=seed)
+    path.write_text(path.read_text().replace("300s", "50steps"))
+
+
+def test_under_a_step_budget_decide_says_it_cannot_rank_an_idea_that_changes_a_steps_work(repo, capsys):
+    """A bigger batch wins under AR_STEPS for free (every run gets the same steps, whatever a step
+    costs): decide's reason line says the rehearsal cannot rank it, naming the knob."""
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "BATCH_SIZE = 8\n")
+    git(repo, "commit", "-qam", "rehearsal size")
+    base = head(repo)
+    for seed, value in enumerate([1.3, 1.302, 1.298, 1.301, 1.299]):
+        step_budget_log(repo, base, value, seed=seed or None)
+        assert main(capsys, "record", "--description", "baseline" if not seed else f"seed {seed}")[0] == 0
+    (repo / "train.py").write_text((repo / "train.py").read_text().replace("BATCH_SIZE = 8", "BATCH_SIZE = 16"))
+    git(repo, "commit", "-qam", "twice the batch")
+    step_budget_log(repo, head(repo), 1.25)
+    code, out, _ = main(capsys, "decide")
+    reason = out.splitlines()[1]
+    assert code == 0 and out.splitlines()[0] == "rerun"
+    assert "It changes the work per step (BATCH_SIZE 8 -> 16): under a step budget (50steps)" in reason
+    assert "this rehearsal cannot rank it" in reason
+
+
+def test_an_idea_that_keeps_a_steps_work_gets_no_such_note():
+    summary = {"micro_batch": "4", "num_params_M": "0.07"}
+    source = "DIM = 32\nBATCH_SIZE = 4\nLR = 2e-3\n"
+    assert stepwork.step_work_changes(source, source.replace("2e-3", "3e-3"), summary, summary) == []
+    wider = {**summary, "num_params_M": "0.2"}
+    assert stepwork.step_work_changes(source, source.replace("DIM = 32", "DIM = 64"), summary, wider) == [
+        "DIM 32 -> 64",
+        "num_params_M 0.07 -> 0.2",
+    ]

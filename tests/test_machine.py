@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from harness import REPO, base_env, edit_constants, run_script
+from harness import AGENTS, REPO, TRAIN, base_env, edit_constants, run_script
 
 from labbook import machine
 
@@ -20,7 +20,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 
 def train_copy(folder, **values):
     path = folder / "train.py"
-    path.write_text(edit_constants((REPO / "train.py").read_text(), **values))
+    path.write_text(edit_constants(TRAIN.read_text(), **values))
     return path
 
 
@@ -41,7 +41,7 @@ def table_rows(lines):
 def test_machine_command_fills_the_block_on_a_cpu_machine(tmp_path):
     agents = tmp_path / "AGENTS.md"
     agents.write_text(f"# Agents\n\nbefore\n{machine.BEGIN}\nold text\n{machine.END}\nafter\n")
-    proc = run_machine(tmp_path, "--agents", agents)
+    proc = run_machine(tmp_path, "--agents", agents, "--train", TRAIN)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = agents.read_text()
     assert "old text" not in text
@@ -81,12 +81,12 @@ def test_machine_command_writes_the_clone_it_is_run_from_not_the_installed_one(t
 
 
 def test_repository_agents_md_has_the_machine_block():
-    text = (REPO / "AGENTS.md").read_text()
+    text = AGENTS.read_text()
     assert text.count(machine.BEGIN) == 1 and text.count(machine.END) == 1
 
 
 def test_sizing_table_turns_measured_throughput_into_tokens_per_budget():
-    train = machine.load_train()
+    train = machine.load_train(TRAIN)
     rows = table_rows(machine.sizing_table(train, {"tokens_per_sec": "1000000"}))
     default = rows[(train.DIM, train.DEPTH)]
     assert default[0] == f"{train.DIM} (train.py now)"
@@ -230,7 +230,7 @@ def test_the_micro_batch_shown_is_the_largest_fitting_divisor_of_the_batch(tmp_p
 def test_the_estimate_at_the_default_size_is_plausible():
     """The repository's default: a few hundred MB per 1,024-byte sequence under a flash kernel (the
     repository's own count said about 205 MB without attention matrices, 335 MB with them)."""
-    train = machine.load_train()
+    train = machine.load_train(TRAIN)
     memory = machine.estimate_activations(train)
     assert 150 * 2**20 < memory.per_sequence < 450 * 2**20
     assert memory.attention == 0  # the CPU's SDPA kernel keeps no probability matrices either

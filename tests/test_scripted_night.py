@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import REPO, base_env, edit_constants, kill_session
+from harness import AGENTS, REPO, TRAIN, base_env, edit_constants, kill_session
+from harness import PROGRAM as HARNESS_PROGRAM
 
 TAG = "rehearsal"  # README: follow program.md with the run tag `rehearsal`
 STEPS = 3
@@ -44,7 +45,7 @@ EVAL_BYTES = 4096
 SIZES = {"DIM": "32", "DEPTH": "2", "HEADS": "2", "BATCH_SIZE": "4", "TRAIN_SEQ_LEN": "64"}  # README's sizes, smaller
 SLOW_LR, GOOD_LR = 1e-5, 1e-2  # the rehearsal's baseline barely trains; the first experiment's LR does
 
-PROGRAM = (REPO / "program.md").read_text()
+PROGRAM = HARNESS_PROGRAM.read_text()
 SCALE_OUT = (REPO / "docs" / "scale-out.md").read_text()
 README = (REPO / "README.md").read_text()
 
@@ -180,8 +181,9 @@ class Agent:
 
 def research_repo(path):
     path.mkdir(parents=True)
+    shipped = {"train.py": TRAIN, "AGENTS.md": AGENTS, "program.md": HARNESS_PROGRAM}  # not an effort's edits
     for name in ("train.py", "prepare.py", "analysis.py", "AGENTS.md", "program.md", ".gitignore"):
-        shutil.copy(REPO / name, path / name)
+        shutil.copy(shipped.get(name, REPO / name), path / name)
     for name in ("labbook", "tools"):
         shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     return path

@@ -14,20 +14,19 @@ import subprocess
 import pytest
 import simcard
 import torch
-from harness import REPO, base_env, python
+from harness import AGENTS, REPO, TRAIN, base_env, python
 from torch import nn
 
 import prepare
 from labbook import machine
 
-AGENTS = REPO / "AGENTS.md"
 SIMCARD = REPO / "tests" / "simcard.py"
 
 
 @pytest.fixture(scope="module")
 def sizing():
     """(params, per-sequence bytes) of train.py's default model, as the sizing table counts them."""
-    train = machine.load_train()
+    train = machine.load_train(TRAIN)
     return machine.count_params(train), machine.estimate_activations(train).per_sequence
 
 
