@@ -1448,7 +1448,7 @@ def check_scorable(model, spec, data, device):
         trained = loss if state is None else returned_model_loss(model, window, device)
         add_noise(rebuilt, device)
         try:
-            evaluate(rebuilt.net, window, device)
+            evaluate(rebuilt.net, window, device, batch=CHECK_WINDOWS)  # the probes at the windows' own size
         except HarnessError:
             raise
         except Exception as error:
@@ -1761,19 +1761,19 @@ def eval_windows(data, device):
     return inputs, targets, valid
 
 
-def padded_batch(rows, device):
-    """`rows` (n <= EVAL_BATCH_SIZE windows) in a batch of the fixed evaluation shape."""
-    x = torch.zeros(EVAL_BATCH_SIZE, MAX_SEQ_LEN, dtype=rows.dtype, device=device)
+def padded_batch(rows, device, size=EVAL_BATCH_SIZE):
+    """`rows` (n <= size windows) in a batch of the fixed evaluation shape, (size, MAX_SEQ_LEN)."""
+    x = torch.zeros(size, MAX_SEQ_LEN, dtype=rows.dtype, device=device)
     x[: len(rows)] = rows
     return x
 
 
-def donor_windows(inputs, lo, rng):
+def donor_windows(inputs, lo, rng, size=EVAL_BATCH_SIZE):
     """For each row of the batch at `lo`, other real text: another scored window (never the row's
     own), or, with a single window, the same text rolled by a random offset."""
     windows = len(inputs)
     rows = []
-    for i in range(EVAL_BATCH_SIZE):
+    for i in range(size):
         own = lo + i
         if windows > 1:
             other = (own + 1 + rng.randrange(windows - 1)) % windows
@@ -1852,7 +1852,7 @@ def draws_random_numbers(net, x, device):
 
 
 @no_grad
-def evaluate(net, data, device, probe=True, rank=0, world_size=1):
+def evaluate(net, data, device, probe=True, rank=0, world_size=1, batch=EVAL_BATCH_SIZE):
     """Bits per byte of `net` ((B, T) long -> (B, T, 256) logits) on the bytes `data`, and seconds.
 
     Every byte but the first is predicted once, in fixed (EVAL_BATCH_SIZE, MAX_SEQ_LEN) batches,
@@ -1860,19 +1860,20 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     windows of PROBE_BATCHES scored batches, drawn now, are also run as leak probes, interleaved at
     random points among the scoring forwards through the same call: a model that sees later bytes,
     other rows, or keeps state is refused with a `crash: the model is not causal` line, one that
-    samples in eval mode as `not deterministic`, one that predicts NaN or inf as such.
+    samples in eval mode as `not deterministic`, one that predicts NaN or inf as such. `batch`: the
+    early check's smaller shape; every score is EVAL_BATCH_SIZE's.
     """
     t0 = time.time()
     inputs, targets, valid = eval_windows(data, device)
     windows = len(inputs)
-    mine = [lo for b, lo in enumerate(range(0, windows, EVAL_BATCH_SIZE)) if b % world_size == rank]
+    mine = [lo for b, lo in enumerate(range(0, windows, batch)) if b % world_size == rank]
     rng = random.SystemRandom()  # not the run's seed: train.py cannot know which batches are probed
     jobs = [("score", lo, None) for lo in mine]
     probed = rng.sample(mine, min(PROBE_BATCHES, len(mine))) if probe else []
     for lo in probed:
-        n = min(EVAL_BATCH_SIZE, windows - lo)
-        donors = donor_windows(inputs, lo, rng)
-        for p in leak_probes(padded_batch(inputs[lo : lo + n], device), n, donors, rng):
+        n = min(batch, windows - lo)
+        donors = donor_windows(inputs, lo, rng, batch)
+        for p in leak_probes(padded_batch(inputs[lo : lo + n], device, batch), n, donors, rng):
             jobs.insert(rng.randrange(jobs.index(("score", lo, None)) + 1, len(jobs) + 1), ("probe", lo, p))
     kept = {}  # logits of probed batches and of their probes, compared at the end
     was_training = net.training
@@ -1880,8 +1881,8 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
     total = 0.0  # a Python float: FP64 on every device, MPS included
     with pinned_eval_numerics(device):
         for kind, lo, spec in jobs:
-            n = min(EVAL_BATCH_SIZE, windows - lo)
-            x = spec[0] if kind == "probe" else padded_batch(inputs[lo : lo + n], device)
+            n = min(batch, windows - lo)
+            x = spec[0] if kind == "probe" else padded_batch(inputs[lo : lo + n], device, batch)
             with eval_autocast(device):
                 logits = net(x)
             if type(logits) is not torch.Tensor:  # a subclass could rewrite what cross_entropy sees
@@ -1891,14 +1892,14 @@ def evaluate(net, data, device, probe=True, rank=0, world_size=1):
                 continue
             if lo in probed:
                 kept.setdefault(lo, []).insert(0, (logits.float(), None))
-            y, mask = padded_batch(targets[lo : lo + n], device), padded_batch(valid[lo : lo + n], device)
+            y, mask = padded_batch(targets[lo : lo + n], device, batch), padded_batch(valid[lo : lo + n], device, batch)
             nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1), reduction="none")
             total += (nll * mask.reshape(-1)).sum().item()
     net.train(was_training)
     if not math.isfinite(total):
         raise HarnessError(NOT_FINITE)
     for lo, results in kept.items():
-        refuse_moved_predictions(net, results, padded_batch(inputs[lo : lo + EVAL_BATCH_SIZE], device), device)
+        refuse_moved_predictions(net, results, padded_batch(inputs[lo : lo + batch], device, batch), device)
     if world_size > 1:
         shards = torch.tensor(total, dtype=torch.float64, device=device)
         dist.all_reduce(shards)
