@@ -2352,9 +2352,11 @@ def refuse_twin(script, source, commit, measure):
     ours, programs = program_key(source), programs_at(script.parent, [r["commit"] for r in rows], script.name)
     twin = next((r for r in rows if ours is not None and programs.get(r["commit"]) == ours), None)
     if twin:
+        statuses = [r.get("status") for r in rows if r["commit"] == twin["commit"]]
+        standing = "kept" if "keep" in statuses else statuses[-1]  # the commit's, not its first run's
         raise HarnessError(
             f"{script.name} at {commit} is the same program as at {twin['commit']} (results.tsv line {twin['line']}, "
-            f"{twin.get('status')}: {twin.get('description')}): comments, docstrings and formatting change only the "
+            f"{standing}: {twin.get('description')}): comments, docstrings and formatting change only the "
             "seed, so this run would be another draw of a program already measured; git reset --hard HEAD~1, then "
             "change the code itself"
         )

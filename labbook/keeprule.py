@@ -260,6 +260,7 @@ CRASH_REASONS = {
     "interrupted": "not the idea's crash: a signal stopped the run: crash: {crash}",
     "again": "a signal or the timeout stopped this commit's run a second time: it is charged to the idea: crash: {crash}",
     "outcome": "the idea itself failed: crash: {crash}",
+    "twin": "not a new experiment: python train.py refused another seed of a program already measured: crash: {crash}",
     "mistake": "the run crashed: crash: {crash}",
 }
 CRASH_NEXT = {
@@ -273,6 +274,7 @@ CRASH_NEXT = {
     "interrupted": "# nothing to reset: run this commit again (a second signal that stops it is charged to it):",
     "again": "   # a run stopped twice is recorded, then reset",
     "outcome": "   # out of memory, a diverging loss, a hang, a leak or a refused score: the idea's own result",
+    "twin": "   # comments or formatting alone: recorded, then reset; change the code itself next",
     "mistake": "   # or, for a typo or a wrong shape: fix it, git commit -a --amend --no-edit, run again",
 }
 NOT_CHARGED = ("environment", "timeout", "interrupted")  # crash kinds rerun, never reset
@@ -281,6 +283,7 @@ RESCORE_REFUSED = "run.log is not one finished run"
 OUTCOMES = (
     "out of memory", "loss is ", "loss exploded", "exceeded hard time limit", "the model is not causal", RESCORE_REFUSED,
 )  # fmt: skip
+TWIN = r"^train\.py at \S+ is the same program as at "  # prepare.py's refusal of a tried program's twin
 UNLIKE_EFFORT = "this run is not measured like the effort's runs"  # prepare.py's refusal
 ENVIRONMENT_CRASHES = (
     re.escape(UNLIKE_EFFORT), r"^AR_DATA=.* does not exist$", r"^could not download ", r"^download of .* was cut short",
@@ -291,7 +294,8 @@ ENVIRONMENT_CRASHES = (
 
 
 def crash_kind(crash):
-    """killed, environment, timeout, interrupted, outcome (the idea failed) or mistake (the code did), from a crash line."""
+    """killed, environment, timeout, interrupted, twin (a tried program again), outcome (the idea failed) or
+    mistake (the code did), from a crash line."""
     if not crash:
         return "killed"
     if signal := re.match(r"interrupted \((\w+)\)(?: after (\d+) s)?", crash):
@@ -299,6 +303,8 @@ def crash_kind(crash):
         return "timeout" if signal[1] == "SIGTERM" and late else "interrupted"
     if any(re.search(pattern, crash) for pattern in ENVIRONMENT_CRASHES):
         return ENVIRONMENT
+    if re.search(TWIN, crash):
+        return "twin"
     return "outcome" if crash.startswith(OUTCOMES) else "mistake"
 
 

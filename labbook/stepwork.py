@@ -20,10 +20,24 @@ def step_work_changes(tip_source, source, tip_summary, summary):
     before, after = step_knobs(tip_source or ""), step_knobs(source or "")
     changes = [f"{k} {before[k]} -> {after[k]}" for k in before if k in after and before[k] != after[k]]
     for key in STEP_SUMMARY_KEYS:
-        old, new = number(tip_summary.get(key)), number(summary.get(key))
-        if old is not None and new is not None and f"{old:.2f}" != f"{new:.2f}":
-            changes.append(f"{key} {old:g} -> {new:g}")
+        old, new = tip_summary.get(key), summary.get(key)
+        if number(old) is not None and number(new) is not None and differs(str(old), str(new)):
+            changes.append(f"{key} {old} -> {new}")
     return changes
+
+
+def differs(old, new):
+    """Whether two numbers differ at the precision of the less precise one: the summary block prints
+    num_params_M rounded ("0.6"), the journal holds it whole (0.593026)."""
+    decimals = min(len(text.partition(".")[2]) for text in (old.strip(), new.strip()))
+    return round(float(old), decimals) != round(float(new), decimals)
+
+
+def run_summary(log_path, summary):
+    """The journal's summary of the run whose block `summary` is (its numbers whole), else the block."""
+    journal = journal_entries(path) if (path := run_journal(log_path)) else {}
+    entry = journal.get(str(summary.get("run_id", "")).strip())
+    return entry["summary"] if entry and entry.get("summary") else summary
 
 
 def tip_summary(rows, tip, log_path):
@@ -45,11 +59,13 @@ def step_budget_note(rows, candidate, log_path):
     tip = tip_commit(rows)
     if not str(summary.get("budget", "")).endswith("steps") or tip in (None, candidate.commit) or candidate.crash:
         return ""
-    changes = step_work_changes(source_at(tip), source_at(candidate.commit), tip_summary(rows, tip, log_path), summary)
+    changes = step_work_changes(
+        source_at(tip), source_at(candidate.commit), tip_summary(rows, tip, log_path), run_summary(log_path, summary)
+    )
     if not changes:
         return ""
     return (
         f". It changes the work per step ({', '.join(changes)}): under a step budget ({summary['budget']}) "
-        "every run gets the same steps whatever a step costs, so this rehearsal cannot rank it; a GPU night's "
-        "clock would"
+        "every run gets the same steps whatever a step costs, so this rehearsal cannot rank it; on a GPU the "
+        "clock charges what a step costs"
     )

@@ -419,6 +419,11 @@ def test_an_idea_that_keeps_a_steps_work_gets_no_such_note():
     summary = {"micro_batch": "4", "num_params_M": "0.07"}
     source = "DIM = 32\nBATCH_SIZE = 4\nLR = 2e-3\n"
     assert stepwork.step_work_changes(source, source.replace("2e-3", "3e-3"), summary, summary) == []
+    # the summary block prints num_params_M rounded, the journal whole: the same model, the same count
+    assert stepwork.step_work_changes(source, source, {"num_params_M": 0.593026}, {"num_params_M": "0.6"}) == []
+    assert stepwork.step_work_changes(source, source, {"num_params_M": 0.593026}, {"num_params_M": 0.560258}) == [
+        "num_params_M 0.593026 -> 0.560258"
+    ]
     wider = {**summary, "num_params_M": "0.2"}
     assert stepwork.step_work_changes(source, source.replace("DIM = 32", "DIM = 64"), summary, wider) == [
         "DIM 32 -> 64",

@@ -18,6 +18,7 @@ def test_rehearsal_prints_its_settings_in_front_of_the_commands_not_as_exports(t
     baseline = next(line for line in proc.stdout.splitlines() if line.startswith("and the baseline: "))
     assert baseline.endswith(f"AR_STEPS=50 AR_DATA=<a text file of a few MB> {RUN}")
     assert "AR_DATA=<a text file of a few MB> python prepare.py" in proc.stdout
+    assert "AR_DATA=<a text file of a few MB> python tools/machine.py" in proc.stdout
     assert "every run command decide prints" in proc.stdout
 
 

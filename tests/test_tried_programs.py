@@ -54,6 +54,12 @@ def test_a_comment_only_commit_of_a_tried_idea_ends_before_its_first_step_naming
     assert reason.startswith(f"train.py at {retry} is the same program as at {idea} (results.tsv line 7, discard")
     assert "change the code itself" in reason
     assert "step " not in log and "data:" not in log  # refused before the data, let alone a step
+    (repo / "run.log").write_text(log)
+    capsys.readouterr()
+    assert cli.main(["decide"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("crash\nnot a new experiment") and "git reset --hard HEAD~1" in out
+    assert "--amend" not in out  # no typo to fix: the code itself must change
 
 
 def test_a_rerun_of_a_recorded_commit_is_not_refused_as_a_twin(effort):

@@ -50,6 +50,7 @@ def settings_lines(data_found):
     data = "" if data_found else "AR_DATA=<a text file of a few MB> "
     lines = [
         f"then, in front of each command (a fresh shell forgets exports): {data}python prepare.py",
+        f"setup step 6 (AR_STEPS is not needed there: it times a short run itself): {data}python tools/machine.py",
         f"and the baseline: AR_STEPS={STEPS} {data}timeout -k 30 600 python train.py > run.log 2>&1",
         "after it, every run command decide prints (and `run` in python analysis.py --json) carries them",
     ]
