@@ -16,8 +16,8 @@ from labbook import keeprule, outcomes
 from labbook.audit import unsandboxed_note
 from labbook.base import checkpoints_dir, git, results_repo
 from labbook.ledger import read_results
+from labbook.report import plural, runs, summarize
 from labbook.report import recorded_at as when
-from labbook.report import runs, summarize
 from labbook.rescore import RescoreError, harness_text, rescore_subprocess
 
 IDLE_MINUTES = 15  # a gap between two recorded runs longer than a run and this: the agent was idle
@@ -83,7 +83,9 @@ def overview(night):
     hours = (max(times) - min(times)).total_seconds() / 3600 + RUN_MINUTES / 60 if times else None
     return dict(
         rows=len(rows), experiments=len(first_runs), hours=hours, start=min(times) if times else None,
-        end=max(times) if times else None, keeps=len(kept), crashes=sum(r.status == "crash" for r in rows),
+        end=max(times) if times else None, keeps=len(kept),
+        # the experiments' crashes: an environment crash is no experiment's (the report's header counts it apart)
+        crashes=sum(r.status == "crash" and night.kinds[r.line] != keeprule.ENVIRONMENT for r in rows),
         environment=sum(night.kinds[r.line] == keeprule.ENVIRONMENT for r in rows),
         replicates=sum(night.kinds[r.line] == "replicate" for r in rows),
         confirmations=sum(night.kinds[r.line] == "confirm" for r in rows), flagged=len(night.flagged),
@@ -96,9 +98,10 @@ def overview_text(night):
     o = overview(night)
     span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
     text = (
-        f"{runs(o['rows'])} {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed"
+        f"{runs(o['rows'])} {span}: {plural(o['experiments'], 'experiment')}, {o['keeps']} kept, {o['crashes']} crashed"
         + (
-            f" ({o['environment']} of them by the run's environment, not the idea: run again)"
+            f"; {plural(o['environment'], 'environment crash', 'environment crashes')} besides (the run's "
+            "environment, not an idea: run again)"
             if o["environment"]
             else ""
         )

@@ -32,7 +32,10 @@ def night(tmp_path):
 
 def test_an_environment_crash_is_counted_apart_from_the_ideas(night):
     text = morning.overview_text(night)
-    assert "1 kept, 1 crashed (1 of them by the run's environment, not the idea: run again)" in text
+    # as the report's header: the environment crash is no experiment's, so the experiment did not crash
+    assert "1 experiment, 1 kept, 0 crashed; 1 environment crash besides (the run's environment, not an idea" in text
+    (header, *_) = report.text_header(report.summarize(read_results(night.tsv)))
+    assert "1 experiment + " in header and "1 environment crash" in header
 
 
 def test_the_night_says_which_rows_ran_without_the_kernel_sandbox(tmp_path):
