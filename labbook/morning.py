@@ -16,7 +16,7 @@ from labbook import keeprule, outcomes
 from labbook.audit import unsandboxed_note
 from labbook.base import checkpoints_dir, git, results_repo
 from labbook.ledger import read_results
-from labbook.report import plural, runs, summarize
+from labbook.report import gaps_text, plural, rate_text, runs, span_text, summarize
 from labbook.report import recorded_at as when
 from labbook.rescore import RescoreError, harness_text, rescore_subprocess
 
@@ -76,14 +76,11 @@ def table(rows, columns):
 
 def overview(night):
     rows = night.rows
-    times = [t for t in map(when, rows) if t is not None]
     first_runs = [r for r in rows if night.kinds[r.line] in keeprule.FIRST_KINDS]
     history = keeprule.history(night.sound)
     kept = [e for e in history if e["status"] == "keep" and e["kind"] != "baseline"]
-    hours = (max(times) - min(times)).total_seconds() / 3600 + RUN_MINUTES / 60 if times else None
     return dict(
-        rows=len(rows), experiments=len(first_runs), hours=hours, start=min(times) if times else None,
-        end=max(times) if times else None, keeps=len(kept),
+        rows=len(rows), experiments=len(first_runs), keeps=len(kept),
         # the experiments' crashes: an environment crash is no experiment's (the report's header counts it apart)
         crashes=sum(r.status == "crash" and night.kinds[r.line] != keeprule.ENVIRONMENT for r in rows),
         environment=sum(night.kinds[r.line] == keeprule.ENVIRONMENT for r in rows),
@@ -96,7 +93,8 @@ def overview_text(night):
     if not night.rows:
         return f"No rows in {night.tsv}: nothing ran yet (or the file is elsewhere: python analysis.py --tsv PATH)."
     o = overview(night)
-    span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
+    t = night.report.get("time")  # the report's one span: first record to last
+    span = f"over {span_text(t)}" if t else "(no times)"
     text = (
         f"{runs(o['rows'])} {span}: {plural(o['experiments'], 'experiment')}, {o['keeps']} kept, {o['crashes']} crashed"
         + (
@@ -323,18 +321,10 @@ def timeline_text(night):
     t = timeline(night)
     if t is None:
         return "No recorded_at times in the rows: no timeline."
-    hours = (t["span"] + RUN_MINUTES) / 60  # the last run's own time counts too
     gaps = ", ".join(f"{m} min from {t['start'] + timedelta(minutes=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
-    text = (
-        f"{len(t['runs']) / hours:.1f} runs an hour ({runs(len(t['runs']))} in {hours * 60:.0f} min); "
-        f"idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
-    )
-    if wall := night.report.get("time"):
-        text += (
-            f"\n{wall['median_minutes']:.1f} min between records (median), the longest {wall['longest_minutes']:.0f} "
-            f"min (ending at line {wall['longest_line']}); crashes cost {wall['crash_minutes']:.0f} min "
-            f"({runs(wall['crash_runs'])}, each from the record before it to its own: the agent's turn included)"
-        )
+    text = f"idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    if wall := night.report.get("time"):  # the report's span and rate, so the views agree
+        text = f"{rate_text(wall)}; {text}\n{gaps_text(wall)}"
     return text
 
 

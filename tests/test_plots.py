@@ -239,7 +239,9 @@ def test_a_48_minute_night_has_5_minute_bins_and_replicates_are_not_counted_as_k
     assert fig.axes[0].get_title() == "the night in 5-minute bins: 12 runs"
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert f"new idea, kept ({len(kept)})" in legend and not any("replicates included" in t for t in legend)
-    assert "runs an hour (12 runs in " in morning.timeline_text(night)
+    assert "runs an hour (11 records after the first, over 44.0 min from the first record to the last)" in (
+        morning.timeline_text(night)
+    )
 
 
 def test_curves_of_step_counted_runs_use_steps_and_the_zoom_keeps_the_slow_runs_start(tmp_path):
