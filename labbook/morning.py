@@ -278,7 +278,8 @@ def test_table(night, compute=None):
 
 BIN_MINUTES = (5, 10, 15, 20, 30, 60, 120)  # the timeline's bins: the smallest giving at most MAX_BINS
 MAX_BINS = 16
-TIMELINE_CLASSES = ("new idea, kept", "new idea, not kept", "replicate or confirmation", "crash")
+REPEAT = "baseline, replicate or confirmation"  # no new idea: the baseline measures the starting point
+TIMELINE_CLASSES = ("new idea, kept", "new idea, not kept", REPEAT, "crash")
 
 
 def bin_minutes(span_minutes):
@@ -287,12 +288,14 @@ def bin_minutes(span_minutes):
 
 
 def timeline_class(row, kind, outcomes):
-    """Which bar a run adds to: a crash, a repeat of a commit (replicate, confirmation), or a new
-    idea's first run by its commit's outcome (outcomes.commit_outcomes: a pending one is not kept)."""
+    """Which bar a run adds to: a crash, the baseline or a repeat of a commit (replicate,
+    confirmation), or a new idea's first run by its commit's outcome (outcomes.commit_outcomes: a
+    pending one is not kept). The baseline is kept but is no idea: counted as one, it would make the
+    legend's kept ideas one more than the report's."""
     if row.status == "crash":
         return "crash"
-    if kind not in keeprule.FIRST_KINDS and kind != "baseline":
-        return "replicate or confirmation"
+    if kind not in keeprule.FIRST_KINDS:
+        return REPEAT
     return "new idea, kept" if outcomes.get(row.commit) == "keep" else "new idea, not kept"
 
 

@@ -375,7 +375,7 @@ def plot_memory(results, path, flagged=None):
 
 
 TIMELINE_COLORS = {"new idea, kept": KEPT_COLOR, "new idea, not kept": "0.6",
-                   "replicate or confirmation": "tab:blue", "crash": "tab:red"}  # fmt: skip
+                   "baseline, replicate or confirmation": "tab:blue", "crash": "tab:red"}  # fmt: skip
 
 
 def timeline_figure(line):
