@@ -84,16 +84,19 @@ def test_ticks_are_integers(n):
     assert ticks and all(float(t).is_integer() for t in ticks)
 
 
-def test_the_smoothed_curve_ends_at_the_real_final_loss(tmp_path):
-    losses = [3.0, 2.5, 2.7, 2.2, 2.4, 1.9, 2.05]
+def test_the_smoothed_curve_is_not_dragged_to_a_noisy_last_step_which_is_marked_apart(tmp_path):
+    losses = [2.45 - 0.001 * i for i in range(99)] + [2.63]  # a trend near 2.35, then one noisy last step
     for window in (None, 3, 5, 21):
         curve = plots.smoothed(losses, window)
-        assert abs(curve[-1] - losses[-1]) < 1e-6 and abs(curve[0] - losses[0]) < 1e-6
+        assert curve[-1] < 2.45 and abs(curve[50] - losses[50]) < 1e-9  # a straight trend is kept as it is
     metrics = tmp_path / "m.jsonl"
     metrics.write_text("".join(json.dumps(dict(step=i, time=i, loss=v)) + "\n" for i, v in enumerate(losses)))
     (_, _, raw, smooth), *_ = plots.curve_data([metrics])[0]
-    assert abs(smooth[-1] - raw[-1]) < 1e-6
-    assert is_real_png(plots.plot_curves([metrics, metrics], tmp_path / "c.png", labels=["baseline", "best"]))
+    assert raw[-1] == 2.63 and smooth[-1] < 2.45
+    out = plots.plot_curves([metrics], tmp_path / "c.png", labels=["baseline"])
+    assert is_real_png(out)
+    alt = plots.png_alt(out)  # the legend a person reads: the line's end and the raw dot, apart
+    assert "last step's raw loss 2.6300" in alt and f"smoothed, ends at {smooth[-1]:.4f}" in alt
 
 
 def test_the_notebook_finds_the_best_and_baseline_curves_or_says_they_are_missing(night):
