@@ -236,18 +236,30 @@ def test_requested():
     return os.environ.get("AR_TEST", "") == "1"
 
 
+def checkpoint_run(night, commit, run_id=None):
+    """The row of the run whose weights checkpoints/<commit>.pt holds: the one its summary's run_id
+    names, else the commit's first kept run (record saves that one; a replicate never replaces it)."""
+    rows = [r for r in night.sound if r.commit == commit and r.measured]
+    by_id = next((r for r in rows if run_id and r.extra.get("run_id", "").strip() == run_id), None)
+    return by_id or next((r for r in rows if r.status == "keep"), rows[0] if rows else None)
+
+
 def test_gaps(night, compute=None):
-    """Each kept commit's val mean and, when asked, its checkpoint's test_bpc (scored by the
-    baseline's prepare.py with the checkpoint's own settings, never cached) and the gap. A score
-    whose device or data differ from the run's row is labelled not comparable."""
+    """Each kept commit's checkpoint run (its line) and that run's val_bpc and, when asked, the
+    checkpoint's test_bpc (scored by the baseline's prepare.py with the checkpoint's own settings,
+    never cached) and the gap between the two: both of the same weights. The commit's val mean over
+    all its runs stands apart: one checkpoint's test score against several runs' mean would mix the
+    runs' noise into the gap. A score whose device or data differ from the run's row is labelled
+    not comparable."""
     compute = test_requested() if compute is None else compute
     base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
     out = []
     for e in keeprule.history(night.sound):
         if e["status"] != "keep" or e["mean"] is None:
             continue
-        row = next(r for r in night.sound if r.commit == e["commit"] and r.measured)
-        item = dict(commit=e["commit"], val=e["mean"], test=None, gap=None, note="not requested (AR_TEST=1)")
+        row = checkpoint_run(night, e["commit"])
+        item = dict(commit=e["commit"], line=row.line, val=row.val_bpc, mean=e["mean"], test=None, gap=None,
+                    note="not requested (AR_TEST=1)")  # fmt: skip
         checkpoint = checkpoints_dir(night.tsv) / f"{e['commit']}.pt"
         if compute and not checkpoint.is_file():
             item["note"] = f"no checkpoint {checkpoint.name}"
@@ -257,8 +269,10 @@ def test_gaps(night, compute=None):
             except RescoreError as err:
                 item["note"] = short(str(err), 70)
             else:
-                item.update(test=answer["bpc"], gap=answer["bpc"] - e["mean"], note="comparable")
                 saved = answer.get("summary", {})
+                row = checkpoint_run(night, e["commit"], str(saved.get("run_id", "")).strip())
+                item.update(line=row.line, val=row.val_bpc, test=answer["bpc"], gap=answer["bpc"] - row.val_bpc)
+                item["note"] = "comparable"
                 differ = [k for k in ("device", "data", "eval_bytes") if saved.get(k) and row.extra.get(k)
                           and str(saved[k]).strip() != row.extra[k].strip()]  # fmt: skip
                 if differ:
@@ -269,7 +283,8 @@ def test_gaps(night, compute=None):
 
 def test_table(night, compute=None):
     rows = test_gaps(night, compute)
-    return table(rows, [("commit", "commit"), ("val", "val mean"), ("test", "test_bpc"), ("gap", "test - val"),
+    return table(rows, [("commit", "commit"), ("line", "checkpoint's run (line)"), ("val", "its val_bpc"),
+                        ("test", "test_bpc"), ("gap", "test - its val"), ("mean", "val mean, all runs"),
                         ("note", "note")])  # fmt: skip
 
 
