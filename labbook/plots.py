@@ -46,10 +46,9 @@ def commit_means(rows):
 
 def steps_of(rows, flagged):
     """(running best, reference) as [(x, value)] after each row, over the rows the audit did not
-    flag. The running best is the lowest mean, over all of its runs, of the commits kept so far: it
-    never rises. The reference is the tip's mean as it stood then: replicates move it."""
-    sound = [r for r in rows if r.line not in flagged]
-    final = commit_means(sound)
+    flag. Both use only the runs up to each x: the running best is the lowest mean of the commits
+    kept so far, each over its runs so far (a later replicate moves it where it ran, never before:
+    so it can rise), and the reference is the tip's mean as it stood then."""
     best, reference, seen = [], [], []
     for x, row in enumerate(rows, start=1):
         if row.line not in flagged:
@@ -57,9 +56,10 @@ def steps_of(rows, flagged):
         tip = keeprule.tip_commit(seen)
         if tip is None:
             continue
-        kept = {r.commit for r in seen if r.status == "keep" and r.commit in final}
-        best.append((x, min(final[c] for c in kept)))
-        reference.append((x, commit_means(seen).get(tip)))
+        now = commit_means(seen)
+        kept = {r.commit for r in seen if r.status == "keep" and r.commit in now}
+        best.append((x, min(now[c] for c in kept)))
+        reference.append((x, now.get(tip)))
     return best, reference
 
 
@@ -218,7 +218,7 @@ def progress_figure(results, flagged=None):
     if data["best"]:
         xs, ys = zip(*data["best"])
         ax.step(xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.8,
-                label="running best (a kept commit's mean over all its runs)")  # fmt: skip
+                label="running best (a kept commit's mean over its runs so far)")  # fmt: skip
     if data["reference"]:
         xs, ys = zip(*data["reference"])
         ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.0, linestyle="--",

@@ -4,6 +4,7 @@ off-scale), crashes are marked, the steps and labels come from the keep rule, ti
 and the loss curve ends at the real final loss. `curves` refuses bad inputs with one error line."""
 
 import json
+import statistics
 import subprocess
 import sys
 from datetime import timedelta
@@ -52,8 +53,11 @@ def test_a_wild_run_is_drawn_at_the_edge_with_its_value(night):
 
 def test_the_running_best_is_the_best_kept_mean_so_far_and_every_kept_commit_is_labelled(night):
     data = plots.progress_data(night.rows, night.flagged)
-    values = [y for _, y in data["best"]]
-    assert all(b <= a for a, b in zip(values, values[1:]))  # each kept commit at its mean over all its runs
+    for x, value in data["best"]:  # from the runs up to x only: a later replicate never moves it earlier
+        seen = [r for r in night.rows[:x] if r.line not in night.flagged]
+        kept = {r.commit for r in seen if r.status == "keep"}
+        means = [statistics.fmean(keeprule.commit_values(seen, c)) for c in kept if keeprule.commit_values(seen, c)]
+        assert value == pytest.approx(min(means))
     assert data["best"][-1][1] == pytest.approx(outcomes.best_commit(night.sound)["mean"])
     kept = {e["commit"] for e in keeprule.history(night.sound) if e["status"] == "keep"}
     assert len(data["labels"]) == len(kept)
