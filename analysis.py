@@ -123,7 +123,9 @@ if IN_NOTEBOOK:
 # Test scores are for the person, never for decisions, and are computed only when asked: run
 # `AR_TEST=1 jupytext --to notebook --execute analysis.py` (or set `AR_TEST=1` before this cell).
 # Each kept checkpoint (`checkpoints/<commit>.pt`) is scored by the baseline's prepare.py with
-# the run's own settings; a score whose device or data differ from the run's row is marked NOT comparable.
+# the run's own settings and set against the val_bpc of the same run (the table names its line; the
+# commit's val mean over all its runs stands apart); a score whose device or data differ from the
+# run's row is marked NOT comparable.
 
 # %%
 if IN_NOTEBOOK:

@@ -16,8 +16,8 @@ from labbook import keeprule, outcomes
 from labbook.audit import unsandboxed_note
 from labbook.base import checkpoints_dir, git, results_repo
 from labbook.ledger import read_results
+from labbook.report import gaps_text, plural, rate_text, runs, span_text, summarize
 from labbook.report import recorded_at as when
-from labbook.report import runs, summarize
 from labbook.rescore import RescoreError, harness_text, rescore_subprocess
 
 IDLE_MINUTES = 15  # a gap between two recorded runs longer than a run and this: the agent was idle
@@ -76,14 +76,13 @@ def table(rows, columns):
 
 def overview(night):
     rows = night.rows
-    times = [t for t in map(when, rows) if t is not None]
     first_runs = [r for r in rows if night.kinds[r.line] in keeprule.FIRST_KINDS]
     history = keeprule.history(night.sound)
     kept = [e for e in history if e["status"] == "keep" and e["kind"] != "baseline"]
-    hours = (max(times) - min(times)).total_seconds() / 3600 + RUN_MINUTES / 60 if times else None
     return dict(
-        rows=len(rows), experiments=len(first_runs), hours=hours, start=min(times) if times else None,
-        end=max(times) if times else None, keeps=len(kept), crashes=sum(r.status == "crash" for r in rows),
+        rows=len(rows), experiments=len(first_runs), keeps=len(kept),
+        # the experiments' crashes: an environment crash is no experiment's (the report's header counts it apart)
+        crashes=sum(r.status == "crash" and night.kinds[r.line] != keeprule.ENVIRONMENT for r in rows),
         environment=sum(night.kinds[r.line] == keeprule.ENVIRONMENT for r in rows),
         replicates=sum(night.kinds[r.line] == "replicate" for r in rows),
         confirmations=sum(night.kinds[r.line] == "confirm" for r in rows), flagged=len(night.flagged),
@@ -94,11 +93,13 @@ def overview_text(night):
     if not night.rows:
         return f"No rows in {night.tsv}: nothing ran yet (or the file is elsewhere: python analysis.py --tsv PATH)."
     o = overview(night)
-    span = f"over {o['hours']:.1f} hours ({o['start']:%a %H:%M} to {o['end']:%H:%M})" if o["hours"] else "(no times)"
+    t = night.report.get("time")  # the report's one span: first record to last
+    span = f"over {span_text(t)}" if t else "(no times)"
     text = (
-        f"{runs(o['rows'])} {span}: {o['experiments']} experiments, {o['keeps']} kept, {o['crashes']} crashed"
+        f"{runs(o['rows'])} {span}: {plural(o['experiments'], 'experiment')}, {o['keeps']} kept, {o['crashes']} crashed"
         + (
-            f" ({o['environment']} of them by the run's environment, not the idea: run again)"
+            f"; {plural(o['environment'], 'environment crash', 'environment crashes')} besides (the run's "
+            "environment, not an idea: run again)"
             if o["environment"]
             else ""
         )
@@ -235,18 +236,30 @@ def test_requested():
     return os.environ.get("AR_TEST", "") == "1"
 
 
+def checkpoint_run(night, commit, run_id=None):
+    """The row of the run whose weights checkpoints/<commit>.pt holds: the one its summary's run_id
+    names, else the commit's first kept run (record saves that one; a replicate never replaces it)."""
+    rows = [r for r in night.sound if r.commit == commit and r.measured]
+    by_id = next((r for r in rows if run_id and r.extra.get("run_id", "").strip() == run_id), None)
+    return by_id or next((r for r in rows if r.status == "keep"), rows[0] if rows else None)
+
+
 def test_gaps(night, compute=None):
-    """Each kept commit's val mean and, when asked, its checkpoint's test_bpc (scored by the
-    baseline's prepare.py with the checkpoint's own settings, never cached) and the gap. A score
-    whose device or data differ from the run's row is labelled not comparable."""
+    """Each kept commit's checkpoint run (its line) and that run's val_bpc and, when asked, the
+    checkpoint's test_bpc (scored by the baseline's prepare.py with the checkpoint's own settings,
+    never cached) and the gap between the two: both of the same weights. The commit's val mean over
+    all its runs stands apart: one checkpoint's test score against several runs' mean would mix the
+    runs' noise into the gap. A score whose device or data differ from the run's row is labelled
+    not comparable."""
     compute = test_requested() if compute is None else compute
     base = next((e for e in keeprule.history(night.sound) if e["kind"] == "baseline"), None)
     out = []
     for e in keeprule.history(night.sound):
         if e["status"] != "keep" or e["mean"] is None:
             continue
-        row = next(r for r in night.sound if r.commit == e["commit"] and r.measured)
-        item = dict(commit=e["commit"], val=e["mean"], test=None, gap=None, note="not requested (AR_TEST=1)")
+        row = checkpoint_run(night, e["commit"])
+        item = dict(commit=e["commit"], line=row.line, val=row.val_bpc, mean=e["mean"], test=None, gap=None,
+                    note="not requested (AR_TEST=1)")  # fmt: skip
         checkpoint = checkpoints_dir(night.tsv) / f"{e['commit']}.pt"
         if compute and not checkpoint.is_file():
             item["note"] = f"no checkpoint {checkpoint.name}"
@@ -256,8 +269,10 @@ def test_gaps(night, compute=None):
             except RescoreError as err:
                 item["note"] = short(str(err), 70)
             else:
-                item.update(test=answer["bpc"], gap=answer["bpc"] - e["mean"], note="comparable")
                 saved = answer.get("summary", {})
+                row = checkpoint_run(night, e["commit"], str(saved.get("run_id", "")).strip())
+                item.update(line=row.line, val=row.val_bpc, test=answer["bpc"], gap=answer["bpc"] - row.val_bpc)
+                item["note"] = "comparable"
                 differ = [k for k in ("device", "data", "eval_bytes") if saved.get(k) and row.extra.get(k)
                           and str(saved[k]).strip() != row.extra[k].strip()]  # fmt: skip
                 if differ:
@@ -268,7 +283,8 @@ def test_gaps(night, compute=None):
 
 def test_table(night, compute=None):
     rows = test_gaps(night, compute)
-    return table(rows, [("commit", "commit"), ("val", "val mean"), ("test", "test_bpc"), ("gap", "test - val"),
+    return table(rows, [("commit", "commit"), ("line", "checkpoint's run (line)"), ("val", "its val_bpc"),
+                        ("test", "test_bpc"), ("gap", "test - its val"), ("mean", "val mean, all runs"),
                         ("note", "note")])  # fmt: skip
 
 
@@ -277,7 +293,8 @@ def test_table(night, compute=None):
 
 BIN_MINUTES = (5, 10, 15, 20, 30, 60, 120)  # the timeline's bins: the smallest giving at most MAX_BINS
 MAX_BINS = 16
-TIMELINE_CLASSES = ("new idea, kept", "new idea, not kept", "replicate or confirmation", "crash")
+REPEAT = "baseline, replicate or confirmation"  # no new idea: the baseline measures the starting point
+TIMELINE_CLASSES = ("new idea, kept", "new idea, not kept", REPEAT, "crash")
 
 
 def bin_minutes(span_minutes):
@@ -286,12 +303,14 @@ def bin_minutes(span_minutes):
 
 
 def timeline_class(row, kind, outcomes):
-    """Which bar a run adds to: a crash, a repeat of a commit (replicate, confirmation), or a new
-    idea's first run by its commit's outcome (outcomes.commit_outcomes: a pending one is not kept)."""
+    """Which bar a run adds to: a crash, the baseline or a repeat of a commit (replicate,
+    confirmation), or a new idea's first run by its commit's outcome (outcomes.commit_outcomes: a
+    pending one is not kept). The baseline is kept but is no idea: counted as one, it would make the
+    legend's kept ideas one more than the report's."""
     if row.status == "crash":
         return "crash"
-    if kind not in keeprule.FIRST_KINDS and kind != "baseline":
-        return "replicate or confirmation"
+    if kind not in keeprule.FIRST_KINDS:
+        return REPEAT
     return "new idea, kept" if outcomes.get(row.commit) == "keep" else "new idea, not kept"
 
 
@@ -320,18 +339,10 @@ def timeline_text(night):
     t = timeline(night)
     if t is None:
         return "No recorded_at times in the rows: no timeline."
-    hours = (t["span"] + RUN_MINUTES) / 60  # the last run's own time counts too
     gaps = ", ".join(f"{m} min from {t['start'] + timedelta(minutes=a):%H:%M}" for a, _, m in t["gaps"]) or "none"
-    text = (
-        f"{len(t['runs']) / hours:.1f} runs an hour ({runs(len(t['runs']))} in {hours * 60:.0f} min); "
-        f"idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
-    )
-    if wall := night.report.get("time"):
-        text += (
-            f"\n{wall['median_minutes']:.1f} min between records (median), the longest {wall['longest_minutes']:.0f} "
-            f"min (ending at line {wall['longest_line']}); crashes cost {wall['crash_minutes']:.0f} min "
-            f"({runs(wall['crash_runs'])}, each from the record before it to its own: the agent's turn included)"
-        )
+    text = f"idle gaps over {IDLE_MINUTES + RUN_MINUTES} min: {gaps}"
+    if wall := night.report.get("time"):  # the report's span and rate, so the views agree
+        text = f"{rate_text(wall)}; {text}\n{gaps_text(wall)}"
     return text
 
 

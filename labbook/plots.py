@@ -46,10 +46,9 @@ def commit_means(rows):
 
 def steps_of(rows, flagged):
     """(running best, reference) as [(x, value)] after each row, over the rows the audit did not
-    flag. The running best is the lowest mean, over all of its runs, of the commits kept so far: it
-    never rises. The reference is the tip's mean as it stood then: replicates move it."""
-    sound = [r for r in rows if r.line not in flagged]
-    final = commit_means(sound)
+    flag. Both use only the runs up to each x: the running best is the lowest mean of the commits
+    kept so far, each over its runs so far (a later replicate moves it where it ran, never before:
+    so it can rise), and the reference is the tip's mean as it stood then."""
     best, reference, seen = [], [], []
     for x, row in enumerate(rows, start=1):
         if row.line not in flagged:
@@ -57,9 +56,10 @@ def steps_of(rows, flagged):
         tip = keeprule.tip_commit(seen)
         if tip is None:
             continue
-        kept = {r.commit for r in seen if r.status == "keep" and r.commit in final}
-        best.append((x, min(final[c] for c in kept)))
-        reference.append((x, commit_means(seen).get(tip)))
+        now = commit_means(seen)
+        kept = {r.commit for r in seen if r.status == "keep" and r.commit in now}
+        best.append((x, min(now[c] for c in kept)))
+        reference.append((x, now.get(tip)))
     return best, reference
 
 
@@ -218,7 +218,7 @@ def progress_figure(results, flagged=None):
     if data["best"]:
         xs, ys = zip(*data["best"])
         ax.step(xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.8,
-                label="running best (a kept commit's mean over all its runs)")  # fmt: skip
+                label="running best (a kept commit's mean over its runs so far)")  # fmt: skip
     if data["reference"]:
         xs, ys = zip(*data["reference"])
         ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.0, linestyle="--",
@@ -375,7 +375,7 @@ def plot_memory(results, path, flagged=None):
 
 
 TIMELINE_COLORS = {"new idea, kept": KEPT_COLOR, "new idea, not kept": "0.6",
-                   "replicate or confirmation": "tab:blue", "crash": "tab:red"}  # fmt: skip
+                   "baseline, replicate or confirmation": "tab:blue", "crash": "tab:red"}  # fmt: skip
 
 
 def timeline_figure(line):
@@ -460,8 +460,10 @@ def read_metrics(path):
 
 
 def smoothed(values, window=None):
-    """A centred moving average whose window shrinks at both ends, so the curve starts at the
-    first loss and ends at the real final loss (a trailing EMA lags behind it)."""
+    """A centred moving average whose window keeps its width at the ends, slid inside the series
+    (no lag as a trailing EMA has, and no fewer values to average there). Not forced onto the first or last raw loss: one noisy last step
+    would drag the line's end, making a run look worse (or better) at the end than its trend; the
+    plot marks the last raw loss apart."""
     n = len(values)
     half = max(1, n // 40) if window is None else window // 2
     prefix = [0.0]
@@ -469,8 +471,9 @@ def smoothed(values, window=None):
         prefix.append(prefix[-1] + v)
     out = []
     for i in range(n):
-        h = min(half, i, n - 1 - i)
-        out.append((prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1))
+        width = min(n, 2 * half + 1)
+        lo = min(max(0, i - half), n - width)
+        out.append((prefix[lo + width] - prefix[lo]) / width)
     return out
 
 
@@ -531,10 +534,10 @@ def plot_curves(paths, out, labels=None):
         raise Refusal("matplotlib is not installed: pip install -e '.[analysis]'") from None
     ax = fig.add_subplot()
     for label, xs, losses, smooth in curves:
-        final = f"final {losses[-1]:.4f}"
-        (line,) = ax.plot(xs, smooth, label=f"{label}: {final}", linewidth=1.6)
+        (line,) = ax.plot(xs, smooth, label=f"{label}: smoothed, ends at {smooth[-1]:.4f}", linewidth=1.6)
         ax.plot(xs, losses, color=line.get_color(), alpha=0.2, linewidth=0.7)
-        ax.scatter([xs[-1]], [losses[-1]], color=line.get_color(), zorder=3, s=20)
+        ax.scatter([xs[-1]], [losses[-1]], color=line.get_color(), zorder=3, s=20,
+                   label=f"{label}: last step's raw loss {losses[-1]:.4f}")  # fmt: skip
     lo, hi, x0 = curve_ylim(curves)  # the early, steep part would squash the end of training into a line
     ax.set_ylim(lo, hi)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
@@ -542,7 +545,7 @@ def plot_curves(paths, out, labels=None):
     ax.set_xlabel("training step (AR_STEPS: a step-counted budget)" if x == "step" else "training time (s)")
     ax.set_ylabel("training loss (nats per byte)")
     ax.set_title(
-        "training loss: centred moving average ending at the final loss, raw values faint; "
+        "training loss: centred moving average, raw values faint, the last step's raw loss a dot; "
         f"y fits every curve from {start} on"
     )
     ax.grid(alpha=0.3)

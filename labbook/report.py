@@ -42,24 +42,69 @@ def recorded_at(row):
         return None
 
 
+def duration(minutes):
+    """Seconds below a minute (a rehearsal's records are seconds apart: "0 min" would hide them),
+    minutes below an hour, hours above."""
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    return f"{minutes:.1f} min" if minutes < 60 else f"{minutes / 60:.1f} h"
+
+
 def wall_times(rows):
-    """Where the night's time went: minutes between each row's record and the one before it (a
-    run's wall time with the agent's turn around it), their median, the longest, and the minutes
-    that ended in crashes. None without two recorded times."""
-    timed = [(t, r) for r in rows if (t := recorded_at(r)) is not None]
+    """Where the night's time went: the one span (first record to last) the report, the notebook and
+    the timeline all show, the rate of runs from it, the minutes between each row's record and the
+    one before it (a run's wall time with the agent's turn around it), their median, the longest,
+    and the minutes that ended in crashes. None without two recorded times."""
+    timed = sorted(((t, r) for r in rows if (t := recorded_at(r)) is not None), key=lambda x: x[0])
     if len(timed) < 2:
         return None
     gaps = [((b - a).total_seconds() / 60, row) for (a, _), (b, row) in zip(timed, timed[1:])]
     longest = max(gaps, key=lambda g: g[0])
     crashed = [m for m, row in gaps if row.status == "crash"]
+    span = (timed[-1][0] - timed[0][0]).total_seconds() / 60
     return {
-        "hours": (timed[-1][0] - timed[0][0]).total_seconds() / 3600,
+        "first": timed[0][0],
+        "last": timed[-1][0],
+        "span_minutes": span,
+        "hours": span / 60,
+        "records": len(timed),
+        # the records after the first, over the span: each ends a run begun inside it
+        "runs_per_hour": 60 * (len(timed) - 1) / span if span > 0 else None,
         "median_minutes": statistics.median(m for m, _ in gaps),
         "longest_minutes": longest[0],
         "longest_line": longest[1].line,
         "crash_minutes": sum(crashed),
         "crash_runs": len(crashed),
     }
+
+
+def span_text(t):
+    """The night's one span, as every view shows it."""
+    clock = "%a %H:%M:%S" if t["last"].date() != t["first"].date() else "%H:%M:%S"
+    return f"{duration(t['span_minutes'])} from the first record to the last ({t['first']:%a %H:%M:%S} to {t['last']:{clock}})"
+
+
+def rate_text(t):
+    """Runs an hour, and how it is measured."""
+    if t["runs_per_hour"] is None:
+        return "no rate (every record at the same time)"
+    return (
+        f"{t['runs_per_hour']:.1f} runs an hour ({t['records'] - 1} records after the first, over "
+        f"{duration(t['span_minutes'])} from the first record to the last)"
+    )
+
+
+def gaps_text(t):
+    return (
+        f"{duration(t['median_minutes'])} between records (median), the longest {duration(t['longest_minutes'])} "
+        f"(ending at line {t['longest_line']}); "
+        + (
+            f"crashes cost {duration(t['crash_minutes'])} ({runs(t['crash_runs'])}, each from the record before "
+            "it to its own: the agent's turn included)"
+            if t["crash_runs"]
+            else "no crashes"
+        )
+    )
 
 
 def summarize(results, repo=None):
@@ -213,16 +258,7 @@ def text_standing(report, test_bpc, test_note):
         )
     if report.get("time"):
         t = report["time"]
-        lines.append(
-            f"time      {t['hours']:.1f} h between the first and last record; {t['median_minutes']:.1f} min between "
-            f"records (median), the longest {t['longest_minutes']:.0f} min (ending at line {t['longest_line']}); "
-            + (
-                f"crashes cost {t['crash_minutes']:.0f} min ({runs(t['crash_runs'])}, each from the record before "
-                "it to its own: the agent's turn included)"
-                if t["crash_runs"]
-                else "no crashes"
-            )
-        )
+        lines.append(f"time      {span_text(t)}; {gaps_text(t)}")
     lines.append(f"crash streak {report['crash_streak']}")
     if report["crash_streak"] >= 3:
         lines.append(f"warning: the last {report['crash_streak']} runs crashed: change direction")

@@ -94,3 +94,15 @@ def test_tried_marks_a_first_run_sent_to_a_confirmation_apart_from_a_discard():
         row(8, "c2", 1.6, "discard", "experiment", "post_emb_norm", note="rule: discard mean 1.6 of 1 vs 1.405"),
     ]
     assert agentview.tried_digest(rows) == ["post_emb_norm [d]", "lr 4e-3 [rk]"]
+
+
+def test_the_agents_near_misses_carry_their_margin_in_standard_errors_as_the_report_shows(tmp_path, capsys):
+    from fixtures_results import write_night
+
+    night = write_night(tmp_path / "lab")
+    assert cli.main(["--tsv", str(night.tsv), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert cli.main(["--tsv", str(night.tsv), "--json"]) == 0
+    misses = json.loads(capsys.readouterr().out)["near_misses"]
+    assert [m["commit"] for m in misses] == [night.commits["exp4"]]
+    assert f"({misses[0]['margin']:.1f} SE)" in text  # the number the report prints

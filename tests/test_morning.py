@@ -32,7 +32,10 @@ def night(tmp_path):
 
 def test_an_environment_crash_is_counted_apart_from_the_ideas(night):
     text = morning.overview_text(night)
-    assert "1 kept, 1 crashed (1 of them by the run's environment, not the idea: run again)" in text
+    # as the report's header: the environment crash is no experiment's, so the experiment did not crash
+    assert "1 experiment, 1 kept, 0 crashed; 1 environment crash besides (the run's environment, not an idea" in text
+    (header, *_) = report.text_header(report.summarize(read_results(night.tsv)))
+    assert "1 experiment + " in header and "1 environment crash" in header
 
 
 def test_the_night_says_which_rows_ran_without_the_kernel_sandbox(tmp_path):
@@ -94,3 +97,22 @@ def test_output_piped_into_a_reader_that_went_away_is_not_an_error(tmp_path):
     finally:
         os.close(write_end)
     assert proc.returncode == 0 and "error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_the_test_table_compares_a_checkpoints_test_score_with_the_val_of_that_same_run(night, monkeypatch):
+    from labbook.base import checkpoints_dir
+
+    lr = [r for r in night.rows if r.commit == night.rows[5].commit and r.measured]
+    saved = lr[1]  # the confirmation that was kept: record saved its weights; the replicates did not
+    assert saved.status == "keep" and saved.val_bpc == 1.249
+    checkpoints_dir(night.tsv).mkdir(exist_ok=True)
+    for commit in {r.commit for r in night.rows}:
+        (checkpoints_dir(night.tsv) / f"{commit}.pt").write_bytes(b"weights")
+    answer = {"bpc": 1.2, "summary": {"run_id": saved.extra["run_id"]}}
+    monkeypatch.setattr(morning, "rescore_subprocess", lambda *a, **k: answer)
+    (item,) = [i for i in morning.test_gaps(night, compute=True) if i["commit"] == saved.commit]
+    assert item["line"] == saved.line and item["val"] == 1.249 and abs(item["gap"] - (1.2 - 1.249)) < 1e-12
+    assert abs(item["mean"] - (1.251 + 1.249 + 1.2531 + 1.2507) / 4) < 1e-9  # the mean stands apart
+    header, *lines = morning.test_table(night, compute=True).splitlines()
+    assert "checkpoint's run (line)" in header and "test - its val" in header
+    assert [c for c in lines[-1].split()][:5] == [saved.commit, str(saved.line), "1.249000", "1.200000", "-0.049000"]

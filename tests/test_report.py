@@ -257,8 +257,37 @@ def test_the_report_shows_the_time_between_records_and_what_crashes_cost(tmp_pat
     crashed = [m for m, r in zip(minutes, rows[1:]) if r.status == "crash"]
     assert crashed and max(minutes) > 40  # the generated night has a crash and an idle gap
     text = report_text(capsys, tsv)
-    assert f"{statistics.median(minutes):.1f} min between records (median), the longest {max(minutes):.0f} min" in text
-    assert f"crashes cost {sum(crashed):.0f} min ({len(crashed)} run" in text
+    median, longest, cost = (report.duration(m) for m in (statistics.median(minutes), max(minutes), sum(crashed)))
+    assert f"{median} between records (median), the longest {longest} (ending at line" in text
+    assert f"crashes cost {cost} ({len(crashed)} run" in text
+    span = (times[-1] - times[0]).total_seconds() / 60
+    assert f"time      {report.duration(span)} from the first record to the last ({times[0]:%a %H:%M:%S} to " in text
+
+
+def test_gaps_under_a_minute_show_seconds_not_zero_minutes():
+    assert [report.duration(m) for m in (29 / 60, 0.3, 16.3, 150)] == ["29 s", "18 s", "16.3 min", "2.5 h"]
+
+
+def test_the_report_notebook_and_timeline_show_one_span_and_the_rate_from_it(tmp_path, capsys):
+    from datetime import datetime, timedelta
+
+    from labbook import morning
+
+    values = night_rows(tmp_path / "lab", 12)
+    first = datetime(2026, 12, 8, 0, 50, 46)
+    for i, v in enumerate(values):  # a rehearsal's night: 20 s apart, 3 min 40 s in all
+        v["recorded_at"] = (first + timedelta(seconds=20 * i)).isoformat()
+    tsv = tmp_path / "lab" / "results.tsv"
+    tsv.write_text("\t".join(ledger.COLUMNS) + "\n" + "".join(ledger.format_row(v, ledger.COLUMNS) for v in values))
+    said = "3.7 min from the first record to the last (Tue 00:50:46 to 00:54:26)"
+    text = report_text(capsys, tsv)
+    assert f"time      {said}; 20 s between records (median), the longest 20 s" in text
+    night = morning.load(tsv)
+    assert f"12 runs over {said}:" in morning.overview_text(night)
+    rate = 60 * 11 / (220 / 60)  # 11 records after the first, in 220 s
+    assert morning.timeline_text(night).startswith(
+        f"{rate:.1f} runs an hour (11 records after the first, over 3.7 min from the first record to the last)"
+    )
 
 
 def test_the_morning_check_names_the_run_it_scored_again_and_the_runs_behind_the_mean_it_did_not(night):
