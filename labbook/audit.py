@@ -10,7 +10,7 @@ or noise replicate must name a commit git knows, and a measured row must carry p
 be --force'd, not carry harness flags, and record a re-score that agrees with what it reported.
 Kept experiments that gain less than the rule's keep bound are a separate note: their gain may be noise,
 and so are rows measured without the kernel sandbox (their `sandbox` is `none (...)`): they count, but
-their scores rest on the harness's Python-level data guard alone. Rows of commits that `git commit
+nothing kept train.py from the corpus while it trained. Rows of commits that `git commit
 --amend` replaced (on no branch now) are a note too: the row describes the code that ran, which no
 branch holds any more.
 """
@@ -144,7 +144,7 @@ def unsandboxed_note(rows):
     return (
         f"{len(found)} row{'s' if many else ''} {'were' if many else 'was'} measured without the kernel sandbox "
         f"(sandbox: {why}; line{'s' if many else ''} {line_ranges([r.line for r in found])}): "
-        f"{'their scores rest' if many else 'its score rests'} on the Python-level data guard only"
+        "nothing kept train.py from the corpus or the checkpoints while it trained"
     )
 
 

@@ -43,8 +43,8 @@ def test_the_night_says_which_rows_ran_without_the_kernel_sandbox(tmp_path):
     set_column(lab.tsv, "sandbox", ["landlock ABI 7"] * 8 + ["none (no Landlock in this kernel)", ""])
     text = morning.overview_text(morning.load(lab.tsv))
     assert (
-        "1 row was measured without the kernel sandbox (sandbox: none (no Landlock in this kernel); line 10): its "
-        "score rests on the Python-level data guard only."
+        "1 row was measured without the kernel sandbox (sandbox: none (no Landlock in this kernel); line 10): "
+        "nothing kept train.py from the corpus or the checkpoints while it trained."
     ) in text.splitlines()
 
 

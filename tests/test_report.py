@@ -119,7 +119,7 @@ def test_audit_and_report_say_which_rows_were_measured_without_the_kernel_sandbo
     set_column(night.tsv, "sandbox", [none, none, "landlock ABI 7", "", none, "landlock ABI 7", none])
     line = (
         "3 rows were measured without the kernel sandbox (sandbox: none (the kernel has no Landlock); lines 2-3, 6): "
-        "their scores rest on the Python-level data guard only"
+        "nothing kept train.py from the corpus or the checkpoints while it trained"
     )
     assert cli.main(["audit", "--tsv", str(night.tsv)]) == 0, "a note, not a flag: the rows still count"
     assert f"note: {line}" in capsys.readouterr().out.splitlines()

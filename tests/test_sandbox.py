@@ -182,7 +182,7 @@ def test_without_landlock_the_run_still_records_and_says_so(tmp_path, corpus):
     code, log = cold_run(tmp_path, tiny_text(), corpus, wrapper=(sys.executable, REPO / "tests" / "nolandlock.py"))
     assert code == 0, log[-3000:]
     assert parse_summary(log)["sandbox"] == "none (the kernel has no Landlock)"
-    assert "warning: sandbox: none (the kernel has no Landlock); the data guard" in log
+    assert "warning: sandbox: none (the kernel has no Landlock); nothing keeps train.py from the corpus" in log
     code, log = cold_run(
         tmp_path / "required", tiny_text(), corpus, wrapper=(sys.executable, REPO / "tests" / "nolandlock.py"),
         AR_STEPS=STEPS, AR_REQUIRE_SANDBOX=1,
