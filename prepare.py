@@ -1838,7 +1838,7 @@ def draws_random_numbers(net, x, device):
     randomness (a seed decides), not state kept between calls (the same seed gives other logits)."""
 
     def logits(seed):
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        with preserved_random_state(device):
             torch.manual_seed(seed)
             with eval_autocast(device):
                 return net(x).float()

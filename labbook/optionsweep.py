@@ -93,19 +93,31 @@ def is_separator(line: str) -> bool:
     return set(line.replace("|", "").strip()) <= set("-: ")
 
 
-def parse_tables(text: str) -> list[Row]:
-    """Rows of every table whose header starts with `parameter`, tagged with their section."""
-    rows, section, header = [], "", None
+def table_lines(text: str):
+    """(line, section, role, header) for every line of `text`: role is "header", "separator", "row" or
+    "" (not in a table); header is the cells of the table's first line."""
+    section, header = "", None
     for line in text.splitlines():
         if line.startswith("## "):
             section, header = line[3:].strip(), None
+            yield line, section, "", None
         elif not line.startswith("|"):
             header = None
+            yield line, section, "", None
         elif header is None:
             header = split_row(line)
-        elif not is_separator(line) and header[0] == "parameter":
-            rows.append(Row(section, dict(zip(header, split_row(line)))))
-    return rows
+            yield line, section, "header", header
+        else:
+            yield line, section, "separator" if is_separator(line) else "row", header
+
+
+def parse_tables(text: str) -> list[Row]:
+    """Rows of every table whose header starts with `parameter`, tagged with their section."""
+    return [
+        Row(section, dict(zip(header, split_row(line))))
+        for line, section, role, header in table_lines(text)
+        if role == "row" and header[0] == "parameter"
+    ]
 
 
 def installed_parameters() -> dict:
@@ -472,22 +484,15 @@ def row_line(cells) -> str:
 
 def with_outcomes(text: str, outcomes: dict) -> str:
     """The doc with the sealed path column of every swept table set (added where missing)."""
-    lines, section, header = [], "", None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            section, header = line[3:].strip(), None
-        elif not line.startswith("|"):
-            header = None
-        elif header is None:
-            header = split_row(line)
-            swept = header[0] == "parameter" and Row(section, {}).kind in SWEPT
-            if swept and COLUMN not in header:
-                header.append(COLUMN)
-                line = row_line(header)
-            header = header if swept else []
-        elif header and is_separator(line):
+    lines = []
+    for line, section, role, header in table_lines(text):
+        swept = header is not None and header[0] == "parameter" and Row(section, {}).kind in SWEPT
+        if role == "header" and swept and COLUMN not in header:
+            header.append(COLUMN)  # the same list the table's later lines are handed
+            line = row_line(header)
+        elif role == "separator" and swept:
             line = row_line(["---"] * len(header))
-        elif header:
+        elif role == "row" and swept:
             cells = dict(zip(header, split_row(line)))
             row = Row(section, cells)
             cells[COLUMN] = outcomes[(row.name, row.constructor)]
