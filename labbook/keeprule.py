@@ -210,6 +210,7 @@ class Verdict:
     next_seed: int | None = None  # run the same commit again with this AR_SEED
     record_command: str = ""
     commands: list = field(default_factory=list)  # after recording
+    notes: list = field(default_factory=list)  # lines to read before the commands
 
     def numbers(self):
         keys = ("value", "runs", "mean", "reference_commit", "reference", "reference_runs", "reference_se")
@@ -226,7 +227,7 @@ class Verdict:
         fmt = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in self.numbers().items() if v is not None}
         lines.append("  ".join(f"{k}={v}" for k, v in fmt.items()))
         commands = ([self.record_command] if with_record and self.record_command else []) + self.commands
-        lines += ["next:"] + [f"  {c}" for c in commands]
+        lines += self.notes + ["next:"] + [f"  {c}" for c in commands]
         return "\n".join(lines)
 
 

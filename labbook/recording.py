@@ -332,11 +332,9 @@ def decide_command(args, tsv):
         candidate, verdict = verdict_for_log(tsv, args.log, args.description or "", args.simplification)
     except CannotJudge as e:
         raise Refusal(str(e)) from None
-    text = verdict.text()
-    if note := amended_subject_note(tsv, candidate.commit, candidate.description):  # read before the commands
-        head, marker, commands = text.partition("\nnext:")
-        text = f"{head}\n{note}{marker}{commands}" if marker else f"{text}\n{note}"
-    print(text)
+    if note := amended_subject_note(tsv, candidate.commit, candidate.description):
+        verdict.notes.append(note)
+    print(verdict.text())
     return 0
 
 
